@@ -1,0 +1,7 @@
+"""distnn: data-parallel training of feed-forward neural networks over MPI, in NumPy."""
+
+from distnn.network import Network
+
+__version__ = "0.1.0"
+
+__all__ = ["Network", "__version__"]

@@ -1,0 +1,5 @@
+import sys
+
+from distnn.train import main
+
+sys.exit(main())

@@ -1,0 +1,185 @@
+"""The feed-forward network of MATH.md: one flat parameter buffer, backprop into another.
+
+Every weight and bias lives in ONE contiguous 1-D buffer ``params``, laid out
+W(1), b(1), W(2), b(2), …; ``weights[ℓ-1]`` (n_ℓ × n_{ℓ-1}) and ``biases[ℓ-1]`` are
+views into it. Gradients use the same layout, so the trainer sums them across ranks
+with one Allreduce and applies the update to ``params`` in place.
+
+Rows are samples, so a batch is X (N × n_0) and MATH.md's feed-forward reads
+Z(ℓ) = A(ℓ-1) W(ℓ)ᵀ + b(ℓ)ᵀ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from distnn.activations import Activation, get_activation
+from distnn.losses import Loss, get_loss
+
+
+class Workspace:
+    """Preallocated per-layer buffers for up to ``max_rows`` samples.
+
+    ``Z[ℓ]``, ``A[ℓ]`` and ``D[ℓ]`` (= ∂C/∂z(ℓ), the Δ(ℓ) of MATH.md) are
+    ``max_rows × n_ℓ`` for ℓ = 1..L; index 0 is unused (A(0) is the input itself).
+    A step on fewer rows uses leading-row views, which are contiguous.
+    """
+
+    def __init__(self, sizes: Sequence[int], max_rows: int, dtype: np.dtype) -> None:
+        self.max_rows = max_rows
+        self.Z = [None] + [np.empty((max_rows, n), dtype) for n in sizes[1:]]
+        self.A = [None] + [np.empty((max_rows, n), dtype) for n in sizes[1:]]
+        self.D = [None] + [np.empty((max_rows, n), dtype) for n in sizes[1:]]
+
+
+class Network:
+    """A feed-forward network: sizes n_0..n_L, one σ per layer, a loss.
+
+    ``activations`` is one name for every layer or one name per layer (L names).
+    With ``loss="cross-entropy"`` the output layer is softmax.
+    """
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        activations: str | Sequence[str] = "sigmoid",
+        loss: str = "squared",
+        seed: int = 0,
+        dtype: str | np.dtype = "float32",
+    ) -> None:
+        self.sizes = [int(n) for n in sizes]
+        if len(self.sizes) < 2 or min(self.sizes) < 1:
+            raise ValueError(f"sizes must be at least two positive widths, got {list(sizes)}")
+        self.loss_fn: Loss = get_loss(loss)
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
+        self.activation_names = self._resolve_activations(activations)
+        self.sigma: list[Activation] = [get_activation(a) for a in self.activation_names]
+
+        self.params = np.zeros(self.num_params, self.dtype)
+        self.weights, self.biases = self.views(self.params)
+        self._initialize(seed)
+
+    @property
+    def num_layers(self) -> int:
+        """L, the number of layers with weights."""
+        return len(self.sizes) - 1
+
+    @property
+    def num_params(self) -> int:
+        return sum(n * (m + 1) for m, n in zip(self.sizes[:-1], self.sizes[1:], strict=True))
+
+    def _resolve_activations(self, activations: str | Sequence[str]) -> list[str]:
+        L = self.num_layers
+        names = [activations] * L if isinstance(activations, str) else list(activations)
+        if len(names) != L:
+            raise ValueError(f"{len(names)} activations given for {L} layers")
+        if self.loss_fn.name == "cross-entropy":
+            names[-1] = "softmax"
+        elif "softmax" in names:
+            raise ValueError("softmax is only available as the output of loss='cross-entropy'")
+        if "softmax" in names[:-1]:
+            raise ValueError("softmax can only be the output layer")
+        return names
+
+    def views(self, flat: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Per-layer (W, b) views into any flat buffer laid out like ``params``."""
+        weights, biases, start = [], [], 0
+        for m, n in zip(self.sizes[:-1], self.sizes[1:], strict=True):
+            weights.append(flat[start : start + n * m].reshape(n, m))
+            start += n * m
+            biases.append(flat[start : start + n])
+            start += n
+        return weights, biases
+
+    def _initialize(self, seed: int) -> None:
+        """Glorot uniform for saturating σ, He normal for the ReLU family; zero biases.
+
+        Drawn in float64 from ``seed`` so float32 and float64 networks start alike.
+        """
+        rng = np.random.default_rng(seed)
+        for W, sigma in zip(self.weights, self.sigma, strict=True):
+            fan_out, fan_in = W.shape
+            if sigma.he_init:
+                W[...] = rng.standard_normal((fan_out, fan_in)) * np.sqrt(2.0 / fan_in)
+            else:
+                bound = np.sqrt(6.0 / (fan_in + fan_out))
+                W[...] = rng.uniform(-bound, bound, (fan_out, fan_in))
+
+    def workspace(self, max_rows: int) -> Workspace:
+        return Workspace(self.sizes, max_rows, self.dtype)
+
+    # --- the hot path -------------------------------------------------------------
+
+    def feed_forward(self, X: np.ndarray, ws: Workspace) -> np.ndarray:
+        """a(L) for the rows of X, keeping every Z(ℓ), A(ℓ) in ``ws`` for backprop."""
+        n = X.shape[0]
+        a = X
+        for ell in range(1, self.num_layers + 1):
+            z = ws.Z[ell][:n]
+            np.matmul(a, self.weights[ell - 1].T, out=z)  # z(ℓ) = W(ℓ) a(ℓ-1) + b(ℓ)
+            z += self.biases[ell - 1]
+            a = ws.A[ell][:n]
+            self.sigma[ell - 1].apply(z, out=a)  # a(ℓ) = σ(ℓ)(z(ℓ))
+        return a
+
+    def backprop(self, X: np.ndarray, Y: np.ndarray, grad: np.ndarray, ws: Workspace) -> float:
+        """Write Σ_k ∇C_k over the rows of (X, Y) into ``grad``; return Σ_k C_k.
+
+        MATH.md's dynamic program, batched: Δ(L) from the loss (base case), then for
+        ℓ = L..1: ∂C/∂W(ℓ) = Δ(ℓ)ᵀ A(ℓ-1), ∂C/∂b(ℓ) = column sums of Δ(ℓ), and
+        Δ(ℓ-1) = σ̇(Z(ℓ-1)) ⊙ (Δ(ℓ) W(ℓ)) (recursive case). The sum over samples
+        happens inside the matrix products; ``grad`` is laid out like ``params``.
+        Z(ℓ) is dead once σ̇(ℓ) has been taken, so it serves as that layer's scratch.
+        """
+        n, L = X.shape[0], self.num_layers
+        if n == 0:  # an empty shard still joins the Allreduce, with zeros
+            grad.fill(0.0)
+            return 0.0
+        grad_W, grad_b = self.views(grad)
+        a_L = self.feed_forward(X, ws)
+        Z, A, D = ws.Z, ws.A, ws.D
+        total = self.loss_fn.output_delta(
+            a_L, Y, Z[L][:n], self.sigma[L - 1], D[L][:n], scratch=Z[L][:n]
+        )
+        for ell in range(L, 0, -1):
+            delta = D[ell][:n]
+            a_prev = X if ell == 1 else A[ell - 1][:n]
+            np.matmul(delta.T, a_prev, out=grad_W[ell - 1])
+            np.sum(delta, axis=0, out=grad_b[ell - 1])
+            if ell > 1:
+                delta_prev = D[ell - 1][:n]
+                np.matmul(delta, self.weights[ell - 1], out=delta_prev)  # ∂C/∂a(ℓ-1)
+                z_prev = Z[ell - 1][:n]
+                self.sigma[ell - 2].scale_by_derivative(delta_prev, z_prev, a_prev, z_prev)
+        return total
+
+    # --- convenience API (allocates; not for the training loop) ---------------------
+
+    def _rows(self, X: np.ndarray) -> np.ndarray:
+        X = np.ascontiguousarray(X, dtype=self.dtype)
+        if X.ndim != 2 or X.shape[1] != self.sizes[0]:
+            raise ValueError(f"expected rows of {self.sizes[0]} features, got shape {X.shape}")
+        return X
+
+    def forward(self, X: np.ndarray) -> np.ndarray:
+        """Outputs a(L) for the rows of X, shape (N, n_L)."""
+        X = self._rows(X)
+        return self.feed_forward(X, self.workspace(X.shape[0])).copy()
+
+    def loss(self, X: np.ndarray, Y: np.ndarray) -> float:
+        """C = (1/N) Σ_k C_k, the mean loss over the rows of (X, Y)."""
+        X = self._rows(X)
+        a = self.forward(X)
+        return self.loss_fn.value(a, np.asarray(Y, self.dtype), np.empty_like(a)) / len(X)
+
+    def gradient(self, X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+        """∇C of ``loss(X, Y)`` (the mean), laid out like ``params``."""
+        X = self._rows(X)
+        grad = np.empty_like(self.params)
+        self.backprop(X, np.ascontiguousarray(Y, self.dtype), grad, self.workspace(len(X)))
+        grad /= len(X)
+        return grad

@@ -1,0 +1,150 @@
+"""The data-parallel training loop: shard, backprop, Allreduce, schedule step.
+
+Every rank holds the whole network and the whole data set. Each global batch is
+cut into one shard per rank (sizes differ by at most one sample); each rank runs
+backprop over its shard into a flat gradient buffer, one Allreduce sums the
+buffers, and every rank's schedule turns the same global gradient into the same
+step, so the replicas never drift apart (MATH.md, Data parallelism).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from distnn.comm import World
+from distnn.data import Dataset
+from distnn.errors import DivergenceError
+from distnn.network import Network
+from distnn.schedules import GradientUpdateSchedule
+
+# The step's one Allreduce carries the shard gradients and, in extra slots after
+# them, the shard loss and this rank's stop request: agreeing on the loss and on
+# whether to stop costs no message of its own.
+LOSS_SLOT, STOP_SLOT, NUM_EXTRA_SLOTS = 0, 1, 2
+
+
+def shard_bounds(batch_size: int, rank: int, size: int) -> tuple[int, int]:
+    """Rows [lo, hi) of a global batch that ``rank`` of ``size`` works on."""
+    return rank * batch_size // size, (rank + 1) * batch_size // size
+
+
+def epoch_permutation(n_samples: int, seed: int, epoch: int) -> np.ndarray:
+    """The order of the training set in ``epoch``: the same on every rank."""
+    return np.random.default_rng([seed, epoch]).permutation(n_samples)
+
+
+@dataclass
+class EpochResult:
+    epoch: int
+    loss: float  # mean training loss over the epoch's batches
+    samples_per_sec: float
+    elapsed_s: float
+    test_loss: float | None = None
+    accuracy: float | None = None
+
+    def as_record(self) -> dict:
+        return dict(vars(self))
+
+
+class Trainer:
+    def __init__(
+        self,
+        net: Network,
+        schedule: GradientUpdateSchedule,
+        data: Dataset,
+        world: World,
+        batch_size: int,
+        seed: int = 0,
+    ) -> None:
+        self.net, self.schedule, self.data, self.world = net, schedule, data, world
+        self.batch_size = min(batch_size, len(data.x))
+        self.seed = seed
+        self.epoch = 0  # epochs completed
+        self.stop_requested = False  # set by a signal handler; agreed on in the next step
+        self.on_step: Callable[[int, int, float], None] | None = None
+
+        shard_rows = -(-self.batch_size // world.size)  # the largest shard, ceil(B/P)
+        self.ws = net.workspace(shard_rows)
+        self.x_shard = np.empty((shard_rows, net.sizes[0]), net.dtype)
+        self.y_shard = np.empty((shard_rows, net.sizes[-1]), net.dtype)
+        self.step_buffer = np.zeros(net.num_params + NUM_EXTRA_SLOTS, net.dtype)
+        self.grad = self.step_buffer[: net.num_params]
+        self.extras = self.step_buffer[net.num_params :]
+
+        world.bcast(net.params)  # rank 0's initialization becomes everyone's
+
+    def train_step(self, batch: np.ndarray) -> float:
+        """One update from the global batch ``batch`` (row indices); returns its mean loss."""
+        # Shard: this rank's rows of the global batch, gathered into preallocated buffers.
+        lo, hi = shard_bounds(len(batch), self.world.rank, self.world.size)
+        n = hi - lo
+        x, y = self.x_shard[:n], self.y_shard[:n]
+        np.take(self.data.x, batch[lo:hi], axis=0, out=x)
+        np.take(self.data.y, batch[lo:hi], axis=0, out=y)
+
+        # Backprop: Σ over the shard's samples of ∇C_k, born in the buffer we send.
+        self.extras[LOSS_SLOT] = self.net.backprop(x, y, self.grad, self.ws)
+        self.extras[STOP_SLOT] = self.stop_requested
+
+        # Allreduce: the global batch's gradient sum, the same on every rank.
+        self.world.allreduce_sum(self.step_buffer)
+        self.step_buffer /= len(batch)  # MATH.md: the gradient of the mean over the batch
+        loss = float(self.extras[LOSS_SLOT])
+        if not math.isfinite(loss):
+            raise DivergenceError(
+                f"the loss became {loss} at step {self.schedule.t + 1} of epoch "
+                f"{self.epoch + 1}: training diverged (is the learning rate too high?)"
+            )
+
+        # Schedule step: identical on every rank, so the replicas stay identical.
+        self.net.params -= self.schedule(self.grad)
+        self.stop_requested = bool(self.extras[STOP_SLOT] > 0)
+        return loss
+
+    def train_epoch(self) -> EpochResult:
+        """One pass over the training set in a fresh seeded order."""
+        order = epoch_permutation(len(self.data.x), self.seed, self.epoch)
+        n_batches = -(-len(order) // self.batch_size)
+        start, loss_sum = time.perf_counter(), 0.0
+        for b in range(n_batches):
+            batch = order[b * self.batch_size : (b + 1) * self.batch_size]
+            loss = self.train_step(batch)
+            loss_sum += loss * len(batch)
+            if self.on_step is not None:
+                self.on_step(b + 1, n_batches, loss)
+        elapsed = time.perf_counter() - start
+        self.world.check_in_sync(self.net.params, f"after epoch {self.epoch + 1}")
+        self.epoch += 1
+        result = EpochResult(
+            epoch=self.epoch,
+            loss=loss_sum / len(order),
+            samples_per_sec=len(order) / elapsed,
+            elapsed_s=elapsed,
+        )
+        if self.data.x_test is not None:
+            result.test_loss, result.accuracy = self.evaluate(self.data.x_test, self.data.y_test,
+                                                              self.data.labels_test)
+        return result
+
+    def evaluate(
+        self, x: np.ndarray, y: np.ndarray, labels: np.ndarray | None
+    ) -> tuple[float, float | None]:
+        """Mean loss and accuracy (None for regression) over all rows, split across ranks."""
+        lo, hi = shard_bounds(len(x), self.world.rank, self.world.size)
+        totals = np.zeros(2, np.float64)  # loss sum, correct predictions
+        chunk = self.ws.max_rows
+        for start in range(lo, hi, chunk):
+            stop = min(start + chunk, hi)
+            a = self.net.feed_forward(x[start:stop], self.ws)
+            scratch = self.ws.D[-1][: stop - start]
+            totals[0] += self.net.loss_fn.value(a, y[start:stop], scratch)
+            if labels is not None:
+                totals[1] += np.count_nonzero(a.argmax(axis=1) == labels[start:stop])
+        self.world.allreduce_sum(totals)
+        accuracy = totals[1] / len(x) if labels is not None else None
+        return totals[0] / len(x), accuracy

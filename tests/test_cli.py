@@ -1,0 +1,79 @@
+"""The CLI as a user runs it: real processes, real mpiexec, each under a timeout."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import error_lines, launch
+
+from distnn.model_io import load_model
+
+
+def test_default_run_reaches_95_percent_on_4_ranks(tmp_path):
+    result = launch(["--metrics", "m.jsonl", "--save", "model.npz"], ranks=4, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == list(range(1, len(records) + 1))
+    for key in ("loss", "test_loss", "accuracy", "samples_per_sec", "elapsed_s"):
+        assert key in records[-1]
+    assert records[-1]["accuracy"] >= 0.95
+    assert records[-1]["loss"] < records[0]["loss"]
+    summary = result.stdout.strip().splitlines()
+    assert len(summary) == 1 and "4 rank(s)" in summary[0] and "test accuracy" in summary[0]
+
+    # The model is plain NumPy: no distnn needed to read it.
+    with np.load(tmp_path / "model.npz", allow_pickle=False) as f:
+        assert f["W1"].shape == (32, 64) and f["W2"].shape == (10, 32)
+        assert list(f["activations"]) == ["sigmoid", "sigmoid"]
+    net = load_model(str(tmp_path / "model.npz"))
+    with np.load(tmp_path / "model.npz") as f:
+        np.testing.assert_array_equal(net.weights[1], f["W2"])
+
+
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_weights_do_not_depend_on_the_number_of_ranks(tmp_path, ranks):
+    common = ["--dataset", "synthetic:600:20:4", "--hidden", "16", "--activation", "tanh",
+              "--schedule", "sgd", "--lr", "0.1", "--batch-size", "50", "--epochs", "3",
+              "--quiet"]
+    one = launch([*common, "--save", "one.npz"], ranks=1, cwd=tmp_path)
+    many = launch([*common, "--save", "many.npz"], ranks=ranks, cwd=tmp_path)
+    assert one.returncode == 0 and many.returncode == 0, one.stderr + many.stderr
+    a, b = np.load(tmp_path / "one.npz"), np.load(tmp_path / "many.npz")
+    for key in ("W1", "b1", "W2", "b2"):
+        np.testing.assert_allclose(a[key], b[key], rtol=0, atol=2e-6)
+
+
+def test_single_process_refuses_a_world_of_one_started_as_many():
+    result = launch(["--epochs", "1"], env={"SLURM_STEP_NUM_TASKS": "4"})
+    assert result.returncode == 2
+    assert "world of 1" in error_lines(result.stderr)[0]
+
+
+def test_help_prints_once_and_exits_zero():
+    result = launch(["--help"], ranks=2)
+    assert result.returncode == 0
+    assert result.stdout.count("usage:") == 1 and "--batch-size" in result.stdout
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--bogus"], "unrecognized arguments"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--epochs", "-1"], "--epochs"),
+    (["--lr", "0"], "--lr"),
+    (["--lr", "nan"], "--lr"),
+    (["--activation", "swish"], "swish"),
+    (["--loss", "hinge"], "hinge"),
+    (["--schedule", "nosuch"], "nosuch"),
+    (["--schedule", "no_such_module:Thing"], "no_such_module"),
+    (["--hidden", "3,x"], "--hidden"),
+    (["--dataset", "missing.npz"], "missing.npz"),
+    (["--dataset", "synthetic:10"], "synthetic"),
+    (["--lr-schedule", "sometimes"], "sometimes"),
+])
+def test_bad_input_one_line_nonzero_exit_on_every_rank(args, words, tmp_path):
+    result = launch(args, ranks=2, cwd=tmp_path, timeout=60)
+    assert result.returncode == 2, result.stderr
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1, result.stderr
+    assert words in lines[0]
+    assert "Traceback" not in result.stderr
