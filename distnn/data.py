@@ -98,9 +98,16 @@ def _one_hot(labels: np.ndarray, n_classes: int, ftype: np.dtype) -> np.ndarray:
     return out
 
 
-def _classification(name: str, x: np.ndarray, labels: np.ndarray, x_test: np.ndarray | None,
-                    labels_test: np.ndarray | None, n_classes: int, ftype: np.dtype,
-                    notes: tuple[str, ...] = ()) -> Dataset:
+def _classification(
+    name: str,
+    x: np.ndarray,
+    labels: np.ndarray,
+    x_test: np.ndarray | None,
+    labels_test: np.ndarray | None,
+    n_classes: int,
+    ftype: np.dtype,
+    notes: tuple[str, ...] = (),
+) -> Dataset:
     return Dataset(
         name=name,
         x=np.ascontiguousarray(x, dtype=ftype),
@@ -119,8 +126,9 @@ def _load_digits(ftype: np.dtype) -> Dataset:
         with resource.open("rb") as raw, gzip.open(raw, "rt") as text:
             table = np.loadtxt(text, delimiter=",", dtype=np.int64, ndmin=2)
     except (OSError, ValueError, EOFError) as exc:
-        raise DistnnError(f"digits: cannot read the embedded data file ({exc}); "
-                          "reinstall distnn") from None
+        raise DistnnError(
+            f"digits: cannot read the embedded data file ({exc}); reinstall distnn"
+        ) from None
     perm = np.random.default_rng(DIGITS_SPLIT_SEED).permutation(table.shape[0])
     test, train = np.sort(perm[:DIGITS_TEST_SIZE]), np.sort(perm[DIGITS_TEST_SIZE:])
     x = table[:, :64].astype(ftype) / ftype.type(16)
@@ -128,8 +136,9 @@ def _load_digits(ftype: np.dtype) -> Dataset:
     return _classification("digits", x[train], labels[train], x[test], labels[test], 10, ftype)
 
 
-def _teacher(rng: np.random.Generator, features: int,
-             classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _teacher(
+    rng: np.random.Generator, features: int, classes: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A random net ``tanh(x @ a) @ b + bias`` whose argmax labels x ~ N(0, 1).
 
     Hidden pre-activations have unit variance and class columns unit norm; the class
@@ -153,11 +162,16 @@ def _teacher(rng: np.random.Generator, features: int,
 def _synthetic(spec: str, seed: int, ftype: np.dtype) -> Dataset:
     match = _SYNTHETIC.fullmatch(spec)
     if match is None:
-        raise DistnnError(f"{spec}: unknown dataset spec; valid forms: {VALID_SPECS} "
-                          "(SAMPLES, FEATURES, CLASSES are integers)")
+        raise DistnnError(
+            f"{spec}: unknown dataset spec; valid forms: {VALID_SPECS} "
+            "(SAMPLES, FEATURES, CLASSES are integers)"
+        )
     samples, features, classes = (int(g) for g in match.groups())
-    for what, value, least in (("SAMPLES", samples, 1), ("FEATURES", features, 1),
-                               ("CLASSES", classes, 2)):
+    for what, value, least in (
+        ("SAMPLES", samples, 1),
+        ("FEATURES", features, 1),
+        ("CLASSES", classes, 2),
+    ):
         if value < least:
             raise DistnnError(f"{spec}: {what} must be at least {least}, got {value}")
     if not isinstance(seed, int | np.integer) or seed < 0:
@@ -194,14 +208,17 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
                 detail = "neither a zip archive nor a .npy array"
             raise DistnnError(f"{path}: not a valid .npz file ({detail})") from None
         if not isinstance(archive, np.lib.npyio.NpzFile):
-            raise DistnnError(f"{path}: is a single .npy array, not an .npz archive; "
-                              "save with np.savez(path, x=..., y=...)")
+            raise DistnnError(
+                f"{path}: is a single .npy array, not an .npz archive; "
+                "save with np.savez(path, x=..., y=...)"
+            )
         with archive:
             keys = list(archive.files)
             for key in ("x", "y"):
                 if key not in keys:
-                    raise DistnnError(f"{path}: missing array '{key}' (found: "
-                                      f"{', '.join(keys) or 'none'})")
+                    raise DistnnError(
+                        f"{path}: missing array '{key}' (found: {', '.join(keys) or 'none'})"
+                    )
             if ("x_test" in keys) != ("y_test" in keys):
                 have, lack = ("x_test", "y_test") if "x_test" in keys else ("y_test", "x_test")
                 raise DistnnError(f"{path}: has '{have}' but no '{lack}' (give both or neither)")
@@ -213,8 +230,10 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
                     arrays[key] = archive[key]
                 except _READ_ERRORS as exc:
                     if isinstance(exc, ValueError) and "allow_pickle" in str(exc):
-                        raise DistnnError(f"{path}: array '{key}' has dtype object (ragged or "
-                                          "pickled data is not supported)") from None
+                        raise DistnnError(
+                            f"{path}: array '{key}' has dtype object (ragged or "
+                            "pickled data is not supported)"
+                        ) from None
                     detail = " ".join(str(exc).split()) or type(exc).__name__
                     raise DistnnError(f"{path}: array '{key}' is corrupt ({detail})") from None
     return arrays
@@ -223,14 +242,17 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
 def _check_numeric(path: str, key: str, a: np.ndarray) -> None:
     """Reject non-numeric dtypes and NaN/inf; bool counts as numeric (0/1)."""
     if a.dtype.kind not in "biuf":
-        raise DistnnError(f"{path}: array '{key}' has non-numeric dtype {a.dtype} "
-                          "(need integers, floats or bools)")
+        raise DistnnError(
+            f"{path}: array '{key}' has non-numeric dtype {a.dtype} "
+            "(need integers, floats or bools)"
+        )
     if a.dtype.kind == "f":
         n_nan = int(np.count_nonzero(np.isnan(a)))
         n_inf = int(np.count_nonzero(np.isinf(a)))
         if n_nan or n_inf:
-            what = " and ".join(f"{n} {kind}" for n, kind in ((n_nan, "NaN"), (n_inf, "infinite"))
-                                if n)
+            what = " and ".join(
+                f"{n} {kind}" for n, kind in ((n_nan, "NaN"), (n_inf, "infinite")) if n
+            )
             raise DistnnError(f"{path}: array '{key}' has {what} values")
 
 
@@ -248,8 +270,9 @@ def _check_features(path: str, key: str, x: np.ndarray) -> None:
         hint = ""
         if x.ndim > 2 and x.shape[0] > 0:
             hint = f"; reshape to ({x.shape[0]}, {int(np.prod(x.shape[1:]))})"
-        raise DistnnError(f"{path}: array '{key}' must be 2-D (samples x features), "
-                          f"got shape {x.shape}{hint}")
+        raise DistnnError(
+            f"{path}: array '{key}' must be 2-D (samples x features), got shape {x.shape}{hint}"
+        )
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise DistnnError(f"{path}: array '{key}' is empty (shape {x.shape})")
 
@@ -259,15 +282,20 @@ def _check_labels(path: str, key: str, y: np.ndarray) -> np.ndarray:
     if y.dtype.kind == "f":
         n_frac = int(np.count_nonzero(y != np.floor(y)))
         if n_frac:
-            raise DistnnError(f"{path}: array '{key}' is 1-D class labels but has {n_frac} "
-                              "non-integer values (for regression give y shape (N, 1))")
+            raise DistnnError(
+                f"{path}: array '{key}' is 1-D class labels but has {n_frac} "
+                "non-integer values (for regression give y shape (N, 1))"
+            )
     if y.size and y.min() < 0:
         n_neg = int(np.count_nonzero(y < 0))
-        raise DistnnError(f"{path}: array '{key}' has {n_neg} negative labels "
-                          "(classes must be 0..K-1)")
+        raise DistnnError(
+            f"{path}: array '{key}' has {n_neg} negative labels (classes must be 0..K-1)"
+        )
     if y.size and y.max() >= MAX_CLASSES:
-        raise DistnnError(f"{path}: array '{key}' has label {y.max()}; "
-                          f"at most {MAX_CLASSES} classes are supported")
+        raise DistnnError(
+            f"{path}: array '{key}' has label {y.max()}; "
+            f"at most {MAX_CLASSES} classes are supported"
+        )
     return y.astype(np.int64)
 
 
@@ -279,8 +307,10 @@ def _load_npz(path: str, ftype: np.dtype) -> Dataset:
     x_test, y_test = arrays.get("x_test"), arrays.get("y_test")
     _check_features(path, "x", x)
     if y.ndim not in (1, 2):
-        raise DistnnError(f"{path}: array 'y' must be 1-D class labels or 2-D (N x K) targets, "
-                          f"got shape {y.shape}")
+        raise DistnnError(
+            f"{path}: array 'y' must be 1-D class labels or 2-D (N x K) targets, "
+            f"got shape {y.shape}"
+        )
     if y.shape[0] != x.shape[0]:
         raise DistnnError(f"{path}: x has {x.shape[0]} rows but y has {y.shape[0]}")
     if y.ndim == 2 and y.shape[1] == 0:
@@ -288,36 +318,54 @@ def _load_npz(path: str, ftype: np.dtype) -> Dataset:
     if x_test is not None and y_test is not None:
         _check_features(path, "x_test", x_test)
         if x_test.shape[1] != x.shape[1]:
-            raise DistnnError(f"{path}: x_test has {x_test.shape[1]} features but x has "
-                              f"{x.shape[1]}")
+            raise DistnnError(
+                f"{path}: x_test has {x_test.shape[1]} features but x has {x.shape[1]}"
+            )
         if y_test.ndim != y.ndim:
-            raise DistnnError(f"{path}: y_test is {y_test.ndim}-D but y is {y.ndim}-D "
-                              f"(shapes {y_test.shape} and {y.shape})")
+            raise DistnnError(
+                f"{path}: y_test is {y_test.ndim}-D but y is {y.ndim}-D "
+                f"(shapes {y_test.shape} and {y.shape})"
+            )
         if y_test.shape[0] != x_test.shape[0]:
-            raise DistnnError(f"{path}: x_test has {x_test.shape[0]} rows but y_test has "
-                              f"{y_test.shape[0]}")
+            raise DistnnError(
+                f"{path}: x_test has {x_test.shape[0]} rows but y_test has {y_test.shape[0]}"
+            )
         if y.ndim == 2 and y_test.shape[1] != y.shape[1]:
-            raise DistnnError(f"{path}: y_test has {y_test.shape[1]} target columns but y has "
-                              f"{y.shape[1]} (test target width must match)")
+            raise DistnnError(
+                f"{path}: y_test has {y_test.shape[1]} target columns but y has "
+                f"{y.shape[1]} (test target width must match)"
+            )
     x_out = _convert(path, "x", x, ftype)
     x_test_out = None if x_test is None else _convert(path, "x_test", x_test, ftype)
     if y.ndim == 2:  # regression
         y_test_out = None if y_test is None else _convert(path, "y_test", y_test, ftype)
-        return Dataset(path, x_out, _convert(path, "y", y, ftype), x_test_out, y_test_out,
-                       labels=None, labels_test=None)
+        return Dataset(
+            path,
+            x_out,
+            _convert(path, "y", y, ftype),
+            x_test_out,
+            y_test_out,
+            labels=None,
+            labels_test=None,
+        )
     labels = _check_labels(path, "y", y)
     labels_test = None if y_test is None else _check_labels(path, "y_test", y_test)
     n_train = int(labels.max()) + 1
     n_classes = max(n_train, 0 if labels_test is None else int(labels_test.max()) + 1)
     if n_classes < 2:
-        raise DistnnError(f"{path}: fewer than 2 classes (every label is 0); "
-                          "classification needs labels 0..K-1 with K >= 2")
+        raise DistnnError(
+            f"{path}: fewer than 2 classes (every label is 0); "
+            "classification needs labels 0..K-1 with K >= 2"
+        )
     notes = []
     if n_classes > n_train:
-        notes.append(f"{path}: test labels go up to {n_classes - 1} but training labels only "
-                     f"to {n_train - 1}; using {n_classes} classes")
+        notes.append(
+            f"{path}: test labels go up to {n_classes - 1} but training labels only "
+            f"to {n_train - 1}; using {n_classes} classes"
+        )
     missing = n_classes - np.unique(labels).size
     if missing:
         notes.append(f"{path}: {missing} of {n_classes} classes have no training rows")
-    return _classification(path, x_out, labels, x_test_out, labels_test, n_classes, ftype,
-                           tuple(notes))
+    return _classification(
+        path, x_out, labels, x_test_out, labels_test, n_classes, ftype, tuple(notes)
+    )

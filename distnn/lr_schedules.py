@@ -13,18 +13,6 @@ import numbers
 
 from distnn.errors import DistnnError
 
-__all__ = [
-    "Constant",
-    "Cosine",
-    "Exponential",
-    "InverseTime",
-    "LRSchedule",
-    "StepDecay",
-    "Warmup",
-    "as_lr_schedule",
-    "parse_lr_schedule",
-]
-
 
 def _check(ok: bool, what: str) -> None:
     if not ok:
@@ -157,8 +145,9 @@ def parse_lr_schedule(spec: str, lr: float, total_steps: int) -> LRSchedule:
     _positive("learning rate", lr)
 
     def bad(reason: str) -> DistnnError:
-        return DistnnError(f"bad learning-rate schedule {spec!r}: {reason}; valid forms: "
-                           f"{VALID_FORMS}")
+        return DistnnError(
+            f"bad learning-rate schedule {spec!r}: {reason}; valid forms: {VALID_FORMS}"
+        )
 
     base, plus, warm = spec.strip().partition("+")
     name, *args = [p.strip() for p in base.split(":")]
@@ -174,8 +163,12 @@ def parse_lr_schedule(spec: str, lr: float, total_steps: int) -> LRSchedule:
         if name == "cosine":
             schedule: LRSchedule = Cosine(lr, total_steps, *nums)
         else:
-            cls = {"constant": Constant, "step": StepDecay, "exp": Exponential,
-                   "inverse": InverseTime}[name]
+            cls = {
+                "constant": Constant,
+                "step": StepDecay,
+                "exp": Exponential,
+                "inverse": InverseTime,
+            }[name]
             schedule = cls(lr, *nums)
         if plus:
             wname, colon, n = warm.strip().partition(":")

@@ -11,8 +11,9 @@ from typing import TextIO
 class Progress:
     """A one-line progress bar (samples/s, loss) on a terminal; per-epoch lines elsewhere."""
 
-    def __init__(self, epochs: int, batch_size: int, stream: TextIO = sys.stderr,
-                 enabled: bool = True) -> None:
+    def __init__(
+        self, epochs: int, batch_size: int, stream: TextIO = sys.stderr, enabled: bool = True
+    ) -> None:
         self.epochs, self.batch_size, self.stream = epochs, batch_size, stream
         self.enabled = enabled
         self.live = enabled and stream.isatty()
@@ -30,8 +31,10 @@ class Progress:
         width = 24
         filled = width * done // total
         bar = "#" * filled + "-" * (width - filled)
-        self.stream.write(f"\repoch {self._epoch}/{self.epochs} [{bar}] {done}/{total} "
-                          f"loss {loss:.4f} {rate:,.0f} samples/s ")
+        self.stream.write(
+            f"\repoch {self._epoch}/{self.epochs} [{bar}] {done}/{total} "
+            f"loss {loss:.4f} {rate:,.0f} samples/s "
+        )
         self.stream.flush()
 
     def end_epoch(self, record: dict) -> None:

@@ -31,19 +31,6 @@ import numpy as np
 from distnn.errors import DistnnError
 from distnn.lr_schedules import LRSchedule, as_lr_schedule
 
-__all__ = [
-    "SCHEDULES",
-    "SGD",
-    "AdaGrad",
-    "Adam",
-    "GradientUpdateSchedule",
-    "Momentum",
-    "Nesterov",
-    "NormalizedStep",
-    "RMSProp",
-    "make_schedule",
-]
-
 
 def _check_unit(name: str, value: float) -> float:
     value = float(value)
@@ -157,8 +144,7 @@ class GradientUpdateSchedule(abc.ABC):
                 raise DistnnError(f"{cls} state {name!r} must be floating, got {arr.dtype}")
             if self._step_buf is not None and arr.shape != self._step_buf.shape:
                 raise DistnnError(
-                    f"{cls} state {name!r} has shape {arr.shape}, "
-                    f"expected {self._step_buf.shape}"
+                    f"{cls} state {name!r} has shape {arr.shape}, expected {self._step_buf.shape}"
                 )
         self.t = int(t)
         for name in self.state_arrays:
@@ -341,8 +327,7 @@ def make_schedule(name_or_path: str, lr: float | LRSchedule) -> GradientUpdateSc
             obj = getattr(obj, part)
         if not (isinstance(obj, type) and issubclass(obj, GradientUpdateSchedule)):
             raise DistnnError(
-                f"schedule {spec!r} is not a subclass of "
-                "distnn.schedules.GradientUpdateSchedule"
+                f"schedule {spec!r} is not a subclass of distnn.schedules.GradientUpdateSchedule"
             )
         cls = obj
     elif spec.lower() in SCHEDULES:

@@ -60,27 +60,61 @@ def _name_list(text: str) -> tuple[str, ...]:
 
 def build_parser(rank: int = 0) -> argparse.ArgumentParser:
     d = TrainConfig()
-    p = _Parser(prog="python -m distnn.train", rank=rank, description=(
-        "Train a feed-forward network data-parallel over MPI. Run under "
-        "'mpirun -n N' for N ranks, or alone for one."))
-    p.add_argument("--dataset", default=d.dataset, help="digits (embedded, default) | "
-                   "synthetic:SAMPLES:FEATURES:CLASSES | path to an .npz with x, y "
-                   "[, x_test, y_test]")
-    p.add_argument("--hidden", type=_int_list, default=d.hidden, metavar="N,N,...",
-                   help="hidden layer widths (default: %(default)s); '' for none")
-    p.add_argument("--activation", default=d.activation,
-                   help="σ of every layer: sigmoid, tanh, relu, leaky_relu, identity, softplus")
-    p.add_argument("--activations", type=_name_list, default=None, metavar="A,A,...",
-                   help="σ per layer (hidden layers then output); overrides --activation")
-    p.add_argument("--loss", default=d.loss, help="squared (default) | cross-entropy "
-                   "(softmax output)")
-    p.add_argument("--schedule", default=d.schedule, help=f"{' | '.join(SCHEDULES)} | "
-                   "package.module:ClassName (default: %(default)s)")
+    p = _Parser(
+        prog="python -m distnn.train",
+        rank=rank,
+        description=(
+            "Train a feed-forward network data-parallel over MPI. Run under "
+            "'mpirun -n N' for N ranks, or alone for one."
+        ),
+    )
+    p.add_argument(
+        "--dataset",
+        default=d.dataset,
+        help="digits (embedded, default) | "
+        "synthetic:SAMPLES:FEATURES:CLASSES | path to an .npz with x, y "
+        "[, x_test, y_test]",
+    )
+    p.add_argument(
+        "--hidden",
+        type=_int_list,
+        default=d.hidden,
+        metavar="N,N,...",
+        help="hidden layer widths (default: %(default)s); '' for none",
+    )
+    p.add_argument(
+        "--activation",
+        default=d.activation,
+        help="σ of every layer: sigmoid, tanh, relu, leaky_relu, identity, softplus",
+    )
+    p.add_argument(
+        "--activations",
+        type=_name_list,
+        default=None,
+        metavar="A,A,...",
+        help="σ per layer (hidden layers then output); overrides --activation",
+    )
+    p.add_argument(
+        "--loss", default=d.loss, help="squared (default) | cross-entropy (softmax output)"
+    )
+    p.add_argument(
+        "--schedule",
+        default=d.schedule,
+        help=f"{' | '.join(SCHEDULES)} | package.module:ClassName (default: %(default)s)",
+    )
     p.add_argument("--lr", type=float, default=d.lr, help="learning rate (default: %(default)s)")
-    p.add_argument("--lr-schedule", default=d.lr_schedule, help="constant | step:EVERY:GAMMA | "
-                   "exp:GAMMA | inverse:K | cosine[:MIN_LR], optionally +warmup:N")
-    p.add_argument("--batch-size", type=int, default=d.batch_size,
-                   help="global batch size, split across ranks (default: %(default)s)")
+    p.add_argument(
+        "--lr-schedule",
+        default=d.lr_schedule,
+        help="constant | step:EVERY:GAMMA | "
+        "exp:GAMMA | inverse:K | cosine[:MIN_LR], optionally +warmup:N",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=d.batch_size,
+        help="global batch size, split across ranks (default: %(default)s)",
+    )
     p.add_argument("--epochs", type=int, default=d.epochs, help="default: %(default)s")
     p.add_argument("--seed", type=int, default=d.seed, help="default: %(default)s")
     p.add_argument("--dtype", default=d.dtype, help="float32 (default) | float64")
@@ -105,8 +139,9 @@ def setup(config: TrainConfig, world: World) -> tuple[Dataset, Network, Trainer]
     sizes = [data.n_features, *config.hidden, data.n_outputs]
     if config.loss == "cross-entropy" and not data.is_classification:
         raise DistnnError("--loss cross-entropy needs class labels, but the targets are vectors")
-    net = Network(sizes, config.layer_activations(), loss=config.loss, seed=config.seed,
-                  dtype=config.dtype)
+    net = Network(
+        sizes, config.layer_activations(), loss=config.loss, seed=config.seed, dtype=config.dtype
+    )
     steps_per_epoch = -(-len(data.x) // min(config.batch_size, len(data.x)))
     lr = parse_lr_schedule(config.lr_schedule, config.lr, steps_per_epoch * config.epochs)
     schedule = make_schedule(config.schedule, lr)
@@ -153,9 +188,11 @@ def summary_line(record: dict, world: World, total_s: float) -> str:
     accuracy = f"test accuracy {acc:.2%}" if acc is not None else "test accuracy n/a"
     test_loss = record.get("test_loss")
     test = f", test loss {test_loss:.4f}" if test_loss is not None else ""
-    return (f"done: {accuracy}, final loss {record['loss']:.4f}{test}, "
-            f"{record['samples_per_sec']:,.0f} samples/s on {world.size} rank(s), "
-            f"{total_s:.1f} s")
+    return (
+        f"done: {accuracy}, final loss {record['loss']:.4f}{test}, "
+        f"{record['samples_per_sec']:,.0f} samples/s on {world.size} rank(s), "
+        f"{total_s:.1f} s"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,8 +213,10 @@ def main(argv: list[str] | None = None) -> int:
         return DistnnError.exit_code
 
     if world.is_root and not config.quiet:
-        print(header(config, world, data, net, f"{threads} thread(s) per rank ({source})"),
-              file=sys.stderr)
+        print(
+            header(config, world, data, net, f"{threads} thread(s) per rank ({source})"),
+            file=sys.stderr,
+        )
     try:
         record = run(config, world, data, trainer)
     except CollectiveError as e:  # raised on every rank at the same step

@@ -127,8 +127,9 @@ class Trainer:
             elapsed_s=elapsed,
         )
         if self.data.x_test is not None:
-            result.test_loss, result.accuracy = self.evaluate(self.data.x_test, self.data.y_test,
-                                                              self.data.labels_test)
+            result.test_loss, result.accuracy = self.evaluate(
+                self.data.x_test, self.data.y_test, self.data.labels_test
+            )
         return result
 
     def evaluate(

@@ -13,16 +13,23 @@ import pytest
 MPIEXEC = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
 
 
-def launch(args: list[str], ranks: int = 1, timeout: float = 120, env: dict | None = None,
-           cwd: Path | None = None, module: str = "distnn.train") -> subprocess.CompletedProcess:
+def launch(
+    args: list[str],
+    ranks: int = 1,
+    timeout: float = 120,
+    env: dict | None = None,
+    cwd: Path | None = None,
+    module: str = "distnn.train",
+) -> subprocess.CompletedProcess:
     """Run the CLI on ``ranks`` ranks (no launcher for 1); a hang fails the test."""
     command = [sys.executable, "-m", module, *args]
     if ranks > 1:
         command = [MPIEXEC, "-n", str(ranks), *command]
     full_env = {**os.environ, **(env or {})}
     try:
-        return subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                              env=full_env, cwd=cwd)
+        return subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd
+        )
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"{' '.join(command)} hung for {timeout} s:\n{e.stderr}")
 

@@ -32,9 +32,23 @@ def test_default_run_reaches_95_percent_on_4_ranks(tmp_path):
 
 @pytest.mark.parametrize("ranks", [2, 4])
 def test_weights_do_not_depend_on_the_number_of_ranks(tmp_path, ranks):
-    common = ["--dataset", "synthetic:600:20:4", "--hidden", "16", "--activation", "tanh",
-              "--schedule", "sgd", "--lr", "0.1", "--batch-size", "50", "--epochs", "3",
-              "--quiet"]
+    common = [
+        "--dataset",
+        "synthetic:600:20:4",
+        "--hidden",
+        "16",
+        "--activation",
+        "tanh",
+        "--schedule",
+        "sgd",
+        "--lr",
+        "0.1",
+        "--batch-size",
+        "50",
+        "--epochs",
+        "3",
+        "--quiet",
+    ]
     one = launch([*common, "--save", "one.npz"], ranks=1, cwd=tmp_path)
     many = launch([*common, "--save", "many.npz"], ranks=ranks, cwd=tmp_path)
     assert one.returncode == 0 and many.returncode == 0, one.stderr + many.stderr
@@ -55,21 +69,24 @@ def test_help_prints_once_and_exits_zero():
     assert result.stdout.count("usage:") == 1 and "--batch-size" in result.stdout
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--bogus"], "unrecognized arguments"),
-    (["--batch-size", "0"], "--batch-size"),
-    (["--epochs", "-1"], "--epochs"),
-    (["--lr", "0"], "--lr"),
-    (["--lr", "nan"], "--lr"),
-    (["--activation", "swish"], "swish"),
-    (["--loss", "hinge"], "hinge"),
-    (["--schedule", "nosuch"], "nosuch"),
-    (["--schedule", "no_such_module:Thing"], "no_such_module"),
-    (["--hidden", "3,x"], "--hidden"),
-    (["--dataset", "missing.npz"], "missing.npz"),
-    (["--dataset", "synthetic:10"], "synthetic"),
-    (["--lr-schedule", "sometimes"], "sometimes"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--bogus"], "unrecognized arguments"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--epochs", "-1"], "--epochs"),
+        (["--lr", "0"], "--lr"),
+        (["--lr", "nan"], "--lr"),
+        (["--activation", "swish"], "swish"),
+        (["--loss", "hinge"], "hinge"),
+        (["--schedule", "nosuch"], "nosuch"),
+        (["--schedule", "no_such_module:Thing"], "no_such_module"),
+        (["--hidden", "3,x"], "--hidden"),
+        (["--dataset", "missing.npz"], "missing.npz"),
+        (["--dataset", "synthetic:10"], "synthetic"),
+        (["--lr-schedule", "sometimes"], "sometimes"),
+    ],
+)
 def test_bad_input_one_line_nonzero_exit_on_every_rank(args, words, tmp_path):
     result = launch(args, ranks=2, cwd=tmp_path, timeout=60)
     assert result.returncode == 2, result.stderr

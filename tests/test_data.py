@@ -41,8 +41,12 @@ def test_digits_split_fixed_and_independent_of_seed() -> None:
     c = load_dataset("digits", dtype="float64")
     assert np.array_equal(a.x, c.x) and np.array_equal(a.labels_test, c.labels_test)
     # train and test are disjoint parts of the 1797 samples: no row lost or duplicated
-    rows = {r.tobytes() + bytes([lab]) for r, lab in zip(
-        np.vstack([a.x, a.x_test]), np.concatenate([a.labels, a.labels_test]), strict=True)}
+    rows = {
+        r.tobytes() + bytes([lab])
+        for r, lab in zip(
+            np.vstack([a.x, a.x_test]), np.concatenate([a.labels, a.labels_test]), strict=True
+        )
+    }
     assert len(rows) > 1700
 
 
@@ -74,8 +78,9 @@ def test_synthetic_deterministic_per_seed() -> None:
     assert not np.array_equal(a.labels, c.labels)
 
 
-@pytest.mark.parametrize("spec", ["synthetic:2000:20:3", "synthetic:3000:50:10",
-                                  "synthetic:2000:2:5"])
+@pytest.mark.parametrize(
+    "spec", ["synthetic:2000:20:3", "synthetic:3000:50:10", "synthetic:2000:2:5"]
+)
 def test_synthetic_is_learnable_and_balanced(spec: str) -> None:
     d = load_dataset(spec, seed=3)
     counts = np.bincount(d.labels, minlength=d.n_classes)
@@ -91,16 +96,19 @@ def test_synthetic_large_is_fast_enough() -> None:
     assert d.x.shape == (20000, 784) and d.x_test.shape == (4000, 784)
 
 
-@pytest.mark.parametrize(("spec", "word"), [
-    ("synthetic:10", "valid forms"),
-    ("synthetic", "valid forms"),
-    ("synthetic:a:b:c", "valid forms"),
-    ("synthetic:10:5:2:1", "valid forms"),
-    ("synthetic:-1:5:2", "valid forms"),
-    ("synthetic:0:5:2", "SAMPLES"),
-    ("synthetic:10:0:2", "FEATURES"),
-    ("synthetic:10:5:1", "CLASSES"),
-])
+@pytest.mark.parametrize(
+    ("spec", "word"),
+    [
+        ("synthetic:10", "valid forms"),
+        ("synthetic", "valid forms"),
+        ("synthetic:a:b:c", "valid forms"),
+        ("synthetic:10:5:2:1", "valid forms"),
+        ("synthetic:-1:5:2", "valid forms"),
+        ("synthetic:0:5:2", "SAMPLES"),
+        ("synthetic:10:0:2", "FEATURES"),
+        ("synthetic:10:5:1", "CLASSES"),
+    ],
+)
 def test_bad_synthetic_specs(spec: str, word: str) -> None:
     with pytest.raises(DistnnError) as info:
         load_dataset(spec)
@@ -148,8 +156,13 @@ def test_npz_without_test_set_and_bool_features(tmp_path: Path) -> None:
 
 def test_npz_test_labels_beyond_training_are_noted(tmp_path: Path) -> None:
     path = tmp_path / "extra.npz"
-    np.savez(path, x=np.zeros((4, 2)), y=np.array([0, 1, 0, 1]),
-             x_test=np.zeros((2, 2)), y_test=np.array([3, 1]))
+    np.savez(
+        path,
+        x=np.zeros((4, 2)),
+        y=np.array([0, 1, 0, 1]),
+        x_test=np.zeros((2, 2)),
+        y_test=np.array([3, 1]),
+    )
     d = load_dataset(str(path))
     assert d.n_classes == 4 and d.y.shape == (4, 4) and d.y_test.shape == (2, 4)
     assert any("test labels" in note for note in d.notes)
@@ -241,18 +254,23 @@ BAD_FILES: list[tuple[str, Builder | None, list[str]]] = [
     ("biglabel.npz", _save(x=X4, y=np.array([0, 1, 10**9, 1])), ["at most"]),
     ("mismatch.npz", _save(x=X4, y=np.array([0, 1, 0])), ["4 rows", "y has 3"]),
     ("test_rows.npz", _save(x=X4, y=Y4, x_test=X4, y_test=Y4[:3]), ["x_test has 4", "3"]),
-    ("test_feats.npz", _save(x=X4, y=Y4, x_test=np.zeros((2, 5)), y_test=Y4[:2]),
-     ["x_test has 5 features", "x has 3"]),
-    ("test_width.npz", _save(x=X4, y=np.zeros((4, 2)), x_test=X4, y_test=np.zeros((4, 3))),
-     ["width"]),
+    (
+        "test_feats.npz",
+        _save(x=X4, y=Y4, x_test=np.zeros((2, 5)), y_test=Y4[:2]),
+        ["x_test has 5 features", "x has 3"],
+    ),
+    (
+        "test_width.npz",
+        _save(x=X4, y=np.zeros((4, 2)), x_test=X4, y_test=np.zeros((4, 3))),
+        ["width"],
+    ),
     ("test_ndim.npz", _save(x=X4, y=Y4, x_test=X4, y_test=np.zeros((4, 2))), ["y_test is 2-D"]),
     ("one_class.npz", _save(x=X4, y=np.zeros(4, dtype=int)), ["fewer than 2 classes"]),
 ]
 
 
 @pytest.mark.parametrize(("name", "build", "words"), BAD_FILES, ids=[c[0] for c in BAD_FILES])
-def test_bad_npz_files(tmp_path: Path, name: str, build: Builder | None,
-                       words: list[str]) -> None:
+def test_bad_npz_files(tmp_path: Path, name: str, build: Builder | None, words: list[str]) -> None:
     path = tmp_path / name
     if build is not None:
         build(path)
@@ -265,8 +283,9 @@ def test_bad_npz_files(tmp_path: Path, name: str, build: Builder | None,
     assert info.value.__cause__ is None  # no chained traceback to confuse users
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
-                    reason="root can read any file")
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root can read any file"
+)
 def test_unreadable_file(tmp_path: Path) -> None:
     path = tmp_path / "secret.npz"
     np.savez(path, x=X4, y=Y4)

@@ -68,8 +68,9 @@ def test_forward_matches_math_md_column_form():
     X, _ = random_problem("squared")
     for x, out in zip(X, net.forward(X), strict=True):
         a = x
-        for W, b, f in zip(net.weights, net.biases, [np.tanh, lambda z: 1 / (1 + np.exp(-z))],
-                           strict=True):
+        for W, b, f in zip(
+            net.weights, net.biases, [np.tanh, lambda z: 1 / (1 + np.exp(-z))], strict=True
+        ):
             a = f(W @ a + b)
         np.testing.assert_allclose(out, a, rtol=1e-12)
 
@@ -112,8 +113,12 @@ def test_backprop_writes_the_sum_over_samples():
 def test_empty_shard_gives_zero_gradient():
     net = Network([5, 7, 4])
     grad = np.ones_like(net.params)
-    assert net.backprop(np.empty((0, 5), np.float32), np.empty((0, 4), np.float32), grad,
-                        net.workspace(4)) == 0.0
+    assert (
+        net.backprop(
+            np.empty((0, 5), np.float32), np.empty((0, 4), np.float32), grad, net.workspace(4)
+        )
+        == 0.0
+    )
     assert not grad.any()
 
 
@@ -140,11 +145,17 @@ def test_steady_state_backprop_allocates_no_arrays(loss):
     assert large < small + 16 * 1024, f"allocation grew with the batch: {small} -> {large} B"
 
 
-@pytest.mark.parametrize("bad", [dict(sizes=[5]), dict(sizes=[5, 0, 2]),
-                                 dict(sizes=[5, 3], activations="nope"),
-                                 dict(sizes=[5, 3], loss="hinge"),
-                                 dict(sizes=[5, 3, 2], activations=["relu"]),
-                                 dict(sizes=[5, 3], activations="softmax")])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(sizes=[5]),
+        dict(sizes=[5, 0, 2]),
+        dict(sizes=[5, 3], activations="nope"),
+        dict(sizes=[5, 3], loss="hinge"),
+        dict(sizes=[5, 3, 2], activations=["relu"]),
+        dict(sizes=[5, 3], activations="softmax"),
+    ],
+)
 def test_bad_construction_is_refused(bad):
     with pytest.raises(ValueError):
         Network(**bad)

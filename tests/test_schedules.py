@@ -122,7 +122,13 @@ def test_matches_reference(case, lr):
 
 def test_registry_names_and_nesterov():
     assert set(SCHEDULES) == {
-        "normalized", "sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam"
+        "normalized",
+        "sgd",
+        "momentum",
+        "nesterov",
+        "adagrad",
+        "rmsprop",
+        "adam",
     }
     for cls in SCHEDULES.values():
         assert issubclass(cls, GradientUpdateSchedule)
@@ -276,11 +282,17 @@ def test_identical_inputs_identical_outputs():
         np.testing.assert_array_equal(a(g), b(g.copy()))
 
 
-@pytest.mark.parametrize("bad", [
-    lambda: Momentum(0.1, beta=1.0), lambda: RMSProp(0.1, rho=-0.1),
-    lambda: Adam(0.1, beta2=1.5), lambda: AdaGrad(0.1, eps=0.0), lambda: SGD(0.0),
-    lambda: SGD(-1.0),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda: Momentum(0.1, beta=1.0),
+        lambda: RMSProp(0.1, rho=-0.1),
+        lambda: Adam(0.1, beta2=1.5),
+        lambda: AdaGrad(0.1, eps=0.0),
+        lambda: SGD(0.0),
+        lambda: SGD(-1.0),
+    ],
+)
 def test_bad_hyperparameters(bad):
     with pytest.raises(DistnnError):
         bad()
@@ -328,17 +340,20 @@ def test_as_lr_schedule():
         as_lr_schedule("0.1")
 
 
-@pytest.mark.parametrize(("spec", "expected"), [
-    ("constant", Constant(0.1)),
-    ("step:10:0.5", StepDecay(0.1, 10, 0.5)),
-    ("exp:0.99", Exponential(0.1, 0.99)),
-    ("inverse:0.01", InverseTime(0.1, 0.01)),
-    ("inverse:0", InverseTime(0.1, 0.0)),
-    ("cosine", Cosine(0.1, 200)),
-    ("cosine:0.001", Cosine(0.1, 200, 0.001)),
-    ("cosine+warmup:100", Warmup(Cosine(0.1, 200), 100)),
-    ("step:3:0.1+warmup:1", Warmup(StepDecay(0.1, 3, 0.1), 1)),
-])
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("constant", Constant(0.1)),
+        ("step:10:0.5", StepDecay(0.1, 10, 0.5)),
+        ("exp:0.99", Exponential(0.1, 0.99)),
+        ("inverse:0.01", InverseTime(0.1, 0.01)),
+        ("inverse:0", InverseTime(0.1, 0.0)),
+        ("cosine", Cosine(0.1, 200)),
+        ("cosine:0.001", Cosine(0.1, 200, 0.001)),
+        ("cosine+warmup:100", Warmup(Cosine(0.1, 200), 100)),
+        ("step:3:0.1+warmup:1", Warmup(StepDecay(0.1, 3, 0.1), 1)),
+    ],
+)
 def test_parse_lr_schedule_good(spec, expected):
     s = parse_lr_schedule(spec, 0.1, 200)
     assert isinstance(s, LRSchedule) and type(s) is type(expected)
@@ -346,12 +361,33 @@ def test_parse_lr_schedule_good(spec, expected):
         assert s(t) == expected(t)
 
 
-@pytest.mark.parametrize("spec", [
-    "", "linear", "constant:1", "step", "step:10", "step:0:0.5", "step:2.5:0.5",
-    "step:10:0", "step:10:-1", "exp", "exp:x", "exp:0", "exp:nan", "inverse:-1",
-    "cosine:1:2", "cosine:5", "cosine:-0.1", "cosine+warmup", "cosine+warmup:0",
-    "cosine+warmup:x", "cosine+cooldown:5", "cosine+warmup:5+warmup:3",
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "",
+        "linear",
+        "constant:1",
+        "step",
+        "step:10",
+        "step:0:0.5",
+        "step:2.5:0.5",
+        "step:10:0",
+        "step:10:-1",
+        "exp",
+        "exp:x",
+        "exp:0",
+        "exp:nan",
+        "inverse:-1",
+        "cosine:1:2",
+        "cosine:5",
+        "cosine:-0.1",
+        "cosine+warmup",
+        "cosine+warmup:0",
+        "cosine+warmup:x",
+        "cosine+cooldown:5",
+        "cosine+warmup:5+warmup:3",
+    ],
+)
 def test_parse_lr_schedule_bad(spec):
     with pytest.raises(DistnnError) as info:
         parse_lr_schedule(spec, 0.1, 200)
@@ -378,7 +414,8 @@ def test_make_schedule_registry():
 
 @pytest.fixture
 def user_module(tmp_path, monkeypatch):
-    (tmp_path / "my_sched_mod.py").write_text(textwrap.dedent("""
+    (tmp_path / "my_sched_mod.py").write_text(
+        textwrap.dedent("""
         import numpy as np
         from distnn.schedules import GradientUpdateSchedule
 
@@ -400,7 +437,8 @@ def user_module(tmp_path, monkeypatch):
         class NotASchedule:
             def __init__(self, lr):
                 pass
-    """))
+    """)
+    )
     (tmp_path / "bad_import_mod.py").write_text("import no_such_module_xyz\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     return "my_sched_mod"
@@ -419,18 +457,21 @@ def test_make_schedule_user_class(user_module):
     np.testing.assert_array_equal(other.state_dict()["count"], 3.0)
 
 
-@pytest.mark.parametrize(("spec", "pattern"), [
-    ("no_such_pkg_q.mod:Cls", r"cannot import schedule 'no_such_pkg_q.mod:Cls': No module"),
-    ("bad_import_mod:Cls", r"cannot import schedule 'bad_import_mod:Cls': No module"),
-    ("my_sched_mod:Missing", r"cannot import schedule 'my_sched_mod:Missing'.*no attribute"),
-    ("my_sched_mod:NotASchedule", r"'my_sched_mod:NotASchedule' is not a subclass"),
-    ("my_sched_mod:np", r"'my_sched_mod:np' is not a subclass"),
-    ("my_sched_mod:Broken", r"cannot construct schedule 'my_sched_mod:Broken': needs two"),
-    ("my_sched_mod:GradientUpdateSchedule", r"cannot construct .*abstract"),
-    ("my_sched_mod:", r"expected package.module:ClassName"),
-    (":SignSGD", r"expected package.module:ClassName"),
-    ("adamw", r"unknown schedule 'adamw'; valid names: normalized, sgd, momentum"),
-])
+@pytest.mark.parametrize(
+    ("spec", "pattern"),
+    [
+        ("no_such_pkg_q.mod:Cls", r"cannot import schedule 'no_such_pkg_q.mod:Cls': No module"),
+        ("bad_import_mod:Cls", r"cannot import schedule 'bad_import_mod:Cls': No module"),
+        ("my_sched_mod:Missing", r"cannot import schedule 'my_sched_mod:Missing'.*no attribute"),
+        ("my_sched_mod:NotASchedule", r"'my_sched_mod:NotASchedule' is not a subclass"),
+        ("my_sched_mod:np", r"'my_sched_mod:np' is not a subclass"),
+        ("my_sched_mod:Broken", r"cannot construct schedule 'my_sched_mod:Broken': needs two"),
+        ("my_sched_mod:GradientUpdateSchedule", r"cannot construct .*abstract"),
+        ("my_sched_mod:", r"expected package.module:ClassName"),
+        (":SignSGD", r"expected package.module:ClassName"),
+        ("adamw", r"unknown schedule 'adamw'; valid names: normalized, sgd, momentum"),
+    ],
+)
 def test_make_schedule_bad(user_module, spec, pattern):
     with pytest.raises(DistnnError, match=pattern) as info:
         make_schedule(spec, 0.1)
