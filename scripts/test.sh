@@ -5,12 +5,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-echo "== serial tests (and launched jobs)"
+echo "== serial tests (and the jobs they launch)"
 python -m pytest -q "$@"
 
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
 for n in 2 4; do
-    echo "== MPI tests under mpiexec -n $n"
+    echo "== MPI tests under mpiexec -n $n (rank 0 shown; other ranks' output on failure)"
     # The outer timeout is the hang guard: a rank stuck in a collective fails the run.
-    timeout -s KILL 600 mpiexec -n "$n" python -m pytest -q --with-mpi -m mpi \
-        -p no:cacheprovider "$@"
+    if ! timeout -s KILL 600 mpiexec -n "$n" bash -c \
+        'if [ "${PMI_RANK:-0}" = 0 ]; then exec "$@"; else exec "$@" >"$0/rank-$PMI_RANK.log" 2>&1; fi' \
+        "$logs" python -m pytest -q --with-mpi -m mpi -p no:cacheprovider "$@"; then
+        for log in "$logs"/rank-*.log; do echo "--- $log"; cat "$log"; done
+        exit 1
+    fi
 done
