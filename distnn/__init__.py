@@ -1,7 +1,8 @@
 """distnn: data-parallel training of feed-forward neural networks over MPI, in NumPy."""
 
 from distnn.network import Network
+from distnn.schedules import GradientUpdateSchedule
 
 __version__ = "0.1.0"
 
-__all__ = ["Network", "__version__"]
+__all__ = ["GradientUpdateSchedule", "Network", "__version__"]

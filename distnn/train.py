@@ -151,8 +151,9 @@ def setup(config: TrainConfig, world: World) -> tuple[Dataset, Network, Trainer]
 def header(config: TrainConfig, world: World, data: Dataset, net: Network, threads: str) -> str:
     test = f", {len(data.x_test)} test" if data.x_test is not None else ""
     layers = " → ".join(map(str, net.sizes))
+    mpi = " ".join(MPI.Get_library_version().split()[:3])  # e.g. "MPICH Version: 5.0.2"
     return (
-        f"distnn {__version__} | {MPI.Get_library_version().splitlines()[0].strip()} | "
+        f"distnn {__version__} | {mpi} | "
         f"{world.size} rank(s) | BLAS {blas_name()}, {threads}\n"
         f"data {data.name}: {len(data.x)} train{test}, {data.n_features} features | "
         f"network {layers} ({', '.join(net.activation_names)}; {net.loss_fn.name} loss; "
@@ -217,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
             header(config, world, data, net, f"{threads} thread(s) per rank ({source})"),
             file=sys.stderr,
         )
+        for note in data.notes:
+            print(f"note: {note}", file=sys.stderr)
     try:
         record = run(config, world, data, trainer)
     except CollectiveError as e:  # raised on every rank at the same step

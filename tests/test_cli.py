@@ -94,3 +94,30 @@ def test_bad_input_one_line_nonzero_exit_on_every_rank(args, words, tmp_path):
     assert len(lines) == 1, result.stderr
     assert words in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_user_schedule_loaded_by_module_path(tmp_path):
+    (tmp_path / "myrules.py").write_text(
+        "import numpy as np\n"
+        "from distnn.schedules import GradientUpdateSchedule\n\n"
+        "class SignSGD(GradientUpdateSchedule):\n"
+        "    calls = 0\n"
+        "    def _step(self, grad, lr, out):\n"
+        "        np.sign(grad, out=out)\n"
+        "        out *= lr\n"
+    )
+    args = [
+        "--schedule",
+        "myrules:SignSGD",
+        "--lr",
+        "0.005",
+        "--epochs",
+        "5",
+        "--metrics",
+        "m.jsonl",
+    ]
+    result = launch(args, ranks=2, cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert "myrules:SignSGD" in result.stderr
+    assert records[-1]["loss"] < 0.7 * records[0]["loss"]
