@@ -27,6 +27,10 @@ class TrainConfig:
     save: str | None = None
     metrics: str | None = None
     quiet: bool = False
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 0  # steps; 0: only at epoch ends, the end, and on preemption
+    keep_checkpoints: int = 3
+    resume: bool = False
 
     def layer_activations(self) -> list[str]:
         """σ's name for each of the L layers."""
@@ -43,6 +47,12 @@ class TrainConfig:
             raise DistnnError(f"--lr must be a positive number, got {self.lr}")
         if any(width < 1 for width in self.hidden):
             raise DistnnError(f"--hidden widths must be positive, got {self.hidden}")
+        if self.checkpoint_every < 0:
+            raise DistnnError(f"--checkpoint-every must be 0 or more, got {self.checkpoint_every}")
+        if self.keep_checkpoints < 1:
+            raise DistnnError(f"--keep-checkpoints must be at least 1, got {self.keep_checkpoints}")
+        if self.resume and not self.checkpoint_dir:
+            raise DistnnError("--resume needs --checkpoint-dir DIR to resume from")
         if self.loss not in LOSSES:
             raise DistnnError(f"unknown --loss {self.loss!r} (choose from {', '.join(LOSSES)})")
         if self.dtype not in ("float32", "float64"):

@@ -28,3 +28,9 @@ class DivergenceError(CollectiveError):
 
 class ReplicaMismatchError(CollectiveError):
     exit_code = EXIT_OUT_OF_SYNC
+
+
+class Preempted(CollectiveError):
+    """A rank got SIGTERM or SIGINT; all ranks stopped after the same step."""
+
+    exit_code = EXIT_PREEMPTED

@@ -22,8 +22,8 @@ class Progress:
     def start_epoch(self, epoch: int) -> None:
         self._epoch, self._epoch_start = epoch, time.perf_counter()
 
-    def step(self, done: int, total: int, loss: float) -> None:
-        now = time.perf_counter()
+    def step(self, trainer, total: int, loss: float) -> None:
+        done, now = trainer.batch_in_epoch, time.perf_counter()
         if not self.live or (now - self._last_draw < 0.1 and done < total):
             return
         self._last_draw = now
@@ -54,8 +54,9 @@ class Progress:
 class MetricsLog:
     """One JSON object per epoch, appended and flushed as each epoch ends."""
 
-    def __init__(self, path: str | None) -> None:
-        self.file = open(path, "w", encoding="utf-8") if path else None  # noqa: SIM115
+    def __init__(self, path: str | None, append: bool = False) -> None:
+        mode = "a" if append else "w"
+        self.file = open(path, mode, encoding="utf-8") if path else None  # noqa: SIM115
 
     def write(self, record: dict) -> None:
         if self.file is not None:

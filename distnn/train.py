@@ -11,129 +11,47 @@ cleanly; anything else aborts the whole job, so no rank waits forever.
 
 from __future__ import annotations
 
-import argparse
+import signal
 import sys
 import time
+from dataclasses import dataclass
 
 from mpi4py import MPI
 
 from distnn import __version__
+from distnn.checkpoint import Checkpoint, Checkpointer, list_checkpoints, newest_valid_checkpoint
 from distnn.comm import World, check_launch, install_abort_on_error
 from distnn.config import TrainConfig
 from distnn.data import Dataset, load_dataset
-from distnn.errors import CollectiveError, DistnnError
+from distnn.errors import EXIT_PREEMPTED, CollectiveError, DistnnError, Preempted
 from distnn.lr_schedules import parse_lr_schedule
 from distnn.model_io import save_model
 from distnn.network import Network
+from distnn.options import parse_config
 from distnn.progress import MetricsLog, Progress
-from distnn.schedules import SCHEDULES, make_schedule
+from distnn.schedules import make_schedule
 from distnn.threads import blas_name, configure_blas_threads
 from distnn.trainer import Trainer
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises instead of exiting, and prints help on rank 0 only."""
+@dataclass
+class Run:
+    """What setup hands to the training loop."""
 
-    def __init__(self, *args, rank: int = 0, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.rank = rank
-
-    def error(self, message: str):
-        raise DistnnError(message)
-
-    def _print_message(self, message, file=None):
-        if self.rank == 0:
-            super()._print_message(message, file)
+    config: TrainConfig
+    data: Dataset
+    net: Network
+    trainer: Trainer
+    shape: dict  # what a checkpoint must match to be resumed here
+    resume_from: Checkpoint | None = None
+    notes: tuple[str, ...] = ()
 
 
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        message = f"expected comma-separated integers, got {text!r}"
-        raise argparse.ArgumentTypeError(message) from None
+def setup(config: TrainConfig, world: World) -> Run:
+    """Everything before the first step, on every rank; raises DistnnError on bad input.
 
-
-def _name_list(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
-
-
-def build_parser(rank: int = 0) -> argparse.ArgumentParser:
-    d = TrainConfig()
-    p = _Parser(
-        prog="python -m distnn.train",
-        rank=rank,
-        description=(
-            "Train a feed-forward network data-parallel over MPI. Run under "
-            "'mpirun -n N' for N ranks, or alone for one."
-        ),
-    )
-    p.add_argument(
-        "--dataset",
-        default=d.dataset,
-        help="digits (embedded, default) | "
-        "synthetic:SAMPLES:FEATURES:CLASSES | path to an .npz with x, y "
-        "[, x_test, y_test]",
-    )
-    p.add_argument(
-        "--hidden",
-        type=_int_list,
-        default=d.hidden,
-        metavar="N,N,...",
-        help="hidden layer widths (default: %(default)s); '' for none",
-    )
-    p.add_argument(
-        "--activation",
-        default=d.activation,
-        help="σ of every layer: sigmoid, tanh, relu, leaky_relu, identity, softplus",
-    )
-    p.add_argument(
-        "--activations",
-        type=_name_list,
-        default=None,
-        metavar="A,A,...",
-        help="σ per layer (hidden layers then output); overrides --activation",
-    )
-    p.add_argument(
-        "--loss", default=d.loss, help="squared (default) | cross-entropy (softmax output)"
-    )
-    p.add_argument(
-        "--schedule",
-        default=d.schedule,
-        help=f"{' | '.join(SCHEDULES)} | package.module:ClassName (default: %(default)s)",
-    )
-    p.add_argument("--lr", type=float, default=d.lr, help="learning rate (default: %(default)s)")
-    p.add_argument(
-        "--lr-schedule",
-        default=d.lr_schedule,
-        help="constant | step:EVERY:GAMMA | "
-        "exp:GAMMA | inverse:K | cosine[:MIN_LR], optionally +warmup:N",
-    )
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=d.batch_size,
-        help="global batch size, split across ranks (default: %(default)s)",
-    )
-    p.add_argument("--epochs", type=int, default=d.epochs, help="default: %(default)s")
-    p.add_argument("--seed", type=int, default=d.seed, help="default: %(default)s")
-    p.add_argument("--dtype", default=d.dtype, help="float32 (default) | float64")
-    p.add_argument("--save", metavar="MODEL.npz", help="write the trained model here")
-    p.add_argument("--metrics", metavar="FILE.jsonl", help="write one JSON line per epoch")
-    p.add_argument("--quiet", action="store_true", help="print only the summary line")
-    p.add_argument("--version", action="version", version=f"distnn {__version__}")
-    return p
-
-
-def parse_config(argv: list[str] | None, rank: int = 0) -> TrainConfig:
-    args = build_parser(rank).parse_args(argv)
-    config = TrainConfig(**vars(args))
-    config.validate()
-    return config
-
-
-def setup(config: TrainConfig, world: World) -> tuple[Dataset, Network, Trainer]:
-    """Everything before the first step; raises DistnnError on bad input."""
+    Only rank 0 looks for a checkpoint; ``main`` broadcasts what it found.
+    """
     check_launch(world)
     data = load_dataset(config.dataset, seed=config.seed, dtype=config.dtype)
     sizes = [data.n_features, *config.hidden, data.n_outputs]
@@ -145,10 +63,30 @@ def setup(config: TrainConfig, world: World) -> tuple[Dataset, Network, Trainer]
     steps_per_epoch = -(-len(data.x) // min(config.batch_size, len(data.x)))
     lr = parse_lr_schedule(config.lr_schedule, config.lr, steps_per_epoch * config.epochs)
     schedule = make_schedule(config.schedule, lr)
-    return data, net, Trainer(net, schedule, data, world, config.batch_size, seed=config.seed)
+    trainer = Trainer(net, schedule, data, world, config.batch_size, seed=config.seed)
+    shape = {
+        "sizes": net.sizes,
+        "activations": net.activation_names,
+        "loss": net.loss_fn.name,
+        "schedule": config.schedule,
+        "train_samples": len(data.x),
+        "num_params": net.num_params,
+    }
+    run = Run(config, data, net, trainer, shape, notes=data.notes)
+    if config.checkpoint_dir and world.is_root:
+        if config.resume:
+            run.resume_from, _, skipped = newest_valid_checkpoint(config.checkpoint_dir, shape)
+            run.notes += tuple(f"skipped {reason}" for reason in skipped)
+        elif list_checkpoints(config.checkpoint_dir):
+            raise DistnnError(
+                f"{config.checkpoint_dir} already holds checkpoints: pass --resume to continue "
+                "that run, or choose another --checkpoint-dir"
+            )
+    return run
 
 
-def header(config: TrainConfig, world: World, data: Dataset, net: Network, threads: str) -> str:
+def header(run: Run, world: World, threads: str) -> str:
+    config, data, net = run.config, run.data, run.net
     test = f", {len(data.x_test)} test" if data.x_test is not None else ""
     layers = " → ".join(map(str, net.sizes))
     mpi = " ".join(MPI.Get_library_version().split()[:3])  # e.g. "MPICH Version: 5.0.2"
@@ -162,25 +100,74 @@ def header(config: TrainConfig, world: World, data: Dataset, net: Network, threa
     )
 
 
-def run(config: TrainConfig, world: World, data: Dataset, trainer: Trainer) -> dict:
-    """The epoch loop; returns the summary of the last epoch."""
+def stop_on_signals(trainer: Trainer) -> None:
+    """SIGTERM (Slurm, kill) or SIGINT (Ctrl-C): finish the step, checkpoint, exit 75.
+
+    The request rides in the next step's Allreduce, so all ranks stop after the same
+    step. A second signal gets the default action, for a user who cannot wait.
+    """
+
+    def request_stop(signum, frame):
+        trainer.stop_requested = True
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+
+
+def train(run: Run, world: World) -> dict:
+    """The epoch loop, from wherever the run stands; returns the last epoch's record."""
+    config, trainer = run.config, run.trainer
     show = world.is_root and not config.quiet
     progress = Progress(config.epochs, config.batch_size, enabled=show)
     if progress.live:
-        trainer.on_step = progress.step
-    metrics = MetricsLog(config.metrics if world.is_root else None)
-    start = time.perf_counter()
+        trainer.on_step.append(progress.step)
+    checkpoints = None
+    if config.checkpoint_dir:
+        checkpoints = Checkpointer(
+            config.checkpoint_dir,
+            config.checkpoint_every,
+            config.keep_checkpoints,
+            config.to_dict(),
+            run.shape,
+            writer=world.is_root,
+        )
+        trainer.on_step.append(checkpoints.after_step)
+    metrics = MetricsLog(
+        config.metrics if world.is_root else None, append=run.resume_from is not None
+    )
+    start, record = time.perf_counter(), None
     try:
-        for epoch in range(1, config.epochs + 1):
+        for epoch in range(trainer.epoch + 1, config.epochs + 1):
             progress.start_epoch(epoch)
             record = trainer.train_epoch().as_record()
             record["elapsed_s"] = time.perf_counter() - start
             metrics.write(record)
             progress.end_epoch(record)
+            if checkpoints:
+                checkpoints.save(trainer)
+    except Preempted:
+        if checkpoints:
+            checkpoints.save(trainer)
+        raise
     finally:
         metrics.close()
+    if record is None:  # resumed a run that had already finished
+        record = final_record(trainer)
     if config.save and world.is_root:
         save_model(trainer.net, config.save)
+    return record
+
+
+def final_record(trainer: Trainer) -> dict:
+    data = trainer.data
+    loss, _ = trainer.evaluate(data.x, data.y, None)
+    record = {"epoch": trainer.epoch, "loss": loss, "samples_per_sec": 0.0}
+    if data.x_test is not None:
+        record["test_loss"], record["accuracy"] = trainer.evaluate(
+            data.x_test, data.y_test, data.labels_test
+        )
     return record
 
 
@@ -204,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = parse_config(argv, world.rank)
         threads, source = configure_blas_threads(world.local_size())
-        data, net, trainer = setup(config, world)
+        run = setup(config, world)
     except DistnnError as e:
         error = str(e)
     error = world.gather_errors(error)
@@ -213,15 +200,35 @@ def main(argv: list[str] | None = None) -> int:
             print(f"distnn: error: {error}", file=sys.stderr)
         return DistnnError.exit_code
 
+    # Rank 0 read the checkpoint; every rank continues from the same one.
+    run.resume_from = world.comm.bcast(run.resume_from) if world.size > 1 else run.resume_from
+    if run.resume_from is not None:
+        run.trainer.restore(run.resume_from)
     if world.is_root and not config.quiet:
-        print(
-            header(config, world, data, net, f"{threads} thread(s) per rank ({source})"),
-            file=sys.stderr,
-        )
-        for note in data.notes:
+        print(header(run, world, f"{threads} thread(s) per rank ({source})"), file=sys.stderr)
+        for note in run.notes:
             print(f"note: {note}", file=sys.stderr)
+        if run.resume_from is not None:
+            print(
+                f"resuming at epoch {run.trainer.epoch + 1}, step {run.trainer.step}",
+                file=sys.stderr,
+            )
+    stop_on_signals(run.trainer)
     try:
-        record = run(config, world, data, trainer)
+        record = train(run, world)
+    except Preempted as e:
+        if world.is_root:
+            where = (
+                f"checkpoint in {config.checkpoint_dir}"
+                if config.checkpoint_dir
+                else ("no --checkpoint-dir, so this run's progress is lost")
+            )
+            print(
+                f"distnn: {e}; {where}; run again with --resume to continue "
+                f"(exit {EXIT_PREEMPTED})",
+                file=sys.stderr,
+            )
+        return e.exit_code
     except CollectiveError as e:  # raised on every rank at the same step
         if world.is_root:
             print(f"distnn: error: {e}", file=sys.stderr)

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from distnn.checkpoint import Checkpoint
 from distnn.comm import World
 from distnn.data import Dataset
-from distnn.errors import DivergenceError
+from distnn.errors import DivergenceError, Preempted
 from distnn.network import Network
 from distnn.schedules import GradientUpdateSchedule
 
@@ -64,9 +65,13 @@ class Trainer:
         self.net, self.schedule, self.data, self.world = net, schedule, data, world
         self.batch_size = min(batch_size, len(data.x))
         self.seed = seed
+        # Position in the data: all a checkpoint needs besides params and schedule state.
         self.epoch = 0  # epochs completed
+        self.batch_in_epoch = 0  # batches done in the epoch under way
+        self.epoch_loss_sum = 0.0  # Σ batch loss × batch size so far in that epoch
+        self.step = 0  # updates since the start of training
         self.stop_requested = False  # set by a signal handler; agreed on in the next step
-        self.on_step: Callable[[int, int, float], None] | None = None
+        self.on_step: list[Callable[[Trainer, int, float], None]] = []
 
         shard_rows = -(-self.batch_size // world.size)  # the largest shard, ceil(B/P)
         self.ws = net.workspace(shard_rows)
@@ -95,42 +100,72 @@ class Trainer:
         self.world.allreduce_sum(self.step_buffer)
         self.step_buffer /= len(batch)  # MATH.md: the gradient of the mean over the batch
         loss = float(self.extras[LOSS_SLOT])
-        if not math.isfinite(loss):
+        if not (math.isfinite(loss) and math.isfinite(np.dot(self.grad, self.grad))):
+            what = "loss" if not math.isfinite(loss) else "gradient"
             raise DivergenceError(
-                f"the loss became {loss} at step {self.schedule.t + 1} of epoch "
-                f"{self.epoch + 1}: training diverged (is the learning rate too high?)"
+                f"the {what} became non-finite at step {self.step + 1} (epoch "
+                f"{self.epoch + 1}): training diverged; is the learning rate too high?"
             )
 
         # Schedule step: identical on every rank, so the replicas stay identical.
         self.net.params -= self.schedule(self.grad)
-        self.stop_requested = bool(self.extras[STOP_SLOT] > 0)
+        self.step += 1
         return loss
 
     def train_epoch(self) -> EpochResult:
-        """One pass over the training set in a fresh seeded order."""
+        """The rest of the current epoch (all of it, unless resumed mid-epoch).
+
+        Raises Preempted on every rank after the step in which any rank asked to
+        stop, with the position advanced past that step, ready to checkpoint.
+        """
         order = epoch_permutation(len(self.data.x), self.seed, self.epoch)
         n_batches = -(-len(order) // self.batch_size)
-        start, loss_sum = time.perf_counter(), 0.0
-        for b in range(n_batches):
+        start, first = time.perf_counter(), self.batch_in_epoch
+        for b in range(first, n_batches):
             batch = order[b * self.batch_size : (b + 1) * self.batch_size]
             loss = self.train_step(batch)
-            loss_sum += loss * len(batch)
-            if self.on_step is not None:
-                self.on_step(b + 1, n_batches, loss)
+            self.batch_in_epoch, self.epoch_loss_sum = (
+                b + 1,
+                self.epoch_loss_sum + loss * len(batch),
+            )
+            for hook in self.on_step:
+                hook(self, n_batches, loss)
+            if self.extras[STOP_SLOT] > 0:  # the same Allreduce result on every rank
+                raise Preempted(f"stopped on request after step {self.step}")
         elapsed = time.perf_counter() - start
         self.world.check_in_sync(self.net.params, f"after epoch {self.epoch + 1}")
-        self.epoch += 1
         result = EpochResult(
-            epoch=self.epoch,
-            loss=loss_sum / len(order),
-            samples_per_sec=len(order) / elapsed,
+            epoch=self.epoch + 1,
+            loss=self.epoch_loss_sum / len(order),
+            samples_per_sec=(len(order) - first * self.batch_size) / max(elapsed, 1e-9),
             elapsed_s=elapsed,
         )
+        self.epoch, self.batch_in_epoch, self.epoch_loss_sum = self.epoch + 1, 0, 0.0
         if self.data.x_test is not None:
             result.test_loss, result.accuracy = self.evaluate(
                 self.data.x_test, self.data.y_test, self.data.labels_test
             )
         return result
+
+    def checkpoint(self, config: dict, shape: dict) -> Checkpoint:
+        """This rank's view of the run, enough to continue it exactly."""
+        return Checkpoint(
+            params=self.net.params,
+            schedule_state=self.schedule.state_dict(),
+            epoch=self.epoch,
+            batch_in_epoch=self.batch_in_epoch,
+            epoch_loss_sum=self.epoch_loss_sum,
+            step=self.step,
+            config=config,
+            shape=shape,
+        )
+
+    def restore(self, ckpt: Checkpoint) -> None:
+        """Continue from ``ckpt`` (the same on every rank)."""
+        self.net.params[...] = ckpt.params
+        self.schedule.load_state_dict(ckpt.schedule_state)
+        self.epoch, self.batch_in_epoch = ckpt.epoch, ckpt.batch_in_epoch
+        self.epoch_loss_sum, self.step = ckpt.epoch_loss_sum, ckpt.step
 
     def evaluate(
         self, x: np.ndarray, y: np.ndarray, labels: np.ndarray | None

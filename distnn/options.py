@@ -1,0 +1,137 @@
+"""The command-line options of ``python -m distnn.train``, parsed into a TrainConfig.
+
+argparse's own error exit would print the same message from every rank; this parser
+raises DistnnError instead, which the CLI reports once, and prints help on rank 0 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from distnn import __version__
+from distnn.config import TrainConfig
+from distnn.errors import DistnnError
+from distnn.schedules import SCHEDULES
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, and prints help on rank 0 only."""
+
+    def __init__(self, *args, rank: int = 0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.rank = rank
+
+    def error(self, message: str):
+        raise DistnnError(message)
+
+    def _print_message(self, message, file=None):
+        if self.rank == 0:
+            super()._print_message(message, file)
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        message = f"expected comma-separated integers, got {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
+
+
+def _name_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def build_parser(rank: int = 0) -> argparse.ArgumentParser:
+    d = TrainConfig()
+    p = _Parser(
+        prog="python -m distnn.train",
+        rank=rank,
+        description=(
+            "Train a feed-forward network data-parallel over MPI. Run under "
+            "'mpirun -n N' for N ranks, or alone for one."
+        ),
+    )
+    p.add_argument(
+        "--dataset",
+        default=d.dataset,
+        help="digits (embedded, default) | "
+        "synthetic:SAMPLES:FEATURES:CLASSES | path to an .npz with x, y "
+        "[, x_test, y_test]",
+    )
+    p.add_argument(
+        "--hidden",
+        type=_int_list,
+        default=d.hidden,
+        metavar="N,N,...",
+        help="hidden layer widths (default: %(default)s); '' for none",
+    )
+    p.add_argument(
+        "--activation",
+        default=d.activation,
+        help="σ of every layer: sigmoid, tanh, relu, leaky_relu, identity, softplus",
+    )
+    p.add_argument(
+        "--activations",
+        type=_name_list,
+        default=None,
+        metavar="A,A,...",
+        help="σ per layer (hidden layers then output); overrides --activation",
+    )
+    p.add_argument(
+        "--loss", default=d.loss, help="squared (default) | cross-entropy (softmax output)"
+    )
+    p.add_argument(
+        "--schedule",
+        default=d.schedule,
+        help=f"{' | '.join(SCHEDULES)} | package.module:ClassName (default: %(default)s)",
+    )
+    p.add_argument("--lr", type=float, default=d.lr, help="learning rate (default: %(default)s)")
+    p.add_argument(
+        "--lr-schedule",
+        default=d.lr_schedule,
+        help="constant | step:EVERY:GAMMA | "
+        "exp:GAMMA | inverse:K | cosine[:MIN_LR], optionally +warmup:N",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=d.batch_size,
+        help="global batch size, split across ranks (default: %(default)s)",
+    )
+    p.add_argument("--epochs", type=int, default=d.epochs, help="default: %(default)s")
+    p.add_argument("--seed", type=int, default=d.seed, help="default: %(default)s")
+    p.add_argument("--dtype", default=d.dtype, help="float32 (default) | float64")
+    p.add_argument("--save", metavar="MODEL.npz", help="write the trained model here")
+    p.add_argument("--metrics", metavar="FILE.jsonl", help="write one JSON line per epoch")
+    p.add_argument("--quiet", action="store_true", help="print only the summary line")
+    p.add_argument("--checkpoint-dir", metavar="DIR", help="write checkpoints here (rank 0)")
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=d.checkpoint_every,
+        metavar="STEPS",
+        help="also checkpoint every STEPS updates (default: only at epoch ends, the end, "
+        "and on SIGTERM/SIGINT)",
+    )
+    p.add_argument(
+        "--keep-checkpoints",
+        type=int,
+        default=d.keep_checkpoints,
+        metavar="K",
+        help="keep the newest K checkpoints (default: %(default)s)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest valid checkpoint in --checkpoint-dir (start afresh "
+        "if it holds none)",
+    )
+    p.add_argument("--version", action="version", version=f"distnn {__version__}")
+    return p
+
+
+def parse_config(argv: list[str] | None, rank: int = 0) -> TrainConfig:
+    args = build_parser(rank).parse_args(argv)
+    config = TrainConfig(**vars(args))
+    config.validate()
+    return config
