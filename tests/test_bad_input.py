@@ -1,0 +1,136 @@
+"""Bad input, as a matrix: options, data files and checkpoints, each under `mpiexec -n 2`.
+
+Every case must end with a non-zero exit, one clear line naming the problem, no
+traceback, no hang, and no existing model or checkpoint file touched.
+"""
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import error_lines, launch
+
+from distnn.checkpoint import list_checkpoints
+
+SMALL = ["--dataset", "synthetic:60:4:3", "--hidden", "8", "--epochs", "1"]
+
+
+class Crafted:
+    """Unpickling this creates a file: proof that a loader ran pickled code."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def make_files(root: Path) -> None:
+    """The data files and checkpoint folders the cases below point at."""
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((20, 4)), np.arange(20) % 3
+    np.savez(root / "nokey.npz", x=x)
+    np.savez(root / "strings.npz", x=np.array([["a"] * 4] * 20), y=y)
+    np.savez(
+        root / "ragged.npz",
+        x=np.array([[1.0], [1.0, 2.0]], dtype=object),
+        y=y[:2],
+        allow_pickle=True,
+    )
+    np.savez(root / "nan.npz", x=np.where(x > 1.5, np.nan, x), y=y)
+    np.savez(root / "inf.npz", x=np.where(x > 1.5, np.inf, x), y=y)
+    np.savez(root / "negative.npz", x=x, y=y - 1)
+    np.savez(root / "lengths.npz", x=x, y=y[:15])
+    np.savez(root / "testwidth.npz", x=x, y=y, x_test=x[:5, :3], y_test=y[:5])
+    np.savez(root / "empty.npz", x=np.empty((0, 4)), y=np.empty(0, int))
+    (root / "text.npz").write_text("x,y\n1,2\n")
+
+    for name, args in {"ck_trunc": [], "ck_arch": [], "ck_newer": []}.items():
+        assert launch([*SMALL, *args, "--checkpoint-dir", name], cwd=root).returncode == 0
+    trunc = list_checkpoints(str(root / "ck_trunc"))
+    for extra in trunc[1:]:
+        Path(extra).unlink()
+    data = Path(trunc[0]).read_bytes()
+    Path(trunc[0]).write_bytes(data[: len(data) // 3])
+    newer = list_checkpoints(str(root / "ck_newer"))
+    with np.load(newer[0]) as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays["format_version"] = np.array(99)
+    for path in newer:
+        np.savez(path, **arrays)
+    (root / "ck_pickle").mkdir()
+    np.savez(
+        root / "ck_pickle" / "checkpoint-000000001.npz",
+        allow_pickle=True,
+        params=np.array([Crafted(str(root / "pwned"))], dtype=object),
+        format_version=np.array(1),
+    )
+    (root / "ck_existing").mkdir()
+    (root / "ck_existing" / "checkpoint-000000005.npz").write_bytes(Path(newer[0]).read_bytes())
+    np.savez(root / "model.npz", W1=np.ones((2, 2)))
+
+
+CASES = [
+    # options
+    (["--batch-size", "0"], "--batch-size"),
+    (["--batch-size", "-5"], "--batch-size"),
+    (["--epochs", "0"], "--epochs"),
+    (["--lr", "-1"], "--lr"),
+    (["--lr", "inf"], "--lr"),
+    (["--activation", "swish"], "swish"),
+    (["--loss", "hinge"], "hinge"),
+    (["--schedule", "nope"], "nope"),
+    (["--schedule", "os:getcwd"], "os:getcwd"),
+    (["--checkpoint-every", "-1"], "--checkpoint-every"),
+    (["--resume"], "--checkpoint-dir"),
+    (["--hidden", "0"], "--hidden"),
+    (["--dtype", "float16"], "float16"),
+    # data files
+    (["--dataset", "absent.npz"], "absent.npz"),
+    (["--dataset", "text.npz"], "text.npz"),
+    (["--dataset", "nokey.npz"], "'y'"),
+    (["--dataset", "strings.npz"], "dtype"),
+    (["--dataset", "ragged.npz"], "object"),
+    (["--dataset", "nan.npz"], "NaN"),
+    (["--dataset", "inf.npz"], "infinite"),
+    (["--dataset", "negative.npz"], "negative"),
+    (["--dataset", "lengths.npz"], "15"),
+    (["--dataset", "testwidth.npz"], "features"),
+    (["--dataset", "empty.npz"], "empty"),
+    # checkpoints
+    (["--checkpoint-dir", "ck_trunc", "--resume"], "ck_trunc/checkpoint-"),
+    (["--checkpoint-dir", "ck_arch", "--resume", "--hidden", "16"], "incompatible"),
+    (["--checkpoint-dir", "ck_newer", "--resume"], "newer"),
+    (["--checkpoint-dir", "ck_pickle", "--resume"], "ck_pickle/checkpoint-000000001.npz"),
+    (["--checkpoint-dir", "ck_existing"], "--resume"),
+]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad")
+    make_files(root)
+    return root
+
+
+def snapshot(root: Path) -> dict:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*.npz"))
+    }
+
+
+@pytest.mark.parametrize("args, words", CASES, ids=[" ".join(a) for a, _ in CASES])
+def test_bad_input(workdir, args, words):
+    before = snapshot(workdir)
+    default_data = [] if "--dataset" in args else SMALL
+    result = launch([*default_data, *args, "--save", "model.npz"], ranks=2, cwd=workdir, timeout=60)
+    assert result.returncode == 2, result.stderr
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1, result.stderr
+    assert words in lines[0], lines[0]
+    assert "Traceback" not in result.stderr
+    assert snapshot(workdir) == before, "an existing file was changed"
+    assert not (workdir / "pwned").exists(), "a checkpoint ran pickled code"
+
