@@ -164,6 +164,7 @@ class Checkpointer:
         if position == self.last_saved:
             return
         self.last_saved = position
+        trainer.check_params(f"the checkpoint of step {trainer.step}")
         if self.writer:
             ckpt = trainer.checkpoint(self.config, self.shape)
             self.last_path = save_checkpoint(self.directory, ckpt, self.keep)

@@ -43,6 +43,19 @@ class World:
         if self.size > 1:
             self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
 
+    def start_allreduce_sum(self, buf: np.ndarray, pending: list[MPI.Request]) -> None:
+        """Begin summing ``buf`` in place without waiting; the request joins ``pending``.
+
+        Testing the pending requests lets MPI progress them while the caller computes.
+        """
+        if self.size > 1:
+            pending.append(self.comm.Iallreduce(MPI.IN_PLACE, buf, op=MPI.SUM))
+            MPI.Request.Testall(pending)
+
+    def finish_allreduces(self, pending: list[MPI.Request]) -> None:
+        MPI.Request.Waitall(pending)
+        pending.clear()
+
     def bcast(self, buf: np.ndarray, root: int = 0) -> None:
         """Give every rank root's ``buf``, in place."""
         if self.size > 1:

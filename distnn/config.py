@@ -31,6 +31,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps; 0: only at epoch ends, the end, and on preemption
     keep_checkpoints: int = 3
     resume: bool = False
+    overlap: bool = False  # per-layer Iallreduce during backprop instead of one Allreduce
 
     def layer_activations(self) -> list[str]:
         """σ's name for each of the L layers."""

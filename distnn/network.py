@@ -11,7 +11,7 @@ Z(ℓ) = A(ℓ-1) W(ℓ)ᵀ + b(ℓ)ᵀ.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -32,6 +32,7 @@ class Workspace:
         self.Z = [None] + [np.empty((max_rows, n), dtype) for n in sizes[1:]]
         self.A = [None] + [np.empty((max_rows, n), dtype) for n in sizes[1:]]
         self.D = [None] + [np.empty((max_rows, n), dtype) for n in sizes[1:]]
+        self.ones = np.ones(max_rows, dtype)  # column sums as a matrix-vector product
 
 
 class Network:
@@ -109,6 +110,14 @@ class Network:
                 bound = np.sqrt(6.0 / (fan_in + fan_out))
                 W[...] = rng.uniform(-bound, bound, (fan_out, fan_in))
 
+    def layer_slices(self) -> list[slice]:
+        """Where layer ℓ's W(ℓ), b(ℓ) sit in ``params`` (index ℓ-1): one contiguous slice."""
+        slices, start = [], 0
+        for m, n in zip(self.sizes[:-1], self.sizes[1:], strict=True):
+            slices.append(slice(start, start + n * (m + 1)))
+            start += n * (m + 1)
+        return slices
+
     def workspace(self, max_rows: int) -> Workspace:
         return Workspace(self.sizes, max_rows, self.dtype)
 
@@ -126,18 +135,35 @@ class Network:
             self.sigma[ell - 1].apply(z, out=a)  # a(ℓ) = σ(ℓ)(z(ℓ))
         return a
 
-    def backprop(self, X: np.ndarray, Y: np.ndarray, grad: np.ndarray, ws: Workspace) -> float:
-        """Write Σ_k ∇C_k over the rows of (X, Y) into ``grad``; return Σ_k C_k.
+    def backprop(
+        self,
+        X: np.ndarray,
+        Y: np.ndarray,
+        grad: np.ndarray,
+        ws: Workspace,
+        scale: float = 1.0,
+        layer_done: Callable[[int], None] | None = None,
+    ) -> float:
+        """Write ``scale`` · Σ_k ∇C_k over the rows of (X, Y) into ``grad``; return Σ_k C_k.
+
+        The trainer passes scale = 1/(global batch size), so the shard gradients sum to
+        the gradient of the batch mean (MATH.md, Cost). Backprop is linear in Δ(L), so
+        scaling the small output Δ(L) scales every gradient, with no pass over ``grad``.
 
         MATH.md's dynamic program, batched: Δ(L) from the loss (base case), then for
         ℓ = L..1: ∂C/∂W(ℓ) = Δ(ℓ)ᵀ A(ℓ-1), ∂C/∂b(ℓ) = column sums of Δ(ℓ), and
         Δ(ℓ-1) = σ̇(Z(ℓ-1)) ⊙ (Δ(ℓ) W(ℓ)) (recursive case). The sum over samples
         happens inside the matrix products; ``grad`` is laid out like ``params``.
         Z(ℓ) is dead once σ̇(ℓ) has been taken, so it serves as that layer's scratch.
+        ``layer_done(ℓ)``, if given, is called as soon as layer ℓ's gradients are final,
+        so their communication can start while layers ℓ-1..1 are still computed.
         """
         n, L = X.shape[0], self.num_layers
-        if n == 0:  # an empty shard still joins the Allreduce, with zeros
+        if n == 0:  # an empty shard still joins the Allreduce(s), with zeros
             grad.fill(0.0)
+            for ell in range(L, 0, -1):
+                if layer_done is not None:
+                    layer_done(ell)
             return 0.0
         grad_W, grad_b = self.views(grad)
         a_L = self.feed_forward(X, ws)
@@ -145,11 +171,15 @@ class Network:
         total = self.loss_fn.output_delta(
             a_L, Y, Z[L][:n], self.sigma[L - 1], D[L][:n], scratch=Z[L][:n]
         )
+        if scale != 1.0:
+            D[L][:n] *= scale
         for ell in range(L, 0, -1):
             delta = D[ell][:n]
             a_prev = X if ell == 1 else A[ell - 1][:n]
             np.matmul(delta.T, a_prev, out=grad_W[ell - 1])
-            np.sum(delta, axis=0, out=grad_b[ell - 1])
+            np.matmul(ws.ones[:n], delta, out=grad_b[ell - 1])  # column sums of Δ(ℓ)
+            if layer_done is not None:
+                layer_done(ell)
             if ell > 1:
                 delta_prev = D[ell - 1][:n]
                 np.matmul(delta, self.weights[ell - 1], out=delta_prev)  # ∂C/∂a(ℓ-1)
@@ -180,6 +210,6 @@ class Network:
         """∇C of ``loss(X, Y)`` (the mean), laid out like ``params``."""
         X = self._rows(X)
         grad = np.empty_like(self.params)
-        self.backprop(X, np.ascontiguousarray(Y, self.dtype), grad, self.workspace(len(X)))
-        grad /= len(X)
+        Y = np.ascontiguousarray(Y, self.dtype)
+        self.backprop(X, Y, grad, self.workspace(len(X)), scale=1.0 / len(X))
         return grad

@@ -126,6 +126,12 @@ def build_parser(rank: int = 0) -> argparse.ArgumentParser:
         help="continue from the newest valid checkpoint in --checkpoint-dir (start afresh "
         "if it holds none)",
     )
+    p.add_argument(
+        "--overlap",
+        action="store_true",
+        help="sum each layer's gradient with its own non-blocking Iallreduce while backprop "
+        "continues below it (default: one Allreduce per step, faster on shared memory)",
+    )
     p.add_argument("--version", action="version", version=f"distnn {__version__}")
     return p
 

@@ -2,13 +2,16 @@
 
 Ranks that share a node share its cores; if each also ran one BLAS thread per core,
 ``mpirun -n 4`` on 2 cores would run 8 busy threads on 2 cores and every step would
-wait on the slowest descheduled thread. So each rank gets usable cores / ranks on
-the node (at least 1), unless the user set a thread count in the environment.
+wait on the slowest descheduled thread. So each rank gets the node's idle cores /
+ranks on the node (at least 1), unless the user set a thread count in the
+environment. "Idle" matters on a shared machine: a BLAS thread that shares its core
+with another busy process stalls every matrix product it takes part in.
 """
 
 from __future__ import annotations
 
 import os
+import time
 
 from threadpoolctl import threadpool_info, threadpool_limits
 
@@ -27,6 +30,35 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def busy_cores(interval: float = 0.1) -> float:
+    """Cores' worth of CPU time other processes used over ``interval`` (Linux; else 0)."""
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        return sum(fields) - idle, sum(fields)
+
+    try:
+        busy0, total0 = sample()
+        time.sleep(interval)
+        busy1, total1 = sample()
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    share = (busy1 - busy0) / max(1, total1 - total0)
+    return share * (os.cpu_count() or 1)
+
+
+def default_threads(ranks_on_node: int) -> tuple[int, str]:
+    """Idle cores / ranks on the node, at least 1."""
+    cores, ranks = usable_cores(), max(1, ranks_on_node)
+    if cores // ranks <= 1:  # one thread per rank at most: nothing to measure
+        return 1, f"{cores} cores / {ranks} ranks on the node"
+    busy = busy_cores()
+    idle = max(1, cores - round(busy))
+    return max(1, idle // ranks), f"{cores} cores, {busy:.1f} busy / {ranks} ranks on the node"
+
+
 def configure_blas_threads(ranks_on_node: int) -> tuple[int, str]:
     """Set this process's BLAS thread count; return (threads, where the number came from)."""
     for name in _USER_VARIABLES:
@@ -35,8 +67,7 @@ def configure_blas_threads(ranks_on_node: int) -> tuple[int, str]:
             threads, source = int(value), f"from {name}"
             break
     else:
-        threads = max(1, usable_cores() // max(1, ranks_on_node))
-        source = f"{usable_cores()} cores / {ranks_on_node} ranks on the node"
+        threads, source = default_threads(ranks_on_node)
     threadpool_limits(limits=threads, user_api="blas")
     return threads, source
 

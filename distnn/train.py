@@ -63,7 +63,9 @@ def setup(config: TrainConfig, world: World) -> Run:
     steps_per_epoch = -(-len(data.x) // min(config.batch_size, len(data.x)))
     lr = parse_lr_schedule(config.lr_schedule, config.lr, steps_per_epoch * config.epochs)
     schedule = make_schedule(config.schedule, lr)
-    trainer = Trainer(net, schedule, data, world, config.batch_size, seed=config.seed)
+    trainer = Trainer(
+        net, schedule, data, world, config.batch_size, seed=config.seed, overlap=config.overlap
+    )
     shape = {
         "sizes": net.sizes,
         "activations": net.activation_names,

@@ -61,6 +61,7 @@ class Trainer:
         world: World,
         batch_size: int,
         seed: int = 0,
+        overlap: bool = False,
     ) -> None:
         self.net, self.schedule, self.data, self.world = net, schedule, data, world
         self.batch_size = min(batch_size, len(data.x))
@@ -80,6 +81,11 @@ class Trainer:
         self.step_buffer = np.zeros(net.num_params + NUM_EXTRA_SLOTS, net.dtype)
         self.grad = self.step_buffer[: net.num_params]
         self.extras = self.step_buffer[net.num_params :]
+        # With ``overlap``, each layer's gradient is summed by its own non-blocking
+        # Iallreduce, started while backprop goes on to the layers below (as DDP's buckets).
+        self.overlap = overlap and world.size > 1
+        self.buckets = [self.step_buffer[s] for s in net.layer_slices()]
+        self.pending: list = []
 
         world.bcast(net.params)  # rank 0's initialization becomes everyone's
 
@@ -92,25 +98,36 @@ class Trainer:
         np.take(self.data.x, batch[lo:hi], axis=0, out=x)
         np.take(self.data.y, batch[lo:hi], axis=0, out=y)
 
-        # Backprop: Σ over the shard's samples of ∇C_k, born in the buffer we send.
-        self.extras[LOSS_SLOT] = self.net.backprop(x, y, self.grad, self.ws)
+        # Backprop: this shard's share of ∇ of the batch-mean loss (MATH.md, Cost),
+        # born in the buffer we send.
+        scale = 1.0 / len(batch)
+        if self.overlap:
+            loss = self.net.backprop(x, y, self.grad, self.ws, scale, self._send_layer)
+        else:
+            loss = self.net.backprop(x, y, self.grad, self.ws, scale)
+        self.extras[LOSS_SLOT] = loss * scale
         self.extras[STOP_SLOT] = self.stop_requested
 
-        # Allreduce: the global batch's gradient sum, the same on every rank.
-        self.world.allreduce_sum(self.step_buffer)
-        self.step_buffer /= len(batch)  # MATH.md: the gradient of the mean over the batch
+        # Allreduce: the global batch's gradient, the same on every rank.
+        if self.overlap:
+            self.world.start_allreduce_sum(self.extras, self.pending)
+            self.world.finish_allreduces(self.pending)
+        else:
+            self.world.allreduce_sum(self.step_buffer)
         loss = float(self.extras[LOSS_SLOT])
-        if not (math.isfinite(loss) and math.isfinite(np.dot(self.grad, self.grad))):
-            what = "loss" if not math.isfinite(loss) else "gradient"
+        if not math.isfinite(loss):
             raise DivergenceError(
-                f"the {what} became non-finite at step {self.step + 1} (epoch "
-                f"{self.epoch + 1}): training diverged; is the learning rate too high?"
+                f"the loss became {loss} at step {self.step + 1} (epoch {self.epoch + 1}): "
+                "training diverged; is the learning rate too high?"
             )
 
         # Schedule step: identical on every rank, so the replicas stay identical.
         self.net.params -= self.schedule(self.grad)
         self.step += 1
         return loss
+
+    def _send_layer(self, ell: int) -> None:
+        self.world.start_allreduce_sum(self.buckets[ell - 1], self.pending)
 
     def train_epoch(self) -> EpochResult:
         """The rest of the current epoch (all of it, unless resumed mid-epoch).
@@ -133,7 +150,7 @@ class Trainer:
             if self.extras[STOP_SLOT] > 0:  # the same Allreduce result on every rank
                 raise Preempted(f"stopped on request after step {self.step}")
         elapsed = time.perf_counter() - start
-        self.world.check_in_sync(self.net.params, f"after epoch {self.epoch + 1}")
+        self.check_params(f"epoch {self.epoch + 1}")
         result = EpochResult(
             epoch=self.epoch + 1,
             loss=self.epoch_loss_sum / len(order),
@@ -146,6 +163,19 @@ class Trainer:
                 self.data.x_test, self.data.y_test, self.data.labels_test
             )
         return result
+
+    def check_params(self, where: str) -> None:
+        """Once an epoch and before each checkpoint: replicas equal, parameters finite.
+
+        A non-finite gradient shows as a non-finite loss one step later; this check
+        makes sure no checkpoint ever holds such parameters.
+        """
+        if not np.isfinite(self.net.params).all():  # identical on every rank
+            raise DivergenceError(
+                f"the parameters became non-finite by step {self.step} ({where}): "
+                "training diverged; is the learning rate too high?"
+            )
+        self.world.check_in_sync(self.net.params, f"at {where}")
 
     def checkpoint(self, config: dict, shape: dict) -> Checkpoint:
         """This rank's view of the run, enough to continue it exactly."""

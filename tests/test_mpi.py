@@ -34,10 +34,14 @@ def test_shards_cover_the_batch_and_differ_by_at_most_one():
         assert max(sizes) - min(sizes) <= 1
 
 
-def train(world: World, batch_size: int, schedule: str = "adam", epochs: int = 2) -> Network:
+def train(
+    world: World, batch_size: int, schedule: str = "adam", epochs: int = 2, overlap: bool = False
+) -> Network:
     data = load_dataset("synthetic:300:12:3", seed=1)
     net = Network([12, 10, 3], "tanh", seed=4)
-    trainer = Trainer(net, make_schedule(schedule, 0.05), data, world, batch_size, seed=2)
+    trainer = Trainer(
+        net, make_schedule(schedule, 0.05), data, world, batch_size, seed=2, overlap=overlap
+    )
     for _ in range(epochs):
         trainer.train_epoch()
     return net
@@ -52,6 +56,16 @@ def test_replicas_identical_and_equal_to_one_rank(batch_size):
     assert all(params == everyone[0] for params in everyone)
     alone = train(World(MPI.COMM_SELF), batch_size)
     np.testing.assert_allclose(net.params, alone.params, rtol=0, atol=5e-5)
+
+
+@pytest.mark.parametrize("batch_size", [3, 64])
+def test_overlapped_allreduce_matches_the_fused_one(batch_size):
+    world = World()
+    fused = train(world, batch_size, schedule="sgd")
+    overlapped = train(world, batch_size, schedule="sgd", overlap=True)
+    everyone = world.comm.allgather(overlapped.params.tobytes())
+    assert all(params == everyone[0] for params in everyone)
+    np.testing.assert_allclose(overlapped.params, fused.params, rtol=0, atol=1e-6)
 
 
 def test_replica_mismatch_stops_every_rank():

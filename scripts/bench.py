@@ -1,0 +1,200 @@
+"""distnn's training throughput side by side with PyTorch, scikit-learn and the BLAS ceiling.
+
+    python scripts/bench.py                          # both workloads, 1 thread, all peers found
+    python scripts/bench.py --threads 1,2 --ranks 1,2,4 --json runs/bench.json
+    python scripts/bench.py --busy 1                 # a busy core elsewhere: the thread policy
+
+Each measurement runs in a fresh process (under ``mpiexec -n R`` for R ranks) so thread
+settings and peak memory do not leak between them. Peers that are not installed
+(``pip install .[bench]``) are reported as missing, not faked. The ceiling ("blas") is
+the best GFLOP/s of the matrix products of one training step, timed alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_workers import ENGINES, WORKLOADS
+
+NOTES = {"sklearn": "cross-entropy loss (MLPClassifier's own)", "blas": "matrix products only"}
+NOTES["distnn-overlap"] = "per-layer Iallreduce during backprop (--overlap)"
+MODULES = {"torch": "torch", "sklearn": "sklearn", "blas": "numpy"}
+MULTI_RANK = ("distnn", "distnn-overlap", "torch")
+
+
+def measure(engine: str, workload: str, threads: str, ranks: int, env: dict) -> dict:
+    """Run one worker; its rank 0 prints one JSON line."""
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        engine,
+        "--workload",
+        workload,
+        "--threads",
+        threads,
+    ]
+    if ranks > 1:
+        mpiexec = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or "mpiexec"
+        command = [mpiexec, "-n", str(ranks), *command]
+    try:
+        out = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            env={**os.environ, **env},
+            check=True,
+        ).stdout
+    except subprocess.CalledProcessError as e:
+        return {"error": (e.stderr.strip().splitlines() or ["failed"])[-1]}
+    except subprocess.TimeoutExpired:
+        return {"error": "timed out"}
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def plan(args) -> list[tuple[str, str, str, int, dict]]:
+    """(engine, workload, threads, ranks, extra env) for every row of the table."""
+    rows = []
+    for workload in args.workloads:
+        for threads in args.threads:
+            for engine in args.engines:
+                for ranks in args.ranks if engine in MULTI_RANK else [1]:
+                    if engine == "distnn-overlap" and ranks == 1:
+                        continue
+                    if threads == "auto" and engine == "blas":
+                        continue
+                    rows.append((engine, workload, threads, ranks, {}))
+    return rows
+
+
+def table(results: list[dict]) -> str:
+    """One line per measurement; ratios against distnn at the same threads and ranks.
+
+    "of BLAS" is the share of the ceiling reached per core in use: samples/s over
+    (ceiling × min(ranks, cores)), as ranks beyond the core count share cores.
+    """
+    cores = os.cpu_count() or 1
+    ceiling = {
+        (r["workload"], r["threads_asked"]): r["samples_per_sec"]
+        for r in results
+        if r["engine"] == "blas" and "error" not in r
+    }
+    ours = {
+        (r["workload"], r["threads_asked"], r["ranks"]): r["samples_per_sec"]
+        for r in results
+        if r["engine"] == "distnn" and "error" not in r
+    }
+    head = (
+        f"{'workload':9} {'engine':14} {'threads':>7} {'ranks':>5} {'samples/s':>11} "
+        f"{'GFLOP/s':>8} {'of BLAS':>7} {'vs distnn':>9} {'peak RSS':>9}  note"
+    )
+    lines = [head, "-" * len(head)]
+    for r in results:
+        if "error" in r:
+            lines.append(
+                f"{r['workload']:9} {r['engine']:14} {r['threads_asked']:>7} "
+                f"{r['ranks']:>5}  -- {r['error']}"
+            )
+            continue
+        best = ceiling.get((r["workload"], r["threads_asked"]))
+        if best is None:
+            best = ceiling.get((r["workload"], str(r["threads"])))
+        base = ours.get((r["workload"], r["threads_asked"], r["ranks"]))
+        per_core = r["samples_per_sec"] / min(r["ranks"], cores)
+        frac = f"{per_core / best:7.0%}" if best else f"{'':7}"
+        ratio = f"{r['samples_per_sec'] / base:8.2f}x" if base else f"{'':9}"
+        lines.append(
+            f"{r['workload']:9} {r['engine']:14} {r['threads']:>7} {r['ranks']:>5} "
+            f"{r['samples_per_sec']:11,.0f} {r['gflops']:8.1f} {frac} {ratio} "
+            f"{r['peak_rss_mb']:7.0f}MB  {r.get('note', '')}"
+        )
+    return "\n".join(lines)
+
+
+def busy_loop(cores: int) -> list[subprocess.Popen]:
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cores)]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--workloads",
+        type=lambda s: s.split(","),
+        default=["compute", "overhead"],
+        help=f"comma-separated: {', '.join(WORKLOADS)}",
+    )
+    p.add_argument("--engines", type=lambda s: s.split(","), default=list(ENGINES))
+    p.add_argument(
+        "--threads",
+        type=lambda s: s.split(","),
+        default=["1"],
+        help="BLAS/torch threads per process; 'auto' is distnn's default policy",
+    )
+    p.add_argument(
+        "--ranks",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[1],
+        help="ranks for distnn (and torch DDP); batch per rank stays fixed",
+    )
+    p.add_argument("--busy", type=int, default=0, help="keep N cores busy meanwhile")
+    p.add_argument("--json", help="also write the results here")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--workload", help=argparse.SUPPRESS)
+    args = p.parse_args()
+
+    if args.worker:  # inside one measurement process
+        threads = None if args.threads[0] == "auto" else int(args.threads[0])
+        result = ENGINES[args.worker](WORKLOADS[args.workload], threads)
+        if result.pop("rank0"):
+            print(json.dumps(result))
+        return
+
+    hogs = busy_loop(args.busy)
+    results = []
+    try:
+        for engine, workload, threads, ranks, env in plan(args):
+            if importlib.util.find_spec(MODULES.get(engine, "distnn")) is None:
+                r = {"error": f"{engine} not installed (pip install .[bench])"}
+            else:
+                r = measure(engine, workload, threads, ranks, env)
+            w = WORKLOADS[workload]
+            r.update(
+                engine=engine,
+                workload=workload,
+                threads_asked=threads,
+                ranks=r.get("ranks", ranks),
+                note=NOTES.get(engine, ""),
+            )
+            if "error" not in r:
+                r["gflops"] = r["samples_per_sec"] * w.flops_per_sample() / 1e9
+            results.append(r)
+            print(
+                f"measured {engine} {workload} threads={threads} ranks={ranks}: "
+                f"{r.get('samples_per_sec', r.get('error'))}",
+                file=sys.stderr,
+            )
+    finally:
+        for hog in hogs:
+            hog.kill()
+    busy = f", {args.busy} core(s) kept busy" if args.busy else ""
+    print(
+        f"# {os.cpu_count()} cores{busy}; batch per rank: "
+        + ", ".join(f"{k} {WORKLOADS[k].batch}" for k in args.workloads)
+    )
+    print(table(results))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

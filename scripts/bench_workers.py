@@ -1,0 +1,216 @@
+"""One measurement each, run in a process of its own by ``scripts/bench.py``.
+
+Every engine trains the same network (sigmoid layers, squared loss Σ_i (a_i − y_i)²
+averaged over the batch, plain SGD) on the same in-memory data with the same batch
+and thread count; throughput is samples/s over whole epochs after one warm-up epoch.
+scikit-learn's MLPClassifier can only use softmax + cross-entropy: the table says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import resource
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    sizes: tuple[int, ...]
+    batch: int  # per rank: the global batch is batch × ranks (weak scaling)
+    dataset: str
+    epochs: int  # timed epochs, after one warm-up epoch
+    lr: float = 0.05
+
+    def flops_per_sample(self) -> float:
+        """Multiply-adds ×2 of one sample's forward and backward passes (matrix products only).
+
+        Forward z(ℓ) = W(ℓ)a(ℓ-1): n_ℓ·n_{ℓ-1}; ∂C/∂W(ℓ): n_ℓ·n_{ℓ-1}; ∂C/∂a(ℓ-1) for ℓ ≥ 2.
+        """
+        pairs = list(zip(self.sizes[:-1], self.sizes[1:], strict=True))
+        return 2.0 * (2 * sum(m * n for m, n in pairs) + sum(m * n for m, n in pairs[1:]))
+
+
+WORKLOADS = {
+    "compute": Workload("compute", (784, 512, 512, 10), 256, "synthetic:60000:784:10", 3),
+    "overhead": Workload("overhead", (64, 32, 10), 32, "digits", 40),
+    "quick": Workload("quick", (64, 32, 10), 32, "synthetic:2000:64:10", 3),
+}
+
+
+def rss_mb() -> float:
+    """This process's resident memory now."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def training_data(w: Workload):
+    from distnn.data import load_dataset
+
+    data = load_dataset(w.dataset, seed=0)
+    return dataclasses.replace(data, x_test=None, y_test=None, labels_test=None)
+
+
+def run_distnn(w: Workload, threads: int | None, overlap: bool = False) -> dict:
+    from distnn.comm import World
+    from distnn.network import Network
+    from distnn.schedules import SGD
+    from distnn.threads import configure_blas_threads
+    from distnn.trainer import Trainer
+
+    world = World()
+    if threads is not None:
+        os.environ["DISTNN_NUM_THREADS"] = str(threads)
+    threads_used, _ = configure_blas_threads(world.local_size())
+    data = training_data(w)
+    net = Network(list(w.sizes), "sigmoid", seed=0)
+    trainer = Trainer(net, SGD(w.lr), data, world, w.batch * world.size, overlap=overlap)
+    trainer.train_epoch()  # warm-up: caches, first-touch of buffers
+    setup_rss = rss_mb()
+    rates = [trainer.train_epoch().samples_per_sec for _ in range(w.epochs)]
+    peak = world.comm.allreduce(peak_rss_mb(), op=max) if world.size > 1 else peak_rss_mb()
+    return {
+        "samples_per_sec": float(np.median(rates)),
+        "threads": threads_used,
+        "ranks": world.size,
+        "peak_rss_mb": peak,
+        "setup_rss_mb": setup_rss,
+        "params_mb": net.params.nbytes / 2**20,
+        "rank0": world.rank == 0,
+    }
+
+
+def run_torch(w: Workload, threads: int | None) -> dict:
+    import torch
+
+    rank, size = int(os.environ.get("PMI_RANK", 0)), int(os.environ.get("PMI_SIZE", 1))
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    data = training_data(w)
+    layers: list = []
+    for m, n in zip(w.sizes[:-1], w.sizes[1:], strict=True):
+        layers += [torch.nn.Linear(m, n), torch.nn.Sigmoid()]
+    model = torch.nn.Sequential(*layers)
+    if size > 1:  # DistributedDataParallel over gloo on loopback, one process per MPI rank
+        import torch.distributed as dist
+
+        port = os.environ.get("BENCH_TORCH_PORT", "29533")
+        dist.init_process_group(
+            "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=size
+        )
+        model = torch.nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.SGD(model.parameters(), lr=w.lr)
+    X, Y = torch.from_numpy(data.x), torch.from_numpy(data.y)
+    generator = torch.Generator().manual_seed(0)
+    global_batch = w.batch * size
+
+    def epoch() -> float:
+        start, order = time.perf_counter(), torch.randperm(len(X), generator=generator)
+        for b in range(0, len(X), global_batch):
+            idx = order[b : b + global_batch]
+            lo, hi = rank * len(idx) // size, (rank + 1) * len(idx) // size
+            xb, yb = X[idx[lo:hi]], Y[idx[lo:hi]]
+            opt.zero_grad(set_to_none=True)
+            loss = ((model(xb) - yb) ** 2).sum(dim=1).mean()
+            loss.backward()
+            opt.step()
+        return len(X) / (time.perf_counter() - start)
+
+    epoch()
+    rates = [epoch() for _ in range(w.epochs)]
+    return {
+        "samples_per_sec": float(np.median(rates)),
+        "threads": torch.get_num_threads(),
+        "ranks": size,
+        "peak_rss_mb": peak_rss_mb(),
+        "rank0": rank == 0,
+    }
+
+
+def run_sklearn(w: Workload, threads: int | None) -> dict:
+    from sklearn.neural_network import MLPClassifier
+    from threadpoolctl import threadpool_limits
+
+    data = training_data(w)
+    threadpool_limits(threads or os.cpu_count() or 1, user_api="blas")
+    model = MLPClassifier(
+        hidden_layer_sizes=w.sizes[1:-1],
+        activation="logistic",
+        solver="sgd",
+        batch_size=w.batch,
+        learning_rate_init=w.lr,
+        momentum=0.0,
+        shuffle=True,
+        random_state=0,
+    )
+    classes = np.arange(w.sizes[-1])
+
+    def epoch() -> float:
+        start = time.perf_counter()
+        model.partial_fit(data.x, data.labels, classes=classes)
+        return len(data.x) / (time.perf_counter() - start)
+
+    epoch()
+    rates = [epoch() for _ in range(w.epochs)]
+    return {
+        "samples_per_sec": float(np.median(rates)),
+        "threads": threads or os.cpu_count(),
+        "ranks": 1,
+        "peak_rss_mb": peak_rss_mb(),
+        "rank0": True,
+    }
+
+
+def run_blas(w: Workload, threads: int | None) -> dict:
+    """The ceiling: the very matrix products of one training step, timed alone, best of many."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(threads or os.cpu_count() or 1, user_api="blas")
+    rng = np.random.default_rng(0)
+    B, sizes = w.batch, w.sizes
+    W = [rng.standard_normal((n, m)).astype(np.float32) for m, n in itertools.pairwise(sizes)]
+    A = [rng.standard_normal((B, n)).astype(np.float32) for n in sizes]
+    D = [rng.standard_normal((B, n)).astype(np.float32) for n in sizes]
+    G = [np.empty_like(Wl) for Wl in W]
+
+    def products() -> None:
+        for ell, Wl in enumerate(W):
+            np.matmul(A[ell], Wl.T, out=A[ell + 1])
+        for ell in range(len(W) - 1, -1, -1):
+            np.matmul(D[ell + 1].T, A[ell], out=G[ell])
+            if ell > 0:
+                np.matmul(D[ell + 1], W[ell], out=D[ell])
+
+    best, deadline = float("inf"), time.perf_counter() + 4.0
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        products()
+        best = min(best, time.perf_counter() - start)
+    return {
+        "samples_per_sec": B / best,
+        "threads": threads or os.cpu_count(),
+        "ranks": 1,
+        "peak_rss_mb": peak_rss_mb(),
+        "rank0": True,
+    }
+
+
+def run_distnn_overlap(w: Workload, threads: int | None) -> dict:
+    return run_distnn(w, threads, overlap=True)
+
+
+ENGINES = {
+    "distnn": run_distnn,
+    "distnn-overlap": run_distnn_overlap,
+    "torch": run_torch,
+    "sklearn": run_sklearn,
+    "blas": run_blas,
+}
