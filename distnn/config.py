@@ -32,6 +32,8 @@ class TrainConfig:
     keep_checkpoints: int = 3
     resume: bool = False
     overlap: bool = False  # per-layer Iallreduce during backprop instead of one Allreduce
+    deterministic: bool = False  # the same bits at any number of ranks (deterministic.py)
+    virtual_shards: int = 4
 
     def layer_activations(self) -> list[str]:
         """σ's name for each of the L layers."""
@@ -50,6 +52,10 @@ class TrainConfig:
             raise DistnnError(f"--hidden widths must be positive, got {self.hidden}")
         if self.checkpoint_every < 0:
             raise DistnnError(f"--checkpoint-every must be 0 or more, got {self.checkpoint_every}")
+        if self.virtual_shards < 1:
+            raise DistnnError(f"--virtual-shards must be at least 1, got {self.virtual_shards}")
+        if self.deterministic and self.overlap:
+            raise DistnnError("--deterministic and --overlap cannot be combined")
         if self.keep_checkpoints < 1:
             raise DistnnError(f"--keep-checkpoints must be at least 1, got {self.keep_checkpoints}")
         if self.resume and not self.checkpoint_dir:

@@ -132,6 +132,20 @@ def build_parser(rank: int = 0) -> argparse.ArgumentParser:
         help="sum each layer's gradient with its own non-blocking Iallreduce while backprop "
         "continues below it (default: one Allreduce per step, faster on shared memory)",
     )
+    p.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="the same model to the last bit at any number of ranks: exact fixed-point "
+        "gradient sums over --virtual-shards, one BLAS thread per rank",
+    )
+    p.add_argument(
+        "--virtual-shards",
+        type=int,
+        default=d.virtual_shards,
+        metavar="V",
+        help="with --deterministic: split each batch into V pieces, spread over the ranks "
+        "(default: %(default)s; use at most V ranks)",
+    )
     p.add_argument("--version", action="version", version=f"distnn {__version__}")
     return p
 

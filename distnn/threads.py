@@ -59,15 +59,18 @@ def default_threads(ranks_on_node: int) -> tuple[int, str]:
     return max(1, idle // ranks), f"{cores} cores, {busy:.1f} busy / {ranks} ranks on the node"
 
 
-def configure_blas_threads(ranks_on_node: int) -> tuple[int, str]:
+def configure_blas_threads(ranks_on_node: int, fixed: int | None = None) -> tuple[int, str]:
     """Set this process's BLAS thread count; return (threads, where the number came from)."""
-    for name in _USER_VARIABLES:
+    for name in _USER_VARIABLES if fixed is None else ():
         value = os.environ.get(name, "")
         if value.isdigit() and int(value) > 0:
             threads, source = int(value), f"from {name}"
             break
     else:
-        threads, source = default_threads(ranks_on_node)
+        if fixed is not None:
+            threads, source = fixed, "fixed for --deterministic"
+        else:
+            threads, source = default_threads(ranks_on_node)
     threadpool_limits(limits=threads, user_api="blas")
     return threads, source
 

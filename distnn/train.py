@@ -23,6 +23,7 @@ from distnn.checkpoint import Checkpoint, Checkpointer, list_checkpoints, newest
 from distnn.comm import World, check_launch, install_abort_on_error
 from distnn.config import TrainConfig
 from distnn.data import Dataset, load_dataset
+from distnn.deterministic import DeterministicTrainer
 from distnn.errors import EXIT_PREEMPTED, CollectiveError, DistnnError, Preempted
 from distnn.lr_schedules import parse_lr_schedule
 from distnn.model_io import save_model
@@ -63,9 +64,20 @@ def setup(config: TrainConfig, world: World) -> Run:
     steps_per_epoch = -(-len(data.x) // min(config.batch_size, len(data.x)))
     lr = parse_lr_schedule(config.lr_schedule, config.lr, steps_per_epoch * config.epochs)
     schedule = make_schedule(config.schedule, lr)
-    trainer = Trainer(
-        net, schedule, data, world, config.batch_size, seed=config.seed, overlap=config.overlap
-    )
+    if config.deterministic:
+        trainer = DeterministicTrainer(
+            net,
+            schedule,
+            data,
+            world,
+            config.batch_size,
+            seed=config.seed,
+            virtual_shards=config.virtual_shards,
+        )
+    else:
+        trainer = Trainer(
+            net, schedule, data, world, config.batch_size, seed=config.seed, overlap=config.overlap
+        )
     shape = {
         "sizes": net.sizes,
         "activations": net.activation_names,
@@ -75,6 +87,12 @@ def setup(config: TrainConfig, world: World) -> Run:
         "num_params": net.num_params,
     }
     run = Run(config, data, net, trainer, shape, notes=data.notes)
+    if config.deterministic and world.size > config.virtual_shards:
+        run.notes += (
+            f"{world.size - config.virtual_shards} rank(s) idle: --deterministic "
+            f"splits each batch into {config.virtual_shards} virtual shards; raise "
+            "--virtual-shards to use them",
+        )
     if config.checkpoint_dir and world.is_root:
         if config.resume:
             run.resume_from, _, skipped = newest_valid_checkpoint(config.checkpoint_dir, shape)
@@ -99,6 +117,11 @@ def header(run: Run, world: World, threads: str) -> str:
         f"network {layers} ({', '.join(net.activation_names)}; {net.loss_fn.name} loss; "
         f"{net.num_params:,} params) | {config.schedule} lr {config.lr} "
         f"({config.lr_schedule}) | batch {config.batch_size} | {config.epochs} epochs"
+        + (
+            f" | deterministic, {config.virtual_shards} virtual shards"
+            if config.deterministic
+            else ""
+        )
     )
 
 
@@ -192,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     error = None
     try:
         config = parse_config(argv, world.rank)
-        threads, source = configure_blas_threads(world.local_size())
+        # Deterministic mode fixes one BLAS thread: a product's bits may depend on it.
+        fixed = 1 if config.deterministic else None
+        threads, source = configure_blas_threads(world.local_size(), fixed=fixed)
         run = setup(config, world)
     except DistnnError as e:
         error = str(e)

@@ -115,7 +115,7 @@ class Trainer:
         else:
             self.world.allreduce_sum(self.step_buffer)
         loss = float(self.extras[LOSS_SLOT])
-        if not math.isfinite(loss):
+        if not math.isfinite(loss):  # the same Allreduce result on every rank
             raise DivergenceError(
                 f"the loss became {loss} at step {self.step + 1} (epoch {self.epoch + 1}): "
                 "training diverged; is the learning rate too high?"

@@ -167,12 +167,13 @@ def main() -> None:
             else:
                 r = measure(engine, workload, threads, ranks, env)
             w = WORKLOADS[workload]
+            notes = [NOTES.get(engine, ""), r.get("note", "")]
             r.update(
                 engine=engine,
                 workload=workload,
                 threads_asked=threads,
                 ranks=r.get("ranks", ranks),
-                note=NOTES.get(engine, ""),
+                note="; ".join(n for n in notes if n),
             )
             if "error" not in r:
                 r["gflops"] = r["samples_per_sec"] * w.flops_per_sample() / 1e9
