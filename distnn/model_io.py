@@ -1,7 +1,8 @@
 """Saving and loading a trained network as a plain ``.npz`` any NumPy user can read.
 
 The file holds ``W1``..``WL`` (n_ℓ × n_{ℓ-1}), ``b1``..``bL``, ``activations`` (one
-name per layer) and ``loss``. It is written atomically (temporary file, fsync,
+name per layer), ``loss``, ``is_classifier``, and with ``--standardize`` the
+``input_mean`` and ``input_std`` that ``Network.predict`` applies to raw inputs. It is written atomically (temporary file, fsync,
 rename), so a crash never leaves a half-written model, and read without pickle, so a
 crafted file cannot run code.
 """
@@ -45,6 +46,9 @@ def model_arrays(net: Network) -> dict[str, np.ndarray]:
         arrays[f"W{ell}"], arrays[f"b{ell}"] = W, b
     arrays["activations"] = np.array(net.activation_names)
     arrays["loss"] = np.array(net.loss_fn.name)
+    arrays["is_classifier"] = np.array(net.is_classifier)
+    if net.input_mean is not None:
+        arrays["input_mean"], arrays["input_std"] = net.input_mean, net.input_std
     return arrays
 
 
@@ -78,4 +82,10 @@ def load_model(path: str) -> Network:
         if W.shape != net.weights[ell].shape or b.shape != net.biases[ell].shape:
             raise DistnnError(f"{path}: layer {ell + 1} has inconsistent shapes")
         net.weights[ell][...], net.biases[ell][...] = W, b
+    net.is_classifier = bool(arrays.get("is_classifier", net.is_classifier))
+    if "input_mean" in arrays:
+        mean, std = arrays["input_mean"], arrays.get("input_std")
+        if std is None or mean.shape != (sizes[0],) or std.shape != (sizes[0],):
+            raise DistnnError(f"{path}: input standardization does not fit {sizes[0]} features")
+        net.input_mean, net.input_std = mean.astype(net.dtype), std.astype(net.dtype)
     return net

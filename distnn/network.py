@@ -63,6 +63,11 @@ class Network:
         self.params = np.zeros(self.num_params, self.dtype)
         self.weights, self.biases = self.views(self.params)
         self._initialize(seed)
+        # Set by training and saved with the model, for ``predict`` on raw inputs:
+        # x ↦ (x − input_mean) / input_std, and whether outputs are class scores.
+        self.input_mean: np.ndarray | None = None
+        self.input_std: np.ndarray | None = None
+        self.is_classifier = self.loss_fn.name == "cross-entropy"
 
     @property
     def num_layers(self) -> int:
@@ -199,6 +204,38 @@ class Network:
         """Outputs a(L) for the rows of X, shape (N, n_L)."""
         X = self._rows(X)
         return self.feed_forward(X, self.workspace(X.shape[0])).copy()
+
+    def predict(self, X: np.ndarray, chunk: int = 4096) -> np.ndarray:
+        """Outputs a(L) for raw inputs: standardized as in training, in chunks of rows."""
+        X = np.asarray(X)
+        if X.ndim != 2 or X.shape[1] != self.sizes[0]:
+            raise ValueError(f"expected rows of {self.sizes[0]} features, got shape {X.shape}")
+        out = np.empty((len(X), self.sizes[-1]), self.dtype)
+        ws = self.workspace(min(chunk, max(1, len(X))))
+        for lo in range(0, len(X), chunk):
+            rows = np.array(X[lo : lo + chunk], dtype=self.dtype)
+            if self.input_mean is not None:
+                rows -= self.input_mean
+                rows /= self.input_std
+            out[lo : lo + len(rows)] = self.feed_forward(rows, ws)
+        return out
+
+    def predict_classes(self, X: np.ndarray) -> np.ndarray:
+        """The class (output index with the largest a(L)) of each row of raw inputs."""
+        return self.predict(X).argmax(axis=1)
+
+    def save(self, path: str) -> None:
+        """Write a plain ``.npz`` (see ``model_io``), atomically."""
+        from distnn.model_io import save_model
+
+        save_model(self, path)
+
+    @classmethod
+    def load(cls, path: str) -> Network:
+        """The network saved at ``path``, read without pickle."""
+        from distnn.model_io import load_model
+
+        return load_model(path)
 
     def loss(self, X: np.ndarray, Y: np.ndarray) -> float:
         """C = (1/N) Σ_k C_k, the mean loss over the rows of (X, Y)."""
