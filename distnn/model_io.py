@@ -2,9 +2,9 @@
 
 The file holds ``W1``..``WL`` (n_ℓ × n_{ℓ-1}), ``b1``..``bL``, ``activations`` (one
 name per layer), ``loss``, ``is_classifier``, and with ``--standardize`` the
-``input_mean`` and ``input_std`` that ``Network.predict`` applies to raw inputs. It is written atomically (temporary file, fsync,
-rename), so a crash never leaves a half-written model, and read without pickle, so a
-crafted file cannot run code.
+``input_mean`` and ``input_std`` that ``Network.predict`` applies to raw inputs. It is
+written atomically (temporary file, fsync, rename), so a crash never leaves a
+half-written model, and read without pickle, so a crafted file cannot run code.
 """
 
 from __future__ import annotations
