@@ -1,4 +1,4 @@
-"""Tests for distnn.data: embedded digits, synthetic sets, and .npz files (good and bad)."""
+"""Tests for distnn.data: digits, synthetic sets, .npz files; other formats: test_data_formats."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distnn.data import Dataset, load_dataset
+from distnn.data import VALID_SPECS, Dataset, load_dataset
 from distnn.errors import DistnnError
 
 # ---------------------------------------------------------------- digits
@@ -115,7 +115,7 @@ def test_bad_synthetic_specs(spec: str, word: str) -> None:
     msg = str(info.value)
     assert word in msg and spec in msg and "\n" not in msg
     if word == "valid forms":
-        assert "digits | synthetic:SAMPLES:FEATURES:CLASSES | path/to/data.npz" in msg
+        assert VALID_SPECS in msg
 
 
 def test_bad_dtype_and_seed() -> None:
@@ -297,4 +297,5 @@ def test_unreadable_file(tmp_path: Path) -> None:
 def test_unknown_name_lists_valid_forms(tmp_path: Path) -> None:
     with pytest.raises(DistnnError) as info:
         load_dataset(str(tmp_path / "digit"))
-    assert "digits | synthetic:SAMPLES:FEATURES:CLASSES | path/to/data.npz" in str(info.value)
+    assert VALID_SPECS in str(info.value)
+    assert VALID_SPECS.startswith("digits | synthetic:SAMPLES:FEATURES:CLASSES | path/to/data.npz")
