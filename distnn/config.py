@@ -1,8 +1,11 @@
-"""One run's configuration: the object the CLI fills and checkpoints record."""
+"""One run's configuration: the object the CLI, TOML files and checkpoints all share."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+import tomllib
 from dataclasses import dataclass
 
 from distnn.activations import ACTIVATIONS
@@ -34,6 +37,13 @@ class TrainConfig:
     overlap: bool = False  # per-layer Iallreduce during backprop instead of one Allreduce
     deterministic: bool = False  # the same bits at any number of ranks (deterministic.py)
     virtual_shards: int = 4
+    label_column: str | None = None  # CSV data: the column holding the class
+    standardize: bool = False  # scale features by the training split's mean and std
+    val_fraction: float = 0.0  # carve a validation split from the training data
+    patience: int | None = None  # early stopping: epochs without a better val_loss
+    target_loss: float | None = None  # stop once an epoch's training loss is this low
+    max_time: float | None = None  # seconds of training, measured on rank 0's clock
+    verbose: bool = False
 
     def layer_activations(self) -> list[str]:
         """σ's name for each of the L layers."""
@@ -52,6 +62,18 @@ class TrainConfig:
             raise DistnnError(f"--hidden widths must be positive, got {self.hidden}")
         if self.checkpoint_every < 0:
             raise DistnnError(f"--checkpoint-every must be 0 or more, got {self.checkpoint_every}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise DistnnError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        if self.patience is not None and self.patience < 1:
+            raise DistnnError(f"--patience must be at least 1, got {self.patience}")
+        if self.patience is not None and self.val_fraction == 0:
+            raise DistnnError("--patience needs a validation split: give --val-fraction too")
+        if self.target_loss is not None and not self.target_loss >= 0:
+            raise DistnnError(f"--target-loss must be 0 or more, got {self.target_loss}")
+        if self.max_time is not None and not (self.max_time > 0 and math.isfinite(self.max_time)):
+            raise DistnnError(
+                f"--max-time must be a positive number of seconds, got {self.max_time}"
+            )
         if self.virtual_shards < 1:
             raise DistnnError(f"--virtual-shards must be at least 1, got {self.virtual_shards}")
         if self.deterministic and self.overlap:
@@ -77,3 +99,37 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        """The configuration as a TOML file ``--config`` reads back (unset options left out)."""
+        lines = ["# distnn run configuration: python -m distnn.train --config THIS_FILE"]
+        for key, value in self.to_dict().items():
+            if value is None:
+                continue
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, (tuple, list)):
+                text = json.dumps(list(value))
+            else:  # JSON's strings and numbers are valid TOML
+                text = json.dumps(value)
+            lines.append(f"{key} = {text}")
+        return "\n".join(lines) + "\n"
+
+
+def read_toml(path: str) -> dict:
+    """Options from a TOML file, by field name (``batch-size`` and ``batch_size`` alike)."""
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise DistnnError(f"{path}: no such configuration file") from None
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise DistnnError(f"{path}: not a valid TOML file ({e})") from None
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    options = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name not in fields:
+            raise DistnnError(f"{path}: unknown option {key!r} (valid: {', '.join(fields)})")
+        options[name] = tuple(value) if isinstance(value, list) else value
+    return options

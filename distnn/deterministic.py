@@ -36,7 +36,7 @@ import numpy as np
 from mpi4py import MPI
 
 from distnn.errors import DivergenceError
-from distnn.trainer import STOP_SLOT, Trainer, shard_bounds
+from distnn.trainer import STOP_SLOT, TIME_SLOT, Trainer, shard_bounds
 
 EVAL_CHUNK = 256  # rows per evaluation chunk, fixed so results do not depend on P
 INT_BITS = 62  # headroom under int64's 63 value bits
@@ -58,7 +58,7 @@ class DeterministicTrainer(Trainer):
         # One float gradient per local shard: the scale needs every shard's max first.
         self.shard_grads = np.empty((len(self.mine), net.num_params), net.dtype)
         self.quantized = np.empty(BLOCK, np.int64)
-        self.int_buffer = np.zeros(net.num_params + 1, np.int64)  # Σ q_v, then stop votes
+        self.int_buffer = np.zeros(net.num_params + 2, np.int64)  # Σ q_v, stop, time up
         self.int_sum = self.int_buffer[: net.num_params]
         self.shard_losses = np.zeros(V, np.float64)
         self.bits = math.ceil(math.log2(V)) if V > 1 else 0
@@ -100,7 +100,7 @@ class DeterministicTrainer(Trainer):
                 block *= scale  # exact: a power of two
                 np.copyto(q[: len(block)], block, casting="unsafe")  # truncation toward 0
                 total += q[: len(block)]
-        self.int_buffer[-1] = self.stop_requested
+        self.int_buffer[-2:] = self.stop_requested, self.time_is_up()
         if self.world.size > 1:
             comm.Allreduce(MPI.IN_PLACE, self.int_buffer, op=MPI.SUM)
         for start in range(0, self.net.num_params, BLOCK):  # g = Σ q / s, once rounded
@@ -108,7 +108,7 @@ class DeterministicTrainer(Trainer):
             np.multiply(
                 self.int_sum[start : start + BLOCK], 1.0 / scale, out=block, casting="unsafe"
             )
-        self.extras[STOP_SLOT] = self.int_buffer[-1]
+        self.extras[STOP_SLOT], self.extras[TIME_SLOT] = self.int_buffer[-2:]
 
         # Schedule step: identical on every rank.
         self.net.params -= self.schedule(self.grad)

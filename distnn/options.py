@@ -7,9 +7,10 @@ raises DistnnError instead, which the CLI reports once, and prints help on rank 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from distnn import __version__
-from distnn.config import TrainConfig
+from distnn.config import TrainConfig, read_toml
 from distnn.errors import DistnnError
 from distnn.schedules import SCHEDULES
 
@@ -104,6 +105,56 @@ def build_parser(rank: int = 0) -> argparse.ArgumentParser:
     p.add_argument("--save", metavar="MODEL.npz", help="write the trained model here")
     p.add_argument("--metrics", metavar="FILE.jsonl", help="write one JSON line per epoch")
     p.add_argument("--quiet", action="store_true", help="print only the summary line")
+    p.add_argument("--verbose", action="store_true", help="log from every rank, with details")
+    p.add_argument(
+        "--config",
+        metavar="RUN.toml",
+        help="read options from a TOML file "
+        "(options on the command line win); a run writes its own beside its outputs",
+    )
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved configuration as TOML and exit",
+    )
+    p.add_argument(
+        "--label-column",
+        metavar="NAME|INDEX",
+        help="CSV data: the column holding the class (default: label, y, target, "
+        "or the last column)",
+    )
+    p.add_argument(
+        "--standardize",
+        action="store_true",
+        help="scale features to mean 0, std 1 with the training split's statistics "
+        "(saved with the model, applied by predict)",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=d.val_fraction,
+        metavar="F",
+        help="hold out this fraction of the training data for validation",
+    )
+    p.add_argument(
+        "--patience",
+        type=int,
+        metavar="EPOCHS",
+        help="early stopping: stop after EPOCHS epochs without a better val_loss, "
+        "and keep the best weights (needs --val-fraction)",
+    )
+    p.add_argument(
+        "--target-loss",
+        type=float,
+        metavar="LOSS",
+        help="stop once an epoch's training loss is at most LOSS",
+    )
+    p.add_argument(
+        "--max-time",
+        type=float,
+        metavar="SECONDS",
+        help="stop after this much training time (checkpoint and save as usual)",
+    )
     p.add_argument("--checkpoint-dir", metavar="DIR", help="write checkpoints here (rank 0)")
     p.add_argument(
         "--checkpoint-every",
@@ -150,8 +201,42 @@ def build_parser(rank: int = 0) -> argparse.ArgumentParser:
     return p
 
 
+def toml_to_argv(options: dict) -> list[str]:
+    """Options read from TOML as the command-line words that would give them."""
+    argv = []
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            argv += [flag] if value else []
+        elif isinstance(value, tuple):
+            argv += [flag, ",".join(map(str, value))]
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
 def parse_config(argv: list[str] | None, rank: int = 0) -> TrainConfig:
-    args = build_parser(rank).parse_args(argv)
-    config = TrainConfig(**vars(args))
+    """The run's configuration: defaults, then ``--config`` TOML, then the command line.
+
+    TOML values pass through the same argparse conversions as typed options, so a bad
+    value in a file gets the same one-line error as on the command line.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    first = _Parser(add_help=False, rank=rank)
+    first.add_argument("--config")
+    config_file = first.parse_known_args(argv)[0].config
+    prefix = toml_to_argv(read_toml(config_file)) if config_file else []
+    try:
+        build_parser(rank).parse_args(prefix)  # so a bad value names its file
+    except DistnnError as e:
+        raise DistnnError(f"{config_file}: {e}") from None
+    args = vars(build_parser(rank).parse_args(prefix + argv))
+    del args["config"]
+    print_config = args.pop("print_config")
+    config = TrainConfig(**args)
     config.validate()
+    if print_config:
+        if rank == 0:
+            print(config.to_toml(), end="")
+        raise SystemExit(0)
     return config

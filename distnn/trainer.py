@@ -24,9 +24,14 @@ from distnn.network import Network
 from distnn.schedules import GradientUpdateSchedule
 
 # The step's one Allreduce carries the shard gradients and, in extra slots after
-# them, the shard loss and this rank's stop request: agreeing on the loss and on
-# whether to stop costs no message of its own.
-LOSS_SLOT, STOP_SLOT, NUM_EXTRA_SLOTS = 0, 1, 2
+# them, the shard loss, this rank's stop request (a signal) and whether rank 0's
+# clock passed the time limit: agreeing on the loss and on whether to stop costs no
+# message of its own, and no rank decides on its own clock.
+LOSS_SLOT, STOP_SLOT, TIME_SLOT, NUM_EXTRA_SLOTS = 0, 1, 2, 3
+
+
+class TimeLimitReached(Exception):
+    """Raised on every rank after the step in which rank 0's clock passed the deadline."""
 
 
 def shard_bounds(batch_size: int, rank: int, size: int) -> tuple[int, int]:
@@ -72,6 +77,7 @@ class Trainer:
         self.epoch_loss_sum = 0.0  # Σ batch loss × batch size so far in that epoch
         self.step = 0  # updates since the start of training
         self.stop_requested = False  # set by a signal handler; agreed on in the next step
+        self.deadline: float | None = None  # time.perf_counter() value; read on rank 0 only
         self.on_step: list[Callable[[Trainer, int, float], None]] = []
 
         shard_rows = -(-self.batch_size // world.size)  # the largest shard, ceil(B/P)
@@ -107,6 +113,7 @@ class Trainer:
             loss = self.net.backprop(x, y, self.grad, self.ws, scale)
         self.extras[LOSS_SLOT] = loss * scale
         self.extras[STOP_SLOT] = self.stop_requested
+        self.extras[TIME_SLOT] = self.time_is_up()
 
         # Allreduce: the global batch's gradient, the same on every rank.
         if self.overlap:
@@ -125,6 +132,13 @@ class Trainer:
         self.net.params -= self.schedule(self.grad)
         self.step += 1
         return loss
+
+    def time_is_up(self) -> bool:
+        return (
+            self.world.rank == 0
+            and self.deadline is not None
+            and time.perf_counter() > self.deadline
+        )
 
     def _send_layer(self, ell: int) -> None:
         self.world.start_allreduce_sum(self.buckets[ell - 1], self.pending)
@@ -149,6 +163,8 @@ class Trainer:
                 hook(self, n_batches, loss)
             if self.extras[STOP_SLOT] > 0:  # the same Allreduce result on every rank
                 raise Preempted(f"stopped on request after step {self.step}")
+            if self.extras[TIME_SLOT] > 0:
+                raise TimeLimitReached(f"time limit reached after step {self.step}")
         elapsed = time.perf_counter() - start
         self.check_params(f"epoch {self.epoch + 1}")
         result = EpochResult(

@@ -133,4 +133,3 @@ def test_bad_input(workdir, args, words):
     assert "Traceback" not in result.stderr
     assert snapshot(workdir) == before, "an existing file was changed"
     assert not (workdir / "pwned").exists(), "a checkpoint ran pickled code"
-
