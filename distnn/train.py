@@ -25,7 +25,7 @@ from distnn.config import TrainConfig
 from distnn.errors import EXIT_PREEMPTED, CollectiveError, DistnnError, Preempted
 from distnn.options import parse_config
 from distnn.session import Run, setup, train
-from distnn.threads import blas_name, configure_blas_threads
+from distnn.threads import blas_name, configure_blas_threads, usable_cores
 from distnn.trainer import Trainer
 
 log = logging.getLogger("distnn")
@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         config = parse_config(argv, world.rank)
         # Deterministic mode fixes one BLAS thread: a product's bits may depend on it.
         fixed = 1 if config.deterministic else None
-        threads, source = configure_blas_threads(world.local_size(), fixed=fixed)
+        ranks_on_node = world.local_size()
+        threads, source = configure_blas_threads(ranks_on_node, fixed=fixed)
         run = setup(config, world)
     except DistnnError as e:
         error = str(e)
@@ -126,6 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     if config.quiet and not config.verbose:
         log.setLevel(logging.WARNING)
     log.info(header(run, world, f"{threads} thread(s) per rank ({source})"))
+    if ranks_on_node > usable_cores():
+        log.info(
+            f"note: {ranks_on_node} ranks share {usable_cores()} cores on this node "
+            "(oversubscribed): each step waits for ranks taking turns on a core; "
+            "one rank per core is faster"
+        )
     for note in run.notes:
         log.info(f"note: {note}")
     if run.resume_from is not None:
