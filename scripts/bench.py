@@ -26,8 +26,9 @@ from bench_workers import ENGINES, WORKLOADS
 
 NOTES = {"sklearn": "cross-entropy loss (MLPClassifier's own)", "blas": "matrix products only"}
 NOTES["distnn-overlap"] = "per-layer Iallreduce during backprop (--overlap)"
+NOTES["distnn-det"] = "--deterministic, 4 virtual shards"
 MODULES = {"torch": "torch", "sklearn": "sklearn", "blas": "numpy"}
-MULTI_RANK = ("distnn", "distnn-overlap", "torch")
+MULTI_RANK = ("distnn", "distnn-overlap", "distnn-det", "torch")
 
 
 def measure(engine: str, workload: str, threads: str, ranks: int, env: dict) -> dict:

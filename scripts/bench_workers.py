@@ -60,8 +60,11 @@ def training_data(w: Workload):
     return dataclasses.replace(data, x_test=None, y_test=None, labels_test=None)
 
 
-def run_distnn(w: Workload, threads: int | None, overlap: bool = False) -> dict:
+def run_distnn(
+    w: Workload, threads: int | None, overlap: bool = False, deterministic: bool = False
+) -> dict:
     from distnn.comm import World
+    from distnn.deterministic import DeterministicTrainer
     from distnn.network import Network
     from distnn.schedules import SGD
     from distnn.threads import configure_blas_threads
@@ -73,7 +76,10 @@ def run_distnn(w: Workload, threads: int | None, overlap: bool = False) -> dict:
     threads_used, _ = configure_blas_threads(world.local_size())
     data = training_data(w)
     net = Network(list(w.sizes), "sigmoid", seed=0)
-    trainer = Trainer(net, SGD(w.lr), data, world, w.batch * world.size, overlap=overlap)
+    if deterministic:
+        trainer = DeterministicTrainer(net, SGD(w.lr), data, world, w.batch * world.size)
+    else:
+        trainer = Trainer(net, SGD(w.lr), data, world, w.batch * world.size, overlap=overlap)
     trainer.train_epoch()  # warm-up: caches, first-touch of buffers
     setup_rss = rss_mb()
     rates = [trainer.train_epoch().samples_per_sec for _ in range(w.epochs)]
@@ -211,9 +217,14 @@ def run_distnn_overlap(w: Workload, threads: int | None) -> dict:
     return run_distnn(w, threads, overlap=True)
 
 
+def run_distnn_deterministic(w: Workload, threads: int | None) -> dict:
+    return run_distnn(w, threads, deterministic=True)
+
+
 ENGINES = {
     "distnn": run_distnn,
     "distnn-overlap": run_distnn_overlap,
+    "distnn-det": run_distnn_deterministic,
     "torch": run_torch,
     "sklearn": run_sklearn,
     "blas": run_blas,
