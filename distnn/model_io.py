@@ -19,6 +19,12 @@ from distnn.errors import DistnnError
 from distnn.network import Network
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_savez(path: str, arrays: dict[str, np.ndarray]) -> None:
     """Write ``arrays`` to ``path`` as .npz so that ``path`` is always whole or absent."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -29,6 +35,7 @@ def atomic_savez(path: str, arrays: dict[str, np.ndarray]) -> None:
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 is for secrets, not models
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

@@ -1,0 +1,141 @@
+"""Classification metrics from a confusion matrix, and the tables that print them.
+
+The confusion matrix ``cm`` is K × K integer counts, rows the true class and columns
+the predicted class (scikit-learn's convention): ``cm[i, j]`` samples of class i were
+predicted as j. Everything else follows from it:
+
+- accuracy = trace(cm) / Σ cm
+- precision of class j = cm[j, j] / Σ_i cm[i, j] (of the samples predicted as j, the
+  share that are j); undefined (None) when no sample was predicted as j
+- recall of class i = cm[i, i] / Σ_j cm[i, j] (of the samples of class i, the share
+  found); undefined (None) when the data holds no sample of class i
+- f1 = 2 · precision · recall / (precision + recall), None if either is undefined
+
+Macro averages are over the classes where the value is defined.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+# Larger matrices go to --json only: a 100-column table does not read on a terminal.
+MAX_PRINTED_CLASSES = 20
+
+
+def confusion_matrix(true: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """K × K int64 counts of (true class, predicted class) pairs."""
+    cm = np.zeros((n_classes, n_classes), np.int64)
+    np.add.at(cm, (np.asarray(true, np.int64), np.asarray(pred, np.int64)), 1)
+    return cm
+
+
+def _ratio(num: int, den: int) -> float | None:
+    return num / den if den else None
+
+
+def per_class(cm: np.ndarray) -> list[dict]:
+    """One record per class: ``class``, ``precision``, ``recall``, ``f1``, ``support``.
+
+    ``support`` is the number of samples of that (true) class; undefined ratios are None.
+    """
+    records = []
+    predicted, actual = cm.sum(axis=0), cm.sum(axis=1)
+    for k in range(cm.shape[0]):
+        hit = int(cm[k, k])
+        precision = _ratio(hit, int(predicted[k]))
+        recall = _ratio(hit, int(actual[k]))
+        f1 = None
+        if precision is not None and recall is not None:
+            f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        records.append(
+            {
+                "class": k,
+                "precision": precision,
+                "recall": recall,
+                "f1": f1,
+                "support": int(actual[k]),
+            }
+        )
+    return records
+
+
+def macro_average(records: list[dict], key: str) -> float | None:
+    """Mean of ``key`` over the classes where it is defined; None if it is nowhere."""
+    values = [r[key] for r in records if r[key] is not None]
+    return sum(values) / len(values) if values else None
+
+
+def _cell(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"
+
+
+def format_confusion(cm: np.ndarray) -> str:
+    """The matrix as aligned text, rows true class, columns predicted class."""
+    k = cm.shape[0]
+    width = max(len(str(int(cm.max()))), len(str(k - 1)), 3) + 1
+    lead = "true \\ pred"
+    lines = [lead + "".join(f"{j:>{width}}" for j in range(k))]
+    for i in range(k):
+        lines.append(f"{i:>{len(lead)}}" + "".join(f"{int(c):>{width}}" for c in cm[i]))
+    return "\n".join(lines)
+
+
+def format_per_class(records: list[dict]) -> str:
+    """Precision, recall, f1 and support per class, then the macro averages."""
+    lines = [f"{'class':>5}  {'precision':>9}  {'recall':>9}  {'f1':>9}  {'support':>7}"]
+    for r in records:
+        lines.append(
+            f"{r['class']:>5}  {_cell(r['precision']):>9}  {_cell(r['recall']):>9}  "
+            f"{_cell(r['f1']):>9}  {r['support']:>7}"
+        )
+    macro = [_cell(macro_average(records, key)) for key in ("precision", "recall", "f1")]
+    total = sum(r["support"] for r in records)
+    lines.append(f"{'macro':>5}  {macro[0]:>9}  {macro[1]:>9}  {macro[2]:>9}  {total:>7}")
+    return "\n".join(lines)
+
+
+def report(result: dict) -> str:
+    """The readable text of an evaluation result: summary line, then the tables."""
+    lines = [summary(result)]
+    k = result.get("n_classes")
+    if k is not None and k <= MAX_PRINTED_CLASSES:
+        cm = np.array(result["confusion_matrix"])
+        lines += ["", "confusion matrix (rows: true class, columns: predicted class)"]
+        lines += [format_confusion(cm), "", format_per_class(result["per_class"])]
+    elif k is not None:
+        lines.append(f"{k} classes: confusion matrix and per-class table in --json")
+    return "\n".join(lines)
+
+
+def summary(result: dict) -> str:
+    """One line: loss and, for a classifier, accuracy."""
+    line = f"loss {result['loss']:.4f} ({result['loss_function']}, mean per sample)"
+    if result["accuracy"] is not None:
+        line += (
+            f" | accuracy {result['accuracy']:.2%} ({result['correct']:,}/{result['samples']:,})"
+        )
+    return line
+
+
+def to_json(record: dict) -> str:
+    """``record`` as JSON text: one key per line, a matrix or table one row per line."""
+    lines = []
+    for key, value in _json_safe(record).items():
+        if isinstance(value, list) and value and isinstance(value[0], list | dict):
+            rows = ",\n".join("    " + json.dumps(row) for row in value)
+            lines.append(f"  {json.dumps(key)}: [\n{rows}\n  ]")
+        else:
+            lines.append(f"  {json.dumps(key)}: {json.dumps(value)}")
+    return "{\n" + ",\n".join(lines) + "\n}\n"
+
+
+def _json_safe(value):
+    if isinstance(value, float) and not np.isfinite(value):
+        return None  # JSON has no NaN or infinity
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
