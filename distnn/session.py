@@ -11,6 +11,8 @@ values every rank already shares.
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -108,6 +110,12 @@ def setup(config: TrainConfig, world: World) -> Run:
         "num_params": net.num_params,
     }
     run = Run(config, data, net, trainer, shape, validation, notes=notes)
+    if world.is_root:  # find out now, not after hours of training, that an output can't land
+        for path, what in ((config.save, "--save"), (config.metrics, "--metrics")):
+            if path:
+                check_writable(os.path.dirname(os.path.abspath(path)), what)
+        if config.checkpoint_dir:
+            check_writable(config.checkpoint_dir, "--checkpoint-dir")
     if config.checkpoint_dir and world.is_root:
         if config.resume:
             run.resume_from, _, skipped = newest_valid_checkpoint(config.checkpoint_dir, shape)
@@ -118,6 +126,16 @@ def setup(config: TrainConfig, world: World) -> Run:
                 "that run, or choose another --checkpoint-dir"
             )
     return run
+
+
+def check_writable(directory: str, option: str) -> None:
+    """Create ``directory`` if needed and prove a file can be written there."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as e:
+        raise DistnnError(f"{option}: cannot write to {directory} ({e.strerror})") from None
 
 
 class EarlyStopping:
