@@ -75,12 +75,12 @@ def stop_on_signals(trainer: Trainer) -> None:
     """SIGTERM (Slurm, kill) or SIGINT (Ctrl-C): finish the step, checkpoint, exit 75.
 
     The request rides in the next step's Allreduce, so all ranks stop after the same
-    step. A second signal gets the default action, for a user who cannot wait.
+    step. A second Ctrl-C stops at once, for a user who cannot wait; a repeated SIGTERM
+    does not, because on `scancel` each rank gets one from Slurm and one from mpiexec.
     """
 
     def request_stop(signum, frame):
         trainer.stop_requested = True
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
     signal.signal(signal.SIGTERM, request_stop)
