@@ -26,7 +26,8 @@ import numpy as np
 from distnn.errors import DistnnError
 from distnn.metrics import confusion_matrix, macro_average, per_class, report, summary, to_json
 from distnn.network import Network
-from distnn.predict import CliParser, atomic_write, refuse_overwrite
+from distnn.options import CliParser
+from distnn.predict import atomic_write, refuse_overwrite
 
 if TYPE_CHECKING:
     from distnn.comm import World

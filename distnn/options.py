@@ -15,7 +15,7 @@ from distnn.errors import DistnnError
 from distnn.schedules import SCHEDULES
 
 
-class _Parser(argparse.ArgumentParser):
+class CliParser(argparse.ArgumentParser):
     """argparse that raises instead of exiting, and prints help on rank 0 only."""
 
     def __init__(self, *args, rank: int = 0, **kwargs) -> None:
@@ -44,7 +44,7 @@ def _name_list(text: str) -> tuple[str, ...]:
 
 def build_parser(rank: int = 0) -> argparse.ArgumentParser:
     d = TrainConfig()
-    p = _Parser(
+    p = CliParser(
         prog="python -m distnn.train",
         rank=rank,
         description=(
@@ -222,7 +222,7 @@ def parse_config(argv: list[str] | None, rank: int = 0) -> TrainConfig:
     value in a file gets the same one-line error as on the command line.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    first = _Parser(add_help=False, rank=rank)
+    first = CliParser(add_help=False, rank=rank)
     first.add_argument("--config")
     config_file = first.parse_known_args(argv)[0].config
     prefix = toml_to_argv(read_toml(config_file)) if config_file else []

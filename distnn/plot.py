@@ -24,7 +24,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from distnn.errors import DistnnError
-from distnn.predict import CliParser, atomic_write
+from distnn.options import CliParser
+from distnn.predict import atomic_write
 
 FORMATS = ("png", "svg", "pdf")
 NUMERIC_KEYS = (

@@ -36,27 +36,13 @@ import numpy as np
 
 from distnn.errors import DistnnError
 from distnn.network import Network
+from distnn.options import CliParser
 
 INPUT_KINDS = (".npy", ".npz", ".csv", ".csv.gz")
 OUTPUT_KINDS = (".npy", ".csv")
 
 
 # --- helpers shared by the command lines of evaluate, predict and plot --------------
-
-
-class CliParser(argparse.ArgumentParser):
-    """argparse raising DistnnError (one line) instead of exiting; help from rank 0 only."""
-
-    def __init__(self, *args, rank: int = 0, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.rank = rank
-
-    def error(self, message: str):
-        raise DistnnError(message)
-
-    def _print_message(self, message, file=None):
-        if self.rank == 0:
-            super()._print_message(message, file)
 
 
 def refuse_overwrite(path: str, inputs: Sequence[str]) -> None:
