@@ -73,6 +73,13 @@ class World:
                 return msg if rank == 0 else f"{msg} (on rank {rank})"
         return None
 
+    def setup_failed(self, message: str | None) -> bool:
+        """Agree on ``gather_errors``; rank 0 prints the one line. True if the job must stop."""
+        error = self.gather_errors(message)
+        if error is not None and self.is_root:
+            print(f"distnn: error: {error}", file=sys.stderr)
+        return error is not None
+
     def check_in_sync(self, params: np.ndarray, where: str) -> None:
         """Stop every rank if the replicas' parameters differ (checksum MIN vs MAX)."""
         if self.size == 1:

@@ -47,14 +47,11 @@ class DeterministicTrainer(Trainer):
     """A Trainer whose every result is the same bits at any number of ranks."""
 
     def __init__(self, *args, virtual_shards: int = 4, **kwargs) -> None:
+        self.virtual_shards = V = virtual_shards  # read by shard_rows() during setup
         super().__init__(*args, **kwargs)
-        net, V = self.net, virtual_shards
-        self.virtual_shards = V
+        net = self.net
         self.mine = range(*shard_bounds(V, self.world.rank, self.world.size))
-        rows = -(-self.batch_size // V)
-        self.ws = net.workspace(max(rows, EVAL_CHUNK))
-        self.x_shard = np.empty((rows, net.sizes[0]), net.dtype)
-        self.y_shard = np.empty((rows, net.sizes[-1]), net.dtype)
+        self.largest = np.zeros(1, np.float64)
         # One float gradient per local shard: the scale needs every shard's max first.
         self.shard_grads = np.empty((len(self.mine), net.num_params), net.dtype)
         self.quantized = np.empty(BLOCK, np.int64)
@@ -62,6 +59,13 @@ class DeterministicTrainer(Trainer):
         self.int_sum = self.int_buffer[: net.num_params]
         self.shard_losses = np.zeros(V, np.float64)
         self.bits = math.ceil(math.log2(V)) if V > 1 else 0
+
+    def shard_rows(self) -> int:
+        """One virtual shard at a time: ceil(B/V) rows, whatever the world size."""
+        return -(-self.batch_size // self.virtual_shards)
+
+    def workspace_rows(self) -> int:
+        return EVAL_CHUNK
 
     def train_step(self, batch: np.ndarray) -> float:
         """One update from the global batch ``batch``; returns its mean loss."""
@@ -79,9 +83,10 @@ class DeterministicTrainer(Trainer):
             largest = max(largest, float(g.max()), -float(g.min()))
 
         # One scale for all ranks, from the largest entry of any shard's gradient.
-        if not math.isfinite(largest):
-            largest = math.inf
-        largest = comm.allreduce(largest, op=MPI.MAX) if self.world.size > 1 else largest
+        self.largest[0] = largest if math.isfinite(largest) else math.inf
+        if self.world.size > 1:
+            comm.Allreduce(MPI.IN_PLACE, self.largest, op=MPI.MAX)
+        largest = float(self.largest[0])
         loss = self._exact_sum(self.shard_losses)
         if not (math.isfinite(largest) and math.isfinite(loss)):
             raise DivergenceError(

@@ -207,12 +207,10 @@ def parse_args(argv: list[str] | None, rank: int) -> argparse.Namespace:
 
 def header(model: str, net: Network, data_name: str, split: str, n: int, ranks: int) -> str:
     """Two lines: the model evaluated, and on which rows."""
-    layers = " → ".join(map(str, net.sizes))
     kind = "classifier" if net.is_classifier else "regression"
     std = ", standardized inputs" if net.input_mean is not None else ""
     return (
-        f"model {model}: {layers} ({', '.join(net.activation_names)}; "
-        f"{net.loss_fn.name} loss; {kind}{std})\n"
+        f"model {model}: {net.describe()}, {kind}{std}\n"
         f"data {data_name}, {split} split: {n:,} samples | {ranks} rank(s)"
     )
 
@@ -239,10 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise DistnnError(f"{args.json}: no such directory")
     except DistnnError as e:
         error = str(e)
-    error = world.gather_errors(error)
-    if error is not None:
-        if world.is_root:
-            print(f"distnn: error: {error}", file=sys.stderr)
+    if world.setup_failed(error):
         return DistnnError.exit_code
 
     result = evaluate_parts(net, parts, world)

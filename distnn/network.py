@@ -115,6 +115,14 @@ class Network:
                 bound = np.sqrt(6.0 / (fan_in + fan_out))
                 W[...] = rng.uniform(-bound, bound, (fan_out, fan_in))
 
+    def describe(self) -> str:
+        """E.g. '64 → 32 → 10 (sigmoid, sigmoid; squared loss; 2,410 params)'."""
+        layers = " → ".join(map(str, self.sizes))
+        return (
+            f"{layers} ({', '.join(self.activation_names)}; {self.loss_fn.name} loss; "
+            f"{self.num_params:,} params)"
+        )
+
     def layer_slices(self) -> list[slice]:
         """Where layer ℓ's W(ℓ), b(ℓ) sit in ``params`` (index ℓ-1): one contiguous slice."""
         slices, start = [], 0

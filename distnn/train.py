@@ -54,14 +54,12 @@ def write_config_beside(config: TrainConfig, outputs: list[str | None]) -> None:
 def header(run: Run, world: World, threads: str) -> str:
     config, data, net = run.config, run.data, run.net
     test = f", {len(data.x_test)} test" if data.x_test is not None else ""
-    layers = " → ".join(map(str, net.sizes))
     mpi = " ".join(MPI.Get_library_version().split()[:3])  # e.g. "MPICH Version: 5.0.2"
     return (
         f"distnn {__version__} | {mpi} | "
         f"{world.size} rank(s) | BLAS {blas_name()}, {threads}\n"
         f"data {data.name}: {len(data.x)} train{test}, {data.n_features} features | "
-        f"network {layers} ({', '.join(net.activation_names)}; {net.loss_fn.name} loss; "
-        f"{net.num_params:,} params) | {config.schedule} lr {config.lr} "
+        f"network {net.describe()} | {config.schedule} lr {config.lr} "
         f"({config.lr_schedule}) | batch {config.batch_size} | {config.epochs} epochs"
         + (
             f" | deterministic, {config.virtual_shards} virtual shards"
@@ -113,10 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         run = setup(config, world)
     except DistnnError as e:
         error = str(e)
-    error = world.gather_errors(error)
-    if error is not None:
-        if world.is_root:
-            print(f"distnn: error: {error}", file=sys.stderr)
+    if world.setup_failed(error):
         return DistnnError.exit_code
 
     # Rank 0 read the checkpoint; every rank continues from the same one.

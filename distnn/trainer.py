@@ -80,8 +80,8 @@ class Trainer:
         self.deadline: float | None = None  # time.perf_counter() value; read on rank 0 only
         self.on_step: list[Callable[[Trainer, int, float], None]] = []
 
-        shard_rows = -(-self.batch_size // world.size)  # the largest shard, ceil(B/P)
-        self.ws = net.workspace(shard_rows)
+        shard_rows = self.shard_rows()
+        self.ws = net.workspace(max(shard_rows, self.workspace_rows()))
         self.x_shard = np.empty((shard_rows, net.sizes[0]), net.dtype)
         self.y_shard = np.empty((shard_rows, net.sizes[-1]), net.dtype)
         self.step_buffer = np.zeros(net.num_params + NUM_EXTRA_SLOTS, net.dtype)
@@ -94,6 +94,14 @@ class Trainer:
         self.pending: list = []
 
         world.bcast(net.params)  # rank 0's initialization becomes everyone's
+
+    def shard_rows(self) -> int:
+        """Rows of the largest piece of a batch this rank backprops at once: ceil(B/P)."""
+        return -(-self.batch_size // self.world.size)
+
+    def workspace_rows(self) -> int:
+        """Rows the workspace must also hold for evaluation (its chunks reuse it)."""
+        return 1
 
     def train_step(self, batch: np.ndarray) -> float:
         """One update from the global batch ``batch`` (row indices); returns its mean loss."""
