@@ -1,7 +1,7 @@
 """distnn: data-parallel training of feed-forward neural networks over MPI, in NumPy."""
 
-from distnn.network import Network
-from distnn.schedules import GradientUpdateSchedule
+from distnn.engine.network import Network
+from distnn.engine.schedules import GradientUpdateSchedule
 
 __version__ = "0.1.0"
 

@@ -1,5 +1,5 @@
 import sys
 
-from distnn.train import main
+from distnn.cli.train import main
 
 sys.exit(main())

@@ -8,9 +8,9 @@ import math
 import tomllib
 from dataclasses import dataclass
 
-from distnn.activations import ACTIVATIONS
+from distnn.engine.activations import ACTIVATIONS
+from distnn.engine.losses import LOSSES
 from distnn.errors import DistnnError
-from distnn.losses import LOSSES
 
 
 @dataclass

@@ -54,7 +54,7 @@ def peak_rss_mb() -> float:
 
 
 def training_data(w: Workload):
-    from distnn.data import load_dataset
+    from distnn.data.load import load_dataset
 
     data = load_dataset(w.dataset, seed=0)
     return dataclasses.replace(data, x_test=None, y_test=None, labels_test=None)
@@ -63,12 +63,12 @@ def training_data(w: Workload):
 def run_distnn(
     w: Workload, threads: int | None, overlap: bool = False, deterministic: bool = False
 ) -> dict:
-    from distnn.comm import World
-    from distnn.deterministic import DeterministicTrainer
-    from distnn.network import Network
-    from distnn.schedules import SGD
-    from distnn.threads import configure_blas_threads
-    from distnn.trainer import Trainer
+    from distnn.engine.network import Network
+    from distnn.engine.schedules import SGD
+    from distnn.parallel.deterministic import DeterministicTrainer
+    from distnn.parallel.threads import configure_blas_threads
+    from distnn.parallel.trainer import Trainer
+    from distnn.parallel.world import World
 
     world = World()
     if threads is not None:

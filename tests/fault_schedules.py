@@ -10,7 +10,7 @@ import time
 
 from mpi4py import MPI
 
-from distnn.schedules import SGD
+from distnn.engine.schedules import SGD
 
 
 class Slow(SGD):

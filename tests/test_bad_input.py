@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import error_lines, launch
 
-from distnn.checkpoint import list_checkpoints
+from distnn.io.checkpoints import list_checkpoints
 
 SMALL = ["--dataset", "synthetic:60:4:3", "--hidden", "8", "--epochs", "1"]
 

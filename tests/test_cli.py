@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import error_lines, launch
 
-from distnn.model_io import load_model
+from distnn.io.models import load_model
 
 
 def test_default_run_reaches_95_percent_on_4_ranks(tmp_path):
@@ -99,7 +99,7 @@ def test_bad_input_one_line_nonzero_exit_on_every_rank(args, words, tmp_path):
 def test_user_schedule_loaded_by_module_path(tmp_path):
     (tmp_path / "myrules.py").write_text(
         "import numpy as np\n"
-        "from distnn.schedules import GradientUpdateSchedule\n\n"
+        "from distnn.engine.schedules import GradientUpdateSchedule\n\n"
         "class SignSGD(GradientUpdateSchedule):\n"
         "    calls = 0\n"
         "    def _step(self, grad, lr, out):\n"

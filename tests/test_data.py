@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distnn.data import VALID_SPECS, Dataset, load_dataset
+from distnn.data.load import VALID_SPECS, Dataset, load_dataset
 from distnn.errors import DistnnError
 
 # ---------------------------------------------------------------- digits

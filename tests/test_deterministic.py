@@ -10,10 +10,10 @@ from conftest import launch
 from mpi4py import MPI
 
 from distnn import Network
-from distnn.comm import World
-from distnn.data import load_dataset
-from distnn.deterministic import DeterministicTrainer
-from distnn.schedules import SGD
+from distnn.data.load import load_dataset
+from distnn.engine.schedules import SGD
+from distnn.parallel.deterministic import DeterministicTrainer
+from distnn.parallel.world import World
 
 # batch 50 splits unevenly over 3 and 4 ranks, and into 4 virtual shards of 12 or 13 rows
 RUN = [

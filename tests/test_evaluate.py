@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from conftest import error_lines, launch
 
-from distnn.data import load_dataset
-from distnn.evaluate import _local_rows, evaluate
-from distnn.metrics import confusion_matrix, per_class
-from distnn.model_io import load_model
+from distnn.cli.evaluate import _local_rows, evaluate
+from distnn.data.load import load_dataset
+from distnn.engine.metrics import confusion_matrix, per_class
+from distnn.io.models import load_model
 
 SPEC = "synthetic:300:6:3"
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import MPIEXEC, error_lines, launch
 
-from distnn.checkpoint import list_checkpoints
+from distnn.io.checkpoints import list_checkpoints
 
 TESTS = Path(__file__).parent
 COMMON = ["--dataset", "synthetic:400:8:3", "--hidden", "8", "--batch-size", "20", "--lr", "0.1"]

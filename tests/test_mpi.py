@@ -7,11 +7,11 @@ import pytest
 from mpi4py import MPI
 
 from distnn import Network
-from distnn.comm import World
-from distnn.data import load_dataset
+from distnn.data.load import load_dataset
+from distnn.engine.schedules import make_schedule
 from distnn.errors import ReplicaMismatchError
-from distnn.schedules import make_schedule
-from distnn.trainer import Trainer, shard_bounds
+from distnn.parallel.trainer import Trainer, shard_bounds
+from distnn.parallel.world import World
 
 pytestmark = pytest.mark.mpi(min_size=2)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from distnn import Network
-from distnn.activations import ACTIVATIONS
+from distnn.engine.activations import ACTIVATIONS
 
 ELEMENTWISE = [name for name in ACTIVATIONS if name != "softmax"]
 

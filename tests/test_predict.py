@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from conftest import error_lines, launch
 
-from distnn.data import load_dataset
-from distnn.model_io import load_model
+from distnn.data.load import load_dataset
+from distnn.io.models import load_model
 
 SPEC = "synthetic:300:6:3"
 

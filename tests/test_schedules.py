@@ -9,8 +9,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from distnn.errors import DistnnError
-from distnn.lr_schedules import (
+from distnn.engine.lr_schedules import (
     Constant,
     Cosine,
     Exponential,
@@ -21,7 +20,7 @@ from distnn.lr_schedules import (
     as_lr_schedule,
     parse_lr_schedule,
 )
-from distnn.schedules import (
+from distnn.engine.schedules import (
     SCHEDULES,
     SGD,
     AdaGrad,
@@ -33,6 +32,7 @@ from distnn.schedules import (
     RMSProp,
     make_schedule,
 )
+from distnn.errors import DistnnError
 
 SHAPE = (37,)
 RTOL = 1e-12
@@ -417,7 +417,7 @@ def user_module(tmp_path, monkeypatch):
     (tmp_path / "my_sched_mod.py").write_text(
         textwrap.dedent("""
         import numpy as np
-        from distnn.schedules import GradientUpdateSchedule
+        from distnn.engine.schedules import GradientUpdateSchedule
 
         class SignSGD(GradientUpdateSchedule):
             state_arrays = ("count",)

@@ -9,7 +9,7 @@
   ``t10k-labels-idx1-ubyte``, each optionally ``.gz``, with ``.idx3-ubyte``-style dotted
   names, ``test`` for ``t10k`` and a name prefix (``emnist-digits-``) accepted too.
 
-All of them end in :func:`distnn.dataset.from_arrays`, which validates the arrays.
+All of them end in :func:`distnn.data.dataset.from_arrays`, which validates the arrays.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import zlib
 
 import numpy as np
 
-from distnn.dataset import Dataset, Source, from_arrays
+from distnn.data.dataset import Dataset, Source, from_arrays
 from distnn.errors import DistnnError
 
 KEYS = ("x", "y", "x_test", "y_test")

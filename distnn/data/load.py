@@ -4,9 +4,9 @@
 arguments and get identical arrays. Every problem with the input is a one-line
 :class:`~distnn.errors.DistnnError` that names the file (or spec) and the problem.
 
-User data files are read by :mod:`distnn.data_files` (``.npz``; directories of ``.npy``
-pairs or MNIST-style IDX files) and :mod:`distnn.data_csv` (``.csv``, ``.csv.gz``); all
-of them are validated by :mod:`distnn.dataset`, which defines :class:`Dataset`.
+User data files are read by :mod:`distnn.data.files` (``.npz``; directories of ``.npy``
+pairs or MNIST-style IDX files) and :mod:`distnn.data.csv` (``.csv``, ``.csv.gz``); all
+of them are validated by :mod:`distnn.data.dataset`, which defines :class:`Dataset`.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from importlib.resources import files
 
 import numpy as np
 
-from distnn.data_csv import is_csv, load_csv
-from distnn.data_files import load_directory, load_npz
-from distnn.dataset import Dataset, classification
+from distnn.data.csv import is_csv, load_csv
+from distnn.data.dataset import Dataset, classification
+from distnn.data.files import load_directory, load_npz
 from distnn.errors import DistnnError
 
 __all__ = ["VALID_SPECS", "Dataset", "load_dataset"]
@@ -44,7 +44,7 @@ def load_dataset(
     """Load ``digits``, generate ``synthetic:SAMPLES:FEATURES:CLASSES``, or read a data file.
 
     A file is an ``.npz``, a ``.csv``/``.csv.gz``, or a directory holding ``x.npy`` and
-    ``y.npy`` or MNIST-style IDX files (see :mod:`distnn.data_files`). ``seed`` only
+    ``y.npy`` or MNIST-style IDX files (see :mod:`distnn.data.files`). ``seed`` only
     affects synthetic data; ``dtype`` is ``"float32"`` or ``"float64"``;
     ``label_column`` (a column name or 0-based index) picks a CSV file's label column.
     Raises DistnnError (one line) for any bad spec or data file.
@@ -71,7 +71,7 @@ def load_dataset(
 
 
 def _load_digits(ftype: np.dtype) -> Dataset:
-    resource = files(__package__ or "distnn") / "data" / "digits.csv.gz"
+    resource = files("distnn") / "datasets" / "digits.csv.gz"
     try:
         with resource.open("rb") as raw, gzip.open(raw, "rt") as text:
             table = np.loadtxt(text, delimiter=",", dtype=np.int64, ndmin=2)

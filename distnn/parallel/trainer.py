@@ -16,12 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from distnn.checkpoint import Checkpoint
-from distnn.comm import World
-from distnn.data import Dataset
+from distnn.data.load import Dataset
+from distnn.engine.network import Network
+from distnn.engine.schedules import GradientUpdateSchedule
 from distnn.errors import DivergenceError, Preempted
-from distnn.network import Network
-from distnn.schedules import GradientUpdateSchedule
+from distnn.io.checkpoints import Checkpoint
+from distnn.parallel.world import World
 
 # The step's one Allreduce carries the shard gradients and, in extra slots after
 # them, the shard loss, this rank's stop request (a signal) and whether rank 0's

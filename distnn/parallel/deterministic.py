@@ -36,7 +36,7 @@ import numpy as np
 from mpi4py import MPI
 
 from distnn.errors import DivergenceError
-from distnn.trainer import STOP_SLOT, TIME_SLOT, Trainer, shard_bounds
+from distnn.parallel.trainer import STOP_SLOT, TIME_SLOT, Trainer, shard_bounds
 
 EVAL_CHUNK = 256  # rows per evaluation chunk, fixed so results do not depend on P
 INT_BITS = 62  # headroom under int64's 63 value bits

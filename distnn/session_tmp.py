@@ -18,19 +18,24 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from distnn.checkpoint import Checkpoint, Checkpointer, list_checkpoints, newest_valid_checkpoint
-from distnn.comm import World, check_launch
+from distnn.cli.progress import MetricsLog, Progress
 from distnn.config import TrainConfig
-from distnn.data import Dataset, load_dataset
-from distnn.deterministic import DeterministicTrainer
+from distnn.data.load import Dataset, load_dataset
+from distnn.data.preprocess import Split, fit_standardization, split_validation, standardize
+from distnn.engine.lr_schedules import parse_lr_schedule
+from distnn.engine.network import Network
+from distnn.engine.schedules import make_schedule
 from distnn.errors import DistnnError, Preempted
-from distnn.lr_schedules import parse_lr_schedule
-from distnn.model_io import save_model
-from distnn.network import Network
-from distnn.preprocess import Split, fit_standardization, split_validation, standardize
-from distnn.progress import MetricsLog, Progress
-from distnn.schedules import make_schedule
-from distnn.trainer import TimeLimitReached, Trainer
+from distnn.io.checkpoints import (
+    Checkpoint,
+    Checkpointer,
+    list_checkpoints,
+    newest_valid_checkpoint,
+)
+from distnn.io.models import save_model
+from distnn.parallel.deterministic import DeterministicTrainer
+from distnn.parallel.trainer import TimeLimitReached, Trainer
+from distnn.parallel.world import World, check_launch
 
 log = logging.getLogger("distnn")
 

@@ -28,8 +28,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from distnn.engine.lr_schedules import LRSchedule, as_lr_schedule
 from distnn.errors import DistnnError
-from distnn.lr_schedules import LRSchedule, as_lr_schedule
 
 
 def _check_unit(name: str, value: float) -> float:
@@ -327,7 +327,7 @@ def make_schedule(name_or_path: str, lr: float | LRSchedule) -> GradientUpdateSc
             obj = getattr(obj, part)
         if not (isinstance(obj, type) and issubclass(obj, GradientUpdateSchedule)):
             raise DistnnError(
-                f"schedule {spec!r} is not a subclass of distnn.schedules.GradientUpdateSchedule"
+                f"schedule {spec!r} is not a subclass of distnn.GradientUpdateSchedule"
             )
         cls = obj
     elif spec.lower() in SCHEDULES:

@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from distnn.dataset import Dataset
+from distnn.data.dataset import Dataset
 from distnn.errors import DistnnError
 
 

@@ -19,7 +19,7 @@ import zlib
 
 import numpy as np
 
-from distnn.dataset import Dataset, Source, from_arrays
+from distnn.data.dataset import Dataset, Source, from_arrays
 from distnn.errors import DistnnError
 
 DEFAULT_LABEL_COLUMNS = ("label", "y", "target")

@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from distnn.activations import Activation, get_activation
-from distnn.losses import Loss, get_loss
+from distnn.engine.activations import Activation, get_activation
+from distnn.engine.losses import Loss, get_loss
 
 
 class Workspace:
@@ -234,14 +234,14 @@ class Network:
 
     def save(self, path: str) -> None:
         """Write a plain ``.npz`` (see ``model_io``), atomically."""
-        from distnn.model_io import save_model
+        from distnn.io.models import save_model
 
         save_model(self, path)
 
     @classmethod
     def load(cls, path: str) -> Network:
         """The network saved at ``path``, read without pickle."""
-        from distnn.model_io import load_model
+        from distnn.io.models import load_model
 
         return load_model(path)
 

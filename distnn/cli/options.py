@@ -11,8 +11,8 @@ import sys
 
 from distnn import __version__
 from distnn.config import TrainConfig, read_toml
+from distnn.engine.schedules import SCHEDULES
 from distnn.errors import DistnnError
-from distnn.schedules import SCHEDULES
 
 
 class CliParser(argparse.ArgumentParser):

@@ -15,8 +15,8 @@ import zipfile
 
 import numpy as np
 
+from distnn.engine.network import Network
 from distnn.errors import DistnnError
-from distnn.network import Network
 
 
 def _umask() -> int:

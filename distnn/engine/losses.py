@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from distnn.activations import Activation
+from distnn.engine.activations import Activation
 
 
 class Loss:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from distnn.errors import DistnnError
-from distnn.model_io import atomic_savez
+from distnn.io.models import atomic_savez
 
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^checkpoint-(\d+)\.npz$")

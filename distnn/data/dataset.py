@@ -1,6 +1,6 @@
 """The Dataset type, and the checks every data file's arrays pass on their way into one.
 
-The file readers (:mod:`distnn.data_files`, :mod:`distnn.data_csv`) produce raw arrays
+The file readers (:mod:`distnn.data.files`, :mod:`distnn.data.csv`) produce raw arrays
 ``x``, ``y`` and optionally ``x_test``, ``y_test``; :func:`from_arrays` validates them
 (dtype, shapes, NaN/inf, labels) and builds the Dataset. Each problem is a one-line
 DistnnError that names the data set and the array (or its file). NaN/inf checks and

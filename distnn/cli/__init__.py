@@ -1,0 +1,1 @@
+"""The command lines: train, evaluate, predict, plot, and what they share."""

@@ -1,0 +1,246 @@
+"""``python -m distnn.plot``: learning curves and throughput from ``--metrics`` files.
+
+    python -m distnn.plot m.jsonl -o curves.png
+    python -m distnn.plot run1/m.jsonl run2/m.jsonl --labels "2 ranks,4 ranks" -o cmp.png
+
+One figure, three panels against the epoch: loss (training solid, test dashed,
+validation dotted; log scale), accuracy (test solid, validation dotted) and training
+samples/s. Each run (file) has its own colour; the legend names it by its path or by
+``--labels``. The image format follows ``-o``'s extension (.png, .svg, .pdf).
+
+matplotlib is an optional extra (``pip install 'distnn[plot]'``); it draws with the Agg
+backend, so no display is needed. Every problem (matplotlib missing, a file missing,
+a line that is not an epoch record) is one line naming the file and line, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from distnn.cli.options import CliParser
+from distnn.cli.predict import atomic_write
+from distnn.errors import DistnnError
+
+FORMATS = ("png", "svg", "pdf")
+NUMERIC_KEYS = (
+    "loss",
+    "test_loss",
+    "val_loss",
+    "accuracy",
+    "val_accuracy",
+    "samples_per_sec",
+    "elapsed_s",
+)
+# Panel contents: (record key, line style, what the line style means).
+LOSS_LINES = (
+    ("loss", "-", "training"),
+    ("test_loss", "--", "test"),
+    ("val_loss", ":", "validation"),
+)
+ACCURACY_LINES = (("accuracy", "-", "test"), ("val_accuracy", ":", "validation"))
+INSTALL_HINT = "pip install 'distnn[plot]' (or: pip install matplotlib)"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def read_metrics(path: str) -> list[dict]:
+    """The epoch records of a ``--metrics`` JSON-lines file, by epoch (the last one wins).
+
+    Blank lines are skipped; anything else that is not a JSON object with an integer
+    ``epoch`` and a numeric ``loss`` is a DistnnError naming the file and line.
+    """
+    try:
+        with open(path, "rb") as f:
+            raw_lines = f.read().splitlines()
+    except FileNotFoundError:
+        raise DistnnError(f"{path}: no such file") from None
+    except OSError as e:
+        raise DistnnError(f"{path}: cannot read ({e.strerror or e})") from None
+    by_epoch: dict[int, dict] = {}
+    for line_no, raw in enumerate(raw_lines, start=1):
+        where = f"{path} line {line_no}"
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise DistnnError(f"{where}: not UTF-8 text") from None
+        if not text.strip():
+            continue
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DistnnError(f"{where}: not JSON ({e.msg}, column {e.colno})") from None
+        if not isinstance(record, dict):
+            raise DistnnError(f"{where}: expected a JSON object per line (one epoch's record)")
+        epoch = record.get("epoch")
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+            raise DistnnError(f"{where}: no integer 'epoch' (is this a --metrics file?)")
+        if not _is_number(record.get("loss")):
+            raise DistnnError(f"{where}: no numeric 'loss' (is this a --metrics file?)")
+        for key in NUMERIC_KEYS:
+            value = record.get(key)
+            if value is not None and not _is_number(value):
+                raise DistnnError(f"{where}: '{key}' is {value!r}, not a number")
+        by_epoch[epoch] = record  # a resumed run may repeat an epoch: keep the last
+    if not by_epoch:
+        raise DistnnError(f"{path}: no epoch records (empty file)")
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
+    """Epochs and values of ``key`` where it is a finite number."""
+    pairs = [
+        (r["epoch"], float(r[key]))
+        for r in records
+        if _is_number(r.get(key)) and math.isfinite(r[key])
+    ]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def _marker(epochs: list[int]) -> dict:
+    """Dots on short series, so that a run of one epoch still shows."""
+    return {"marker": "o", "markersize": 3} if len(epochs) <= 20 else {}
+
+
+def _import_matplotlib():
+    """matplotlib's Figure class on the Agg backend; DistnnError if it is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib.figure import Figure
+        from matplotlib.lines import Line2D
+        from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter
+    except ImportError:
+        raise DistnnError(
+            f"plotting needs matplotlib, which is not installed: {INSTALL_HINT}"
+        ) from None
+    return Figure, Line2D, FuncFormatter, MaxNLocator, PercentFormatter
+
+
+def draw(
+    runs: list[tuple[str, list[dict]]],
+    path: str,
+    title: str | None = None,
+    protect: Sequence[str] = (),
+) -> None:
+    """Loss, accuracy and samples/s of every run on one figure, written atomically to ``path``.
+
+    ``path`` must not be one of the files in ``protect`` (the metrics read).
+    """
+    Figure, Line2D, FuncFormatter, MaxNLocator, PercentFormatter = _import_matplotlib()
+    fig = Figure(figsize=(15, 4.6), layout="constrained", dpi=100)
+    ax_loss, ax_acc, ax_speed = fig.subplots(1, 3)
+    drawn: dict[str, set[str]] = {"loss": set(), "accuracy": set()}
+    for i, (_, records) in enumerate(runs):
+        color = f"C{i % 10}"
+        for ax, lines, panel in (
+            (ax_loss, LOSS_LINES, "loss"),
+            (ax_acc, ACCURACY_LINES, "accuracy"),
+        ):
+            for key, style, meaning in lines:
+                epochs, values = _series(records, key)
+                if epochs:
+                    ax.plot(epochs, values, style, color=color, **_marker(epochs))
+                    drawn[panel].add(meaning)
+        epochs, values = _series(records, "samples_per_sec")
+        if epochs:
+            ax_speed.plot(epochs, values, "-", color=color, **_marker(epochs))
+
+    losses = [v for _, r in runs for key, _, _ in LOSS_LINES for v in _series(r, key)[1]]
+    if losses and min(losses) > 0:
+        ax_loss.set_yscale("log")
+    ax_loss.set_title("loss (mean per sample)")
+    kinds = sorted(drawn["accuracy"])
+    ax_acc.set_title(f"{kinds[0]} accuracy" if len(kinds) == 1 else "accuracy")
+    ax_acc.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax_speed.set_title("training throughput (samples/s)")
+    ax_speed.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax_speed.set_ylim(bottom=0)
+    for ax, panel, lines in ((ax_loss, "loss", LOSS_LINES), (ax_acc, "accuracy", ACCURACY_LINES)):
+        styles = [
+            Line2D([], [], color="0.3", linestyle=style, label=meaning)
+            for _, style, meaning in lines
+            if meaning in drawn[panel]
+        ]
+        if len(styles) > 1:
+            ax.legend(handles=styles, loc="best", fontsize="small")
+    if not kinds:
+        ax_acc.text(
+            0.5,
+            0.5,
+            "no accuracy recorded\n(no test set, or regression)",
+            ha="center",
+            va="center",
+            transform=ax_acc.transAxes,
+            color="0.4",
+        )
+    for ax in (ax_loss, ax_acc, ax_speed):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, alpha=0.3)
+    run_handles = [
+        Line2D([], [], color=f"C{i % 10}", linewidth=2, label=label)
+        for i, (label, _) in enumerate(runs)
+    ]
+    fig.legend(
+        handles=run_handles, loc="outside lower center", ncols=min(len(runs), 5), frameon=False
+    )
+    if title:
+        fig.suptitle(title)
+    fmt = os.path.splitext(path)[1][1:].lower()
+    atomic_write(path, lambda f: fig.savefig(f, format=fmt), protect)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = CliParser(
+        prog="python -m distnn.plot",
+        description="Plot loss, accuracy and samples/s per epoch from 'distnn.train "
+        "--metrics' files; several files are compared on one figure. Needs matplotlib: "
+        "pip install 'distnn[plot]'.",
+    )
+    p.add_argument("metrics", nargs="+", help="JSON-lines files written by --metrics")
+    p.add_argument("-o", "--output", required=True, help="the image: .png, .svg or .pdf")
+    p.add_argument("--labels", help="comma-separated legend names, one per file")
+    p.add_argument("--title", help="a title above the panels")
+    return p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> str:
+    """Read, check, draw; the line to print on success."""
+    fmt = os.path.splitext(args.output)[1][1:].lower()
+    if fmt not in FORMATS:
+        raise DistnnError(f"{args.output}: the image must be {', '.join('.' + f for f in FORMATS)}")
+    labels = args.metrics
+    if args.labels is not None:
+        labels = [label.strip() for label in args.labels.split(",")]
+        if len(labels) != len(args.metrics):
+            raise DistnnError(
+                f"--labels gives {len(labels)} names for {len(args.metrics)} metrics files"
+            )
+    if not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
+        raise DistnnError(f"{args.output}: no such directory")
+    runs = [(label, read_metrics(path)) for label, path in zip(labels, args.metrics, strict=True)]
+    draw(runs, args.output, args.title, protect=args.metrics)
+    epochs = ", ".join(str(len(records)) for _, records in runs)
+    return f"wrote {args.output}: {len(runs)} run(s), {epochs} epoch(s)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        print(run(parse_args(argv)))
+    except DistnnError as e:
+        print(f"distnn: error: {e}", file=sys.stderr)
+        return e.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

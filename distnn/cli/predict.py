@@ -1,0 +1,268 @@
+"""``python -m distnn.predict``: a saved model's outputs (or classes) for new inputs.
+
+    python -m distnn.predict model.npz inputs.npy -o outputs.npy
+    python -m distnn.predict model.npz inputs.csv -o classes.csv --classes
+
+Inputs are raw features, one row per sample, as the model was trained on them (the
+model applies its own saved standardization):
+
+- ``.npy``: a 2-D array (N × features), memory-mapped; an array of images
+  (N × 28 × 28 …) is flattened to rows;
+- ``.npz``: its array ``x`` (or its only array);
+- ``.csv`` / ``.csv.gz``: comma-separated numbers, feature columns only. A first row
+  in which any field is not a number is a header and is skipped.
+
+The output format follows ``-o``'s extension: ``.npy`` (N × outputs in the model's
+dtype, or N int64 classes with ``--classes``) or ``.csv`` (header ``output_0,…`` or
+``class``, values printed so that they read back to the same floats). The output is
+written atomically and never replaces the input. Prediction runs in one process:
+under ``mpirun`` rank 0 does the work and the other ranks only wait for its status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import itertools
+import os
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from typing import IO
+
+import numpy as np
+
+from distnn.cli.options import CliParser
+from distnn.engine.network import Network
+from distnn.errors import DistnnError
+
+INPUT_KINDS = (".npy", ".npz", ".csv", ".csv.gz")
+OUTPUT_KINDS = (".npy", ".csv")
+
+
+# --- helpers shared by the command lines of evaluate, predict and plot --------------
+
+
+def refuse_overwrite(path: str, inputs: Sequence[str]) -> None:
+    """DistnnError if ``path`` is one of the files ``inputs`` (by identity, not name)."""
+    for other in inputs:
+        if os.path.exists(path) and os.path.exists(other) and os.path.samefile(path, other):
+            raise DistnnError(f"{path}: refusing to overwrite the input {other}")
+
+
+def atomic_write(
+    path: str, write: Callable[[IO[bytes]], None], protect: Sequence[str] = ()
+) -> None:
+    """Write ``path`` through ``write(file)`` so that it is always whole or as before.
+
+    The bytes go to a temporary file beside ``path``, then replace it by rename.
+    Refuses (DistnnError) to replace any file in ``protect`` (the inputs).
+    """
+    refuse_overwrite(path, protect)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise DistnnError(f"{path}: no such directory {directory}")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    except OSError as e:
+        raise DistnnError(f"{path}: cannot write ({e.strerror})") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would surprise: a normal new file
+        os.replace(tmp, path)
+    except BaseException as e:
+        os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise DistnnError(f"{path}: cannot write ({e.strerror or e})") from None
+        raise
+
+
+# --- prediction -------------------------------------------------------------------
+
+
+def _kind(path: str, kinds: Iterable[str]) -> str | None:
+    return next((k for k in kinds if path.lower().endswith(k)), None)
+
+
+def _open_text(path: str) -> IO[str]:
+    if path.lower().endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8", newline="")
+    return open(path, encoding="utf-8", newline="")
+
+
+def _is_number(field: str) -> bool:
+    try:
+        float(field)
+    except ValueError:
+        return False
+    return True
+
+
+def _csv_problem(path: str) -> str:
+    """The first line that does not parse, for the error message (slow; on failure only)."""
+    with _open_text(path) as f:
+        rows = csv.reader(f)
+        width, first = None, 0
+        for line_no, fields in enumerate(rows, start=1):
+            if line_no == 1 and not all(_is_number(v) for v in fields):
+                continue  # the header
+            if not fields:
+                return f"{path} line {line_no}: empty line"
+            if width is None:
+                width, first = len(fields), line_no
+            if len(fields) != width:
+                return f"{path} line {line_no}: {len(fields)} fields, but line {first} has {width}"
+            for col, v in enumerate(fields, start=1):
+                if not _is_number(v):
+                    return f"{path} line {line_no}, column {col}: {v!r} is not a number"
+    return f"{path}: not a CSV file of numbers"
+
+
+def read_csv(path: str) -> np.ndarray:
+    """The numbers of a CSV file as float64 rows, skipping a header row if there is one."""
+    try:
+        with _open_text(path) as f:
+            first = f.readline()
+            fields = next(csv.reader([first]), [])
+            header = bool(fields) and not all(_is_number(v) for v in fields)
+            lines = f if header else itertools.chain([first], f)
+            try:
+                x = np.loadtxt(lines, delimiter=",", dtype=np.float64, ndmin=2)
+            except ValueError:
+                raise DistnnError(_csv_problem(path)) from None
+    except (OSError, EOFError, UnicodeDecodeError) as e:
+        raise DistnnError(f"{path}: not a readable CSV file ({e})") from None
+    return x
+
+
+def read_inputs(path: str, n_features: int) -> np.ndarray:
+    """The rows to predict from ``path``, checked against the model's input width."""
+    kind = _kind(path, INPUT_KINDS)
+    if kind is None:
+        raise DistnnError(f"{path}: inputs must be {', '.join(INPUT_KINDS)}")
+    if not os.path.isfile(path):
+        raise DistnnError(f"{path}: no such file")
+    if kind.startswith(".csv"):
+        with warnings.catch_warnings():  # loadtxt warns about no data; we say it below
+            warnings.simplefilter("ignore", UserWarning)
+            x = read_csv(path)
+    else:
+        try:
+            if kind == ".npy":
+                x = np.load(path, mmap_mode="r", allow_pickle=False)
+            else:
+                with np.load(path, allow_pickle=False) as f:
+                    if "x" not in f.files and len(f.files) != 1:
+                        raise DistnnError(f"{path}: no array 'x' (arrays: {', '.join(f.files)})")
+                    x = f["x" if "x" in f.files else f.files[0]]
+        except (OSError, ValueError, EOFError) as e:
+            raise DistnnError(f"{path}: not a readable {kind} file ({e})") from None
+    if x.dtype.kind not in "biuf":
+        raise DistnnError(f"{path}: non-numeric dtype {x.dtype}")
+    if x.ndim == 0 or len(x) == 0:
+        raise DistnnError(f"{path}: no rows to predict")
+    if x.ndim > 2 and int(np.prod(x.shape[1:])) == n_features:
+        x = x.reshape(len(x), n_features)
+    if x.ndim != 2:
+        raise DistnnError(f"{path}: shape {x.shape}; need rows of {n_features} features")
+    if x.shape[1] != n_features:
+        hint = " (a label column? give features only)" if x.shape[1] == n_features + 1 else ""
+        raise DistnnError(
+            f"{path}: {x.shape[1]} features per row, but the model takes {n_features}{hint}"
+        )
+    if x.dtype.kind == "f":
+        step = 65536  # in blocks: a memory-mapped x is not read into memory at once
+        bad = sum(
+            int(np.count_nonzero(~np.isfinite(x[i : i + step]))) for i in range(0, len(x), step)
+        )
+        if bad:
+            raise DistnnError(f"{path}: {bad} NaN or infinite values")
+    return x
+
+
+def predict(net: Network, x: np.ndarray, classes: bool = False) -> np.ndarray:
+    """Outputs a(L) of ``net`` for raw inputs ``x`` (N × outputs), or N class indices."""
+    if classes and not net.is_classifier:
+        raise DistnnError("--classes: the model is not a classifier (it predicts target vectors)")
+    return net.predict_classes(x).astype(np.int64) if classes else net.predict(x)
+
+
+def write_outputs(path: str, out: np.ndarray, protect: list[str]) -> None:
+    """``out`` to ``path`` as .npy or .csv, atomically; never over a file in ``protect``."""
+    if path.lower().endswith(".npy"):
+        atomic_write(path, lambda f: np.save(f, out), protect)
+        return
+    if out.ndim == 1:
+        header, fmt = "class", "%d"
+    else:
+        header = ",".join(f"output_{k}" for k in range(out.shape[1]))
+        fmt = "%.9g" if out.dtype == np.float32 else "%.17g"  # reads back to the same float
+    atomic_write(
+        path,
+        lambda f: np.savetxt(f, out, fmt=fmt, delimiter=",", header=header, comments=""),
+        protect,
+    )
+
+
+def parse_args(argv: list[str] | None, rank: int) -> argparse.Namespace:
+    p = CliParser(
+        prog="python -m distnn.predict",
+        rank=rank,
+        description="Outputs (or --classes) of a saved model for raw inputs. "
+        "Inputs: .npy, .npz (array x), .csv[.gz] (features only; a non-numeric first "
+        "row is a header). Output: .npy or .csv, written atomically.",
+    )
+    p.add_argument("model", help="a model saved by 'python -m distnn.train --save'")
+    p.add_argument("inputs", help="raw input rows: .npy, .npz, .csv or .csv.gz")
+    p.add_argument("-o", "--output", required=True, help="where to write: .npy or .csv")
+    p.add_argument("--classes", action="store_true", help="write class indices instead of outputs")
+    p.add_argument("--quiet", action="store_true", help="print nothing on success")
+    return p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> str:
+    """Do the whole prediction; the line to print on success."""
+    from distnn.io.models import load_model
+
+    if _kind(args.output, OUTPUT_KINDS) is None:
+        raise DistnnError(f"{args.output}: output must be {' or '.join(OUTPUT_KINDS)}")
+    refuse_overwrite(args.output, [args.inputs, args.model])  # before any work
+    net = load_model(args.model)
+    x = read_inputs(args.inputs, net.sizes[0])
+    out = predict(net, x, args.classes)
+    write_outputs(args.output, out, protect=[args.inputs, args.model])
+    what = "class indices" if args.classes else f"rows × {out.shape[1]} outputs"
+    return f"wrote {args.output}: {len(out):,} {what}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from distnn.parallel.world import World, install_abort_on_error
+
+    world = World()
+    install_abort_on_error(world)
+    status = 0
+    if world.is_root:
+        try:
+            args = parse_args(argv, world.rank)
+            line = run(args)
+            if not args.quiet:
+                print(line)
+        except DistnnError as e:
+            print(f"distnn: error: {e}", file=sys.stderr)
+            status = e.exit_code
+        except SystemExit as e:  # --help
+            status = e.code if isinstance(e.code, int) else 0
+    if world.size > 1:  # the other ranks wait for rank 0 and end with its status
+        status = world.comm.bcast(status)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The NumPy engine: the network of MATH.md, its σ and losses, the update schedules."""

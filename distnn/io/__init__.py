@@ -1,0 +1,1 @@
+"""Files distnn writes and reads back: models, checkpoints, and safe output files."""

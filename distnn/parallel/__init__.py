@@ -1,0 +1,1 @@
+"""Data parallelism over MPI: the world, the trainer and its gradient reducers, threads."""
