@@ -49,6 +49,14 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def _blas_threads() -> int:
+    from threadpoolctl import threadpool_info
+
+    return max(
+        (lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"), default=1
+    )
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -63,34 +71,45 @@ def training_data(w: Workload):
 def run_distnn(
     w: Workload, threads: int | None, overlap: bool = False, deterministic: bool = False
 ) -> dict:
-    from distnn.engine.network import Network
+    """distnn through its public API: ``fit`` on the training arrays, a warm-up epoch first."""
+    import distnn
     from distnn.engine.schedules import SGD
-    from distnn.parallel.deterministic import DeterministicTrainer
-    from distnn.parallel.threads import configure_blas_threads
-    from distnn.parallel.trainer import Trainer
     from distnn.parallel.world import World
 
     world = World()
     if threads is not None:
-        os.environ["DISTNN_NUM_THREADS"] = str(threads)
-    threads_used, _ = configure_blas_threads(world.local_size())
+        os.environ["DISTNN_NUM_THREADS"] = str(threads)  # fit's thread policy reads it
     data = training_data(w)
-    net = Network(list(w.sizes), "sigmoid", seed=0)
-    if deterministic:
-        trainer = DeterministicTrainer(net, SGD(w.lr), data, world, w.batch * world.size)
-    else:
-        trainer = Trainer(net, SGD(w.lr), data, world, w.batch * world.size, overlap=overlap)
-    trainer.train_epoch()  # warm-up: caches, first-touch of buffers
-    setup_rss = rss_mb()
-    rates = [trainer.train_epoch().samples_per_sec for _ in range(w.epochs)]
-    growth = rss_mb() - setup_rss  # steady-state steps should keep nothing
-    if world.size > 1:
-        peak, growth = world.comm.allreduce((peak_rss_mb(), growth), op=max)
-    else:
-        peak = peak_rss_mb()
+    net = distnn.Network(list(w.sizes), "sigmoid", seed=0)
+    setup_rss = []
+
+    class AfterWarmUp:
+        def on_epoch_end(self, record: dict) -> None:
+            if record["epoch"] == 1:  # caches warm, buffers touched
+                setup_rss.append(rss_mb())
+
+    y = data.labels if data.labels is not None else data.y
+    history = distnn.fit(
+        net,
+        data.x,
+        y,
+        schedule=SGD(w.lr),
+        batch_size=w.batch * world.size,
+        epochs=1 + w.epochs,
+        overlap=overlap,
+        deterministic=deterministic,
+        verbose=0,
+        callbacks=[AfterWarmUp()],
+        world=world,
+    )
+    rates = [record["samples_per_sec"] for record in history[1:]]
+    growth = rss_mb() - setup_rss[0]  # steady-state steps should keep nothing
+    worst = np.array([peak_rss_mb(), growth])
+    world.allreduce_max(worst)
+    peak, growth = worst.tolist()
     return {
         "samples_per_sec": float(np.median(rates)),
-        "threads": threads_used,
+        "threads": _blas_threads(),  # as fit's thread policy set them
         "ranks": world.size,
         "peak_rss_mb": peak,
         "rss_growth_mb": growth,

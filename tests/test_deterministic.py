@@ -9,10 +9,12 @@ import pytest
 from conftest import launch
 from mpi4py import MPI
 
+import distnn
 from distnn import Network
 from distnn.data.load import load_dataset
 from distnn.engine.schedules import SGD
-from distnn.parallel.deterministic import DeterministicTrainer
+from distnn.parallel.reducers import ExactSum
+from distnn.parallel.trainer import Trainer
 from distnn.parallel.world import World
 
 # batch 50 splits unevenly over 3 and 4 ranks, and into 4 virtual shards of 12 or 13 rows
@@ -119,7 +121,9 @@ def test_default_mode_is_not_bitwise_across_world_sizes(tmp_path):
 def test_fixed_point_sum_is_within_float32_resolution():
     data = load_dataset("synthetic:200:6:3", seed=3)
     net = Network([6, 9, 3], "tanh", seed=1)
-    trainer = DeterministicTrainer(net, SGD(0.1), data, World(MPI.COMM_SELF), 64, virtual_shards=4)
+    world = World(MPI.COMM_SELF)
+    reducer = ExactSum(net.num_params, net.dtype, world, virtual_shards=4)
+    trainer = Trainer(net, SGD(0.1), data, world, 64, reducer)
     order = np.arange(200)
     for step in range(3):
         batch = order[step * 64 : (step + 1) * 64]
@@ -128,20 +132,29 @@ def test_fixed_point_sum_is_within_float32_resolution():
             g = np.empty_like(net.params)
             net.backprop(data.x[batch[lo:hi]], data.y[batch[lo:hi]], g, net.workspace(16), 1 / 64)
             exact += g
-        trainer.train_step(batch)
+        trainer.train_step(batch, stop_requested=False, time_up=False)
         largest = np.abs(exact).max()
-        error = np.abs(trainer.grad - exact).max()
+        error = np.abs(reducer.grad - exact).max()
         assert error <= largest * 2.0**-24, f"step {step}: error {error:.3g} of {largest:.3g}"
 
 
 @pytest.mark.mpi(min_size=2)
 def test_deterministic_trainer_matches_one_rank_bitwise():
-    data = load_dataset("synthetic:300:12:3", seed=1)
-
     def train(world):
         net = Network([12, 10, 3], "tanh", seed=4)
-        trainer = DeterministicTrainer(net, SGD(0.1), data, world, 37, seed=2, virtual_shards=5)
-        trainer.train_epoch()
-        return net.params.tobytes(), trainer.evaluate(data.x_test, data.y_test, data.labels_test)
+        history = distnn.fit(
+            net,
+            "synthetic:300:12:3",
+            schedule="sgd",
+            lr=0.1,
+            batch_size=37,
+            epochs=2,
+            seed=2,
+            deterministic=True,
+            virtual_shards=5,
+            verbose=0,
+            world=world,
+        )
+        return net.params.tobytes(), [(r["loss"], r["test_loss"], r["accuracy"]) for r in history]
 
     assert train(World()) == train(World(MPI.COMM_SELF))

@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
+import distnn
 from distnn import Network
-from distnn.data.load import load_dataset
-from distnn.engine.schedules import make_schedule
-from distnn.errors import ReplicaMismatchError
-from distnn.parallel.trainer import Trainer, shard_bounds
+from distnn.errors import CollectiveError, ReplicaMismatchError
+from distnn.parallel.reducers import shard_bounds
 from distnn.parallel.world import World
 
 pytestmark = pytest.mark.mpi(min_size=2)
@@ -37,13 +36,19 @@ def test_shards_cover_the_batch_and_differ_by_at_most_one():
 def train(
     world: World, batch_size: int, schedule: str = "adam", epochs: int = 2, overlap: bool = False
 ) -> Network:
-    data = load_dataset("synthetic:300:12:3", seed=1)
     net = Network([12, 10, 3], "tanh", seed=4)
-    trainer = Trainer(
-        net, make_schedule(schedule, 0.05), data, world, batch_size, seed=2, overlap=overlap
+    distnn.fit(
+        net,
+        "synthetic:300:12:3",
+        schedule=schedule,
+        lr=0.05,
+        batch_size=batch_size,
+        epochs=epochs,
+        seed=2,
+        overlap=overlap,
+        verbose=0,
+        world=world,
     )
-    for _ in range(epochs):
-        trainer.train_epoch()
     return net
 
 
@@ -84,3 +89,28 @@ def test_one_ranks_setup_error_reaches_every_rank():
     agreed = world.gather_errors(message)
     assert agreed == f"bad file (on rank {world.size - 1})"
     assert world.gather_errors(None) is None
+
+
+def test_fit_raises_one_ranks_bad_input_on_every_rank(tmp_path):
+    """A data file only the last rank cannot read: every rank raises the same error."""
+    world = World()
+    path = tmp_path / f"data-{world.rank}.npz"  # tmp_path differs per rank
+    x = np.zeros((20, 4), np.float32)
+    np.savez(path, x=x, y=np.arange(20) % 2 if world.rank < world.size - 1 else x[:, :2])
+    with pytest.raises(CollectiveError, match=rf"on rank {world.size - 1}"):
+        distnn.fit(Network([4, 3, 2]), str(path), epochs=1, verbose=0, world=world)
+
+
+def test_fit_and_evaluate_from_arrays_agree_on_every_rank():
+    """The API on arrays: every rank ends with the same network and the same report."""
+    world = World()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((203, 5)).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
+    net = Network([5, 8, 2], "tanh", loss="cross-entropy", seed=1)
+    history = distnn.fit(net, x, y, epochs=3, batch_size=16, verbose=0, world=world)
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    report = distnn.evaluate(net, x, y, world=world)
+    everyone = world.comm.allgather((net.params.tobytes(), report["loss"], history[-1]["loss"]))
+    assert all(item == everyone[0] for item in everyone)
+    assert report["accuracy"] > 0.8 and sum(map(sum, report["confusion_matrix"])) == 203

@@ -36,12 +36,9 @@ class Checkpoint:
 
     params: np.ndarray
     schedule_state: dict
-    epoch: int  # epochs completed
-    batch_in_epoch: int  # batches done in the epoch under way
-    epoch_loss_sum: float  # Σ batch loss × batch size so far in that epoch
-    step: int  # updates since the start of training
+    position: dict  # Trainer.position(): epoch, batch_in_epoch, epoch_loss_sum, step
     config: dict
-    shape: dict  # what must match to resume: network and data shapes, schedule
+    fingerprint: dict  # what must match to resume: network and data shapes, schedule
 
 
 def checkpoint_path(directory: str, step: int) -> str:
@@ -63,23 +60,23 @@ def save_checkpoint(directory: str, ckpt: Checkpoint, keep: int) -> str:
     arrays = {
         "format_version": np.array(FORMAT_VERSION),
         "params": ckpt.params,
-        "epoch": np.array(ckpt.epoch),
-        "batch_in_epoch": np.array(ckpt.batch_in_epoch),
-        "epoch_loss_sum": np.array(ckpt.epoch_loss_sum, np.float64),
-        "step": np.array(ckpt.step),
+        "epoch": np.array(ckpt.position["epoch"]),
+        "batch_in_epoch": np.array(ckpt.position["batch_in_epoch"]),
+        "epoch_loss_sum": np.array(ckpt.position["epoch_loss_sum"], np.float64),
+        "step": np.array(ckpt.position["step"]),
         "config": np.array(json.dumps(ckpt.config)),
-        "shape": np.array(json.dumps(ckpt.shape)),
+        "shape": np.array(json.dumps(ckpt.fingerprint)),  # the file's name for it
     }
     for key, value in ckpt.schedule_state.items():
         arrays[f"schedule/{key}"] = np.asarray(value)
-    path = checkpoint_path(directory, ckpt.step)
+    path = checkpoint_path(directory, ckpt.position["step"])
     atomic_savez(path, arrays)
     for old in list_checkpoints(directory)[keep:]:
         os.unlink(old)
     return path
 
 
-def load_checkpoint(path: str, expected_shape: dict) -> Checkpoint:
+def load_checkpoint(path: str, expected: dict) -> Checkpoint:
     """Read and check one checkpoint; DistnnError naming ``path`` if it cannot be used."""
     try:
         with np.load(path, allow_pickle=False) as f:
@@ -93,7 +90,7 @@ def load_checkpoint(path: str, expected_shape: dict) -> Checkpoint:
                 f"{path}: checkpoint format {version} is newer than this distnn reads "
                 f"({FORMAT_VERSION}); upgrade distnn"
             )
-        shape = json.loads(str(arrays["shape"]))
+        fingerprint = json.loads(str(arrays["shape"]))
         ckpt = Checkpoint(
             params=arrays["params"],
             schedule_state={
@@ -101,30 +98,32 @@ def load_checkpoint(path: str, expected_shape: dict) -> Checkpoint:
                 for key, value in arrays.items()
                 if key.startswith("schedule/")
             },
-            epoch=int(arrays["epoch"]),
-            batch_in_epoch=int(arrays["batch_in_epoch"]),
-            epoch_loss_sum=float(arrays["epoch_loss_sum"]),
-            step=int(arrays["step"]),
+            position={
+                "epoch": int(arrays["epoch"]),
+                "batch_in_epoch": int(arrays["batch_in_epoch"]),
+                "epoch_loss_sum": float(arrays["epoch_loss_sum"]),
+                "step": int(arrays["step"]),
+            },
             config=json.loads(str(arrays["config"])),
-            shape=shape,
+            fingerprint=fingerprint,
         )
     except KeyError as e:
         raise DistnnError(f"{path}: not a distnn checkpoint (missing {e})") from None
     except (TypeError, ValueError) as e:
         raise DistnnError(f"{path}: damaged checkpoint ({e})") from None
-    for key, want in expected_shape.items():
-        have = shape.get(key)
+    for key, want in expected.items():
+        have = fingerprint.get(key)
         if have != want:
             raise DistnnError(
                 f"{path}: incompatible checkpoint: {key} is {have}, this run has {want}"
             )
-    if ckpt.params.ndim != 1 or ckpt.params.size != expected_shape.get("num_params", -1):
+    if ckpt.params.ndim != 1 or ckpt.params.size != expected.get("num_params", -1):
         raise DistnnError(f"{path}: damaged checkpoint (parameter buffer of {ckpt.params.size})")
     return ckpt
 
 
 def newest_valid_checkpoint(
-    directory: str, expected_shape: dict
+    directory: str, expected: dict
 ) -> tuple[Checkpoint | None, str | None, list[str]]:
     """The newest checkpoint in ``directory`` that loads and fits this run.
 
@@ -134,7 +133,7 @@ def newest_valid_checkpoint(
     skipped = []
     for path in list_checkpoints(directory):
         try:
-            return load_checkpoint(path, expected_shape), path, skipped
+            return load_checkpoint(path, expected), path, skipped
         except DistnnError as e:
             skipped.append(str(e))
     if skipped:
@@ -145,17 +144,17 @@ def newest_valid_checkpoint(
 class Checkpointer:
     """When to checkpoint: every ``every`` steps (0: never mid-epoch), at every epoch
     end, at the end and on preemption. Decided from the step count, the same on every
-    rank; only rank 0 writes."""
+    rank; only rank 0 writes, and a failure to write stops every rank alike."""
 
     def __init__(
-        self, directory: str, every: int, keep: int, config: dict, shape: dict, writer: bool
+        self, directory: str, every: int, keep: int, config: dict, fingerprint: dict, world
     ) -> None:
         self.directory, self.every, self.keep = directory, every, keep
-        self.config, self.shape, self.writer = config, shape, writer
+        self.config, self.fingerprint, self.world = config, fingerprint, world
         self.last_saved: tuple[int, int] | None = None  # (step, epoch) of the newest
         self.last_path: str | None = None
 
-    def after_step(self, trainer, n_batches: int, loss: float) -> None:
+    def after_step(self, trainer) -> None:
         if self.every and trainer.step % self.every == 0:
             self.save(trainer)
 
@@ -165,6 +164,19 @@ class Checkpointer:
             return
         self.last_saved = position
         trainer.check_params(f"the checkpoint of step {trainer.step}")
-        if self.writer:
-            ckpt = trainer.checkpoint(self.config, self.shape)
-            self.last_path = save_checkpoint(self.directory, ckpt, self.keep)
+        ckpt = Checkpoint(
+            trainer.net.params,
+            trainer.schedule.state_dict(),
+            trainer.position(),
+            self.config,
+            self.fingerprint,
+        )
+        self.last_path = self.world.on_root(lambda: self._write(ckpt))
+
+    def _write(self, ckpt: Checkpoint) -> str:
+        try:
+            return save_checkpoint(self.directory, ckpt, self.keep)
+        except OSError as e:
+            raise DistnnError(
+                f"cannot write a checkpoint in {self.directory} ({e.strerror or e})"
+            ) from None

@@ -1,42 +1,36 @@
-"""The data-parallel training loop: shard, backprop, Allreduce, schedule step.
+"""The data-parallel training step: shard, backprop, reduce, schedule step.
 
 Every rank holds the whole network and the whole data set. Each global batch is
-cut into one shard per rank (sizes differ by at most one sample); each rank runs
-backprop over its shard into a flat gradient buffer, one Allreduce sums the
-buffers, and every rank's schedule turns the same global gradient into the same
-step, so the replicas never drift apart (MATH.md, Data parallelism).
+cut into pieces (one per rank, or ``--deterministic``'s virtual shards); each rank
+runs backprop over its pieces into the buffers its reducer sends, the reducer sums
+them across the world, and every rank's schedule turns the same global gradient into
+the same step, so the replicas never drift apart (MATH.md, Data parallelism).
+
+The Trainer holds the position in the data (what a checkpoint needs besides the
+parameters and the schedule's state). It does not decide when to stop: the owner of
+the run (:func:`distnn.training.fit`) passes each step its votes and reads the
+world's answer in ``votes``.
 """
 
 from __future__ import annotations
 
-import math
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
-
 import numpy as np
 
-from distnn.data.load import Dataset
+from distnn.data.dataset import Dataset
 from distnn.engine.network import Network
 from distnn.engine.schedules import GradientUpdateSchedule
-from distnn.errors import DivergenceError, Preempted
-from distnn.io.checkpoints import Checkpoint
+from distnn.errors import DivergenceError
+from distnn.parallel.evaluation import EVAL_CHUNK, evaluate_sharded
+from distnn.parallel.reducers import (
+    NUM_VOTES,
+    ExactSum,
+    FusedAllreduce,
+    OverlappedAllreduce,
+    shard_bounds,
+)
 from distnn.parallel.world import World
 
-# The step's one Allreduce carries the shard gradients and, in extra slots after
-# them, the shard loss, this rank's stop request (a signal) and whether rank 0's
-# clock passed the time limit: agreeing on the loss and on whether to stop costs no
-# message of its own, and no rank decides on its own clock.
-LOSS_SLOT, STOP_SLOT, TIME_SLOT, NUM_EXTRA_SLOTS = 0, 1, 2, 3
-
-
-class TimeLimitReached(Exception):
-    """Raised on every rank after the step in which rank 0's clock passed the deadline."""
-
-
-def shard_bounds(batch_size: int, rank: int, size: int) -> tuple[int, int]:
-    """Rows [lo, hi) of a global batch that ``rank`` of ``size`` works on."""
-    return rank * batch_size // size, (rank + 1) * batch_size // size
+STOP_VOTE, TIME_VOTE = 0, 1  # indices into ``votes``
 
 
 def epoch_permutation(n_samples: int, seed: int, epoch: int) -> np.ndarray:
@@ -44,20 +38,20 @@ def epoch_permutation(n_samples: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n_samples)
 
 
-@dataclass
-class EpochResult:
-    epoch: int
-    loss: float  # mean training loss over the epoch's batches
-    samples_per_sec: float
-    elapsed_s: float
-    test_loss: float | None = None
-    accuracy: float | None = None
-
-    def as_record(self) -> dict:
-        return dict(vars(self))
+def make_reducer(
+    net: Network, world: World, overlap: bool = False, virtual_shards: int | None = None
+) -> FusedAllreduce | OverlappedAllreduce | ExactSum:
+    """The reducer for a run: exact with ``virtual_shards``, overlapped, or fused."""
+    if virtual_shards is not None:
+        return ExactSum(net.num_params, net.dtype, world, virtual_shards)
+    if overlap and world.size > 1:
+        return OverlappedAllreduce(net.num_params, net.dtype, world, net.layer_slices())
+    return FusedAllreduce(net.num_params, net.dtype, world)
 
 
 class Trainer:
+    """Steps through the epochs of one data set; everything it uses comes in here."""
+
     def __init__(
         self,
         net: Network,
@@ -65,10 +59,11 @@ class Trainer:
         data: Dataset,
         world: World,
         batch_size: int,
+        reducer: FusedAllreduce | OverlappedAllreduce | ExactSum,
         seed: int = 0,
-        overlap: bool = False,
     ) -> None:
         self.net, self.schedule, self.data, self.world = net, schedule, data, world
+        self.reducer = reducer
         self.batch_size = min(batch_size, len(data.x))
         self.seed = seed
         # Position in the data: all a checkpoint needs besides params and schedule state.
@@ -76,117 +71,62 @@ class Trainer:
         self.batch_in_epoch = 0  # batches done in the epoch under way
         self.epoch_loss_sum = 0.0  # Σ batch loss × batch size so far in that epoch
         self.step = 0  # updates since the start of training
-        self.stop_requested = False  # set by a signal handler; agreed on in the next step
-        self.deadline: float | None = None  # time.perf_counter() value; read on rank 0 only
-        self.on_step: list[Callable[[Trainer, int, float], None]] = []
+        self.votes = np.zeros(NUM_VOTES, np.float64)  # the world's sums after each step
 
-        shard_rows = self.shard_rows()
-        self.ws = net.workspace(max(shard_rows, self.workspace_rows()))
-        self.x_shard = np.empty((shard_rows, net.sizes[0]), net.dtype)
-        self.y_shard = np.empty((shard_rows, net.sizes[-1]), net.dtype)
-        self.step_buffer = np.zeros(net.num_params + NUM_EXTRA_SLOTS, net.dtype)
-        self.grad = self.step_buffer[: net.num_params]
-        self.extras = self.step_buffer[net.num_params :]
-        # With ``overlap``, each layer's gradient is summed by its own non-blocking
-        # Iallreduce, started while backprop goes on to the layers below (as DDP's buckets).
-        self.overlap = overlap and world.size > 1
-        self.buckets = [self.step_buffer[s] for s in net.layer_slices()]
-        self.pending: list = []
+        piece_rows = -(-self.batch_size // reducer.num_pieces)
+        self.ws = net.workspace(max(piece_rows, EVAL_CHUNK))
+        self.x_piece = np.empty((piece_rows, net.sizes[0]), net.dtype)
+        self.y_piece = np.empty((piece_rows, net.sizes[-1]), net.dtype)
+        self.piece_losses = np.zeros(len(reducer.my_pieces), np.float64)
 
-        world.bcast(net.params)  # rank 0's initialization becomes everyone's
+    def batches_per_epoch(self) -> int:
+        return -(-len(self.data.x) // self.batch_size)
 
-    def shard_rows(self) -> int:
-        """Rows of the largest piece of a batch this rank backprops at once: ceil(B/P)."""
-        return -(-self.batch_size // self.world.size)
+    def epoch_order(self) -> np.ndarray:
+        """The row order of the epoch under way."""
+        return epoch_permutation(len(self.data.x), self.seed, self.epoch)
 
-    def workspace_rows(self) -> int:
-        """Rows the workspace must also hold for evaluation (its chunks reuse it)."""
-        return 1
+    def train_step(self, batch: np.ndarray, stop_requested: bool, time_up: bool) -> float:
+        """One update from the global batch ``batch`` (row indices); its mean loss.
 
-    def train_step(self, batch: np.ndarray) -> float:
-        """One update from the global batch ``batch`` (row indices); returns its mean loss."""
-        # Shard: this rank's rows of the global batch, gathered into preallocated buffers.
-        lo, hi = shard_bounds(len(batch), self.world.rank, self.world.size)
-        n = hi - lo
-        x, y = self.x_shard[:n], self.y_shard[:n]
-        np.take(self.data.x, batch[lo:hi], axis=0, out=x)
-        np.take(self.data.y, batch[lo:hi], axis=0, out=y)
+        ``stop_requested`` and ``time_up`` are this rank's votes; afterwards ``votes``
+        holds their sums over the world, the same on every rank.
+        """
+        reducer, B = self.reducer, len(batch)
+        scale = 1.0 / B  # backprop gives this piece's share of ∇ of the batch mean (MATH.md)
+        for i, piece in enumerate(reducer.my_pieces):
+            # Shard: the piece's rows, gathered into preallocated buffers.
+            lo, hi = shard_bounds(B, piece, reducer.num_pieces)
+            x, y = self.x_piece[: hi - lo], self.y_piece[: hi - lo]
+            np.take(self.data.x, batch[lo:hi], axis=0, out=x)
+            np.take(self.data.y, batch[lo:hi], axis=0, out=y)
+            # Backprop, born in the buffer the reducer sends.
+            g = reducer.piece_grads[i]
+            loss = self.net.backprop(x, y, g, self.ws, scale, reducer.layer_done)
+            self.piece_losses[i] = loss * scale
 
-        # Backprop: this shard's share of ∇ of the batch-mean loss (MATH.md, Cost),
-        # born in the buffer we send.
-        scale = 1.0 / len(batch)
-        if self.overlap:
-            loss = self.net.backprop(x, y, self.grad, self.ws, scale, self._send_layer)
-        else:
-            loss = self.net.backprop(x, y, self.grad, self.ws, scale)
-        self.extras[LOSS_SLOT] = loss * scale
-        self.extras[STOP_SLOT] = self.stop_requested
-        self.extras[TIME_SLOT] = self.time_is_up()
-
-        # Allreduce: the global batch's gradient, the same on every rank.
-        if self.overlap:
-            self.world.start_allreduce_sum(self.extras, self.pending)
-            self.world.finish_allreduces(self.pending)
-        else:
-            self.world.allreduce_sum(self.step_buffer)
-        loss = float(self.extras[LOSS_SLOT])
-        if not math.isfinite(loss):  # the same Allreduce result on every rank
+        # Reduce: the global batch's gradient, loss and votes, identical on every rank.
+        self.votes[STOP_VOTE], self.votes[TIME_VOTE] = stop_requested, time_up
+        loss = reducer.reduce(self.piece_losses, self.votes)
+        if not np.isfinite(loss):
             raise DivergenceError(
-                f"the loss became {loss} at step {self.step + 1} (epoch {self.epoch + 1}): "
-                "training diverged; is the learning rate too high?"
+                f"the loss or gradient became non-finite at step {self.step + 1} (epoch "
+                f"{self.epoch + 1}): training diverged; is the learning rate too high?"
             )
 
         # Schedule step: identical on every rank, so the replicas stay identical.
-        self.net.params -= self.schedule(self.grad)
+        self.net.params -= self.schedule(reducer.grad)
         self.step += 1
+        self.batch_in_epoch += 1
+        self.epoch_loss_sum += loss * B
         return loss
 
-    def time_is_up(self) -> bool:
-        return (
-            self.world.rank == 0
-            and self.deadline is not None
-            and time.perf_counter() > self.deadline
-        )
-
-    def _send_layer(self, ell: int) -> None:
-        self.world.start_allreduce_sum(self.buckets[ell - 1], self.pending)
-
-    def train_epoch(self) -> EpochResult:
-        """The rest of the current epoch (all of it, unless resumed mid-epoch).
-
-        Raises Preempted on every rank after the step in which any rank asked to
-        stop, with the position advanced past that step, ready to checkpoint.
-        """
-        order = epoch_permutation(len(self.data.x), self.seed, self.epoch)
-        n_batches = -(-len(order) // self.batch_size)
-        start, first = time.perf_counter(), self.batch_in_epoch
-        for b in range(first, n_batches):
-            batch = order[b * self.batch_size : (b + 1) * self.batch_size]
-            loss = self.train_step(batch)
-            self.batch_in_epoch, self.epoch_loss_sum = (
-                b + 1,
-                self.epoch_loss_sum + loss * len(batch),
-            )
-            for hook in self.on_step:
-                hook(self, n_batches, loss)
-            if self.extras[STOP_SLOT] > 0:  # the same Allreduce result on every rank
-                raise Preempted(f"stopped on request after step {self.step}")
-            if self.extras[TIME_SLOT] > 0:
-                raise TimeLimitReached(f"time limit reached after step {self.step}")
-        elapsed = time.perf_counter() - start
-        self.check_params(f"epoch {self.epoch + 1}")
-        result = EpochResult(
-            epoch=self.epoch + 1,
-            loss=self.epoch_loss_sum / len(order),
-            samples_per_sec=(len(order) - first * self.batch_size) / max(elapsed, 1e-9),
-            elapsed_s=elapsed,
-        )
+    def end_epoch(self) -> float:
+        """Close the epoch under way; its mean training loss."""
+        loss = self.epoch_loss_sum / len(self.data.x)
         self.epoch, self.batch_in_epoch, self.epoch_loss_sum = self.epoch + 1, 0, 0.0
-        if self.data.x_test is not None:
-            result.test_loss, result.accuracy = self.evaluate(
-                self.data.x_test, self.data.y_test, self.data.labels_test
-            )
-        return result
+        self.check_params(f"epoch {self.epoch}")
+        return loss
 
     def check_params(self, where: str) -> None:
         """Once an epoch and before each checkpoint: replicas equal, parameters finite.
@@ -201,40 +141,25 @@ class Trainer:
             )
         self.world.check_in_sync(self.net.params, f"at {where}")
 
-    def checkpoint(self, config: dict, shape: dict) -> Checkpoint:
-        """This rank's view of the run, enough to continue it exactly."""
-        return Checkpoint(
-            params=self.net.params,
-            schedule_state=self.schedule.state_dict(),
-            epoch=self.epoch,
-            batch_in_epoch=self.batch_in_epoch,
-            epoch_loss_sum=self.epoch_loss_sum,
-            step=self.step,
-            config=config,
-            shape=shape,
-        )
+    def position(self) -> dict:
+        """Where the run stands in the data: with params and schedule state, a checkpoint."""
+        return {
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "epoch_loss_sum": self.epoch_loss_sum,
+            "step": self.step,
+        }
 
-    def restore(self, ckpt: Checkpoint) -> None:
-        """Continue from ``ckpt`` (the same on every rank)."""
-        self.net.params[...] = ckpt.params
-        self.schedule.load_state_dict(ckpt.schedule_state)
-        self.epoch, self.batch_in_epoch = ckpt.epoch, ckpt.batch_in_epoch
-        self.epoch_loss_sum, self.step = ckpt.epoch_loss_sum, ckpt.step
+    def restore(self, params: np.ndarray, schedule_state: dict, position: dict) -> None:
+        """Continue from a checkpoint's contents (the same on every rank)."""
+        self.net.params[...] = params
+        self.schedule.load_state_dict(schedule_state)
+        self.epoch, self.batch_in_epoch = position["epoch"], position["batch_in_epoch"]
+        self.epoch_loss_sum, self.step = position["epoch_loss_sum"], position["step"]
 
     def evaluate(
         self, x: np.ndarray, y: np.ndarray, labels: np.ndarray | None
     ) -> tuple[float, float | None]:
-        """Mean loss and accuracy (None for regression) over all rows, split across ranks."""
-        lo, hi = shard_bounds(len(x), self.world.rank, self.world.size)
-        totals = np.zeros(2, np.float64)  # loss sum, correct predictions
-        chunk = self.ws.max_rows
-        for start in range(lo, hi, chunk):
-            stop = min(start + chunk, hi)
-            a = self.net.feed_forward(x[start:stop], self.ws)
-            scratch = self.ws.D[-1][: stop - start]
-            totals[0] += self.net.loss_fn.value(a, y[start:stop], scratch)
-            if labels is not None:
-                totals[1] += np.count_nonzero(a.argmax(axis=1) == labels[start:stop])
-        self.world.allreduce_sum(totals)
-        accuracy = totals[1] / len(x) if labels is not None else None
-        return totals[0] / len(x), accuracy
+        """Mean loss and accuracy (None for regression), the same bits at any world size."""
+        result = evaluate_sharded(self.net, [(x, y, labels)], self.world, self.ws)
+        return result.loss, result.accuracy

@@ -1,7 +1,8 @@
-"""The MPI world as the trainer sees it: rank, size, and the few collectives it uses.
+"""The MPI world: rank, size, and the few collectives distnn uses. The only mpi4py user.
 
-Every collective here uses mpi4py's buffer (upper-case) interface on NumPy arrays,
-so nothing is pickled in the training loop. Started without a launcher,
+Every collective in the training loop uses mpi4py's buffer (upper-case) interface on
+NumPy arrays, so nothing is pickled there; small objects (an error message, a
+checkpoint's metadata) are broadcast by pickle outside it. Started without a launcher,
 ``MPI.COMM_WORLD`` is a world of one and every call below still works.
 """
 
@@ -11,11 +12,16 @@ import os
 import sys
 import traceback
 import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
 import numpy as np
 from mpi4py import MPI
 
-from distnn.errors import DistnnError, ReplicaMismatchError
+from distnn.errors import CollectiveError, DistnnError, ReplicaMismatchError
+
+T = TypeVar("T")
 
 # Variables a launcher sets to the number of tasks it started (SLURM_STEP_NUM_TASKS is
 # set by srun, not by sbatch's batch script, which is a single process).
@@ -56,10 +62,75 @@ class World:
         MPI.Request.Waitall(pending)
         pending.clear()
 
+    def allreduce_max(self, buf: np.ndarray) -> None:
+        """The element-wise maximum of ``buf`` over all ranks, in place."""
+        if self.size > 1:
+            self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.MAX)
+
     def bcast(self, buf: np.ndarray, root: int = 0) -> None:
         """Give every rank root's ``buf``, in place."""
         if self.size > 1:
             self.comm.Bcast(buf, root=root)
+
+    def bcast_object(self, obj: T) -> T:
+        """Rank 0's small picklable ``obj`` on every rank (never in the training loop)."""
+        return self.comm.bcast(obj, root=0) if self.size > 1 else obj
+
+    def bcast_arrays(self, arrays: dict[str, np.ndarray] | None) -> dict[str, np.ndarray] | None:
+        """Rank 0's arrays on every rank: names, shapes and dtypes by pickle, data by Bcast.
+
+        For a checkpoint: its parameter-sized arrays travel as raw buffers, not pickles.
+        """
+        if self.size == 1:
+            return arrays
+        layout = self.bcast_object(
+            None if arrays is None else {k: (a.shape, a.dtype.str) for k, a in arrays.items()}
+        )
+        if layout is None:
+            return None
+        out = {}
+        for key, (shape, dtype) in layout.items():
+            buf = np.asarray(arrays[key], order="C") if self.is_root else np.empty(shape, dtype)
+            if buf.size:
+                self.comm.Bcast(buf.reshape(-1).view(np.uint8), root=0)
+            out[key] = buf
+        return out
+
+    def agree(self, work: Callable[[], T]) -> T:
+        """Run ``work()`` on every rank; if it raised DistnnError anywhere, raise it everywhere.
+
+        Setup runs on every rank; this one small collective lets all ranks stop together
+        instead of some waiting forever in the first Allreduce. The message is the
+        lowest failing rank's, naming that rank when it is not rank 0.
+        """
+        result, message = None, None
+        try:
+            result = work()
+        except DistnnError as e:
+            message = str(e)
+        error = self.gather_errors(message)
+        if error is not None:
+            raise CollectiveError(error)
+        return result
+
+    def on_root(self, work: Callable[[], T]) -> T | None:
+        """Run ``work()`` on rank 0 only; a DistnnError there is raised on every rank.
+
+        For what one process must do alone (write a file, read a checkpoint): the other
+        ranks wait for its outcome, so none runs on when it failed. Returns rank 0's
+        result there and None elsewhere.
+        """
+        result: Any = None
+        message = None
+        if self.is_root:
+            try:
+                result = work()
+            except DistnnError as e:
+                message = str(e)
+        message = self.bcast_object(message)
+        if message is not None:
+            raise CollectiveError(message)
+        return result
 
     def gather_errors(self, message: str | None) -> str | None:
         """The first rank's error message, if any rank had one; the same on every rank.
@@ -72,13 +143,6 @@ class World:
             if msg is not None:
                 return msg if rank == 0 else f"{msg} (on rank {rank})"
         return None
-
-    def setup_failed(self, message: str | None) -> bool:
-        """Agree on ``gather_errors``; rank 0 prints the one line. True if the job must stop."""
-        error = self.gather_errors(message)
-        if error is not None and self.is_root:
-            print(f"distnn: error: {error}", file=sys.stderr)
-        return error is not None
 
     def check_in_sync(self, params: np.ndarray, where: str) -> None:
         """Stop every rank if the replicas' parameters differ (checksum MIN vs MAX)."""
@@ -105,6 +169,11 @@ class World:
     def abort(self, code: int) -> None:
         self.comm.Abort(code)
 
+    @staticmethod
+    def library_version() -> str:
+        """The MPI library actually loaded, e.g. 'MPICH Version: 5.0.2'."""
+        return " ".join(MPI.Get_library_version().split()[:3])
+
 
 def check_launch(world: World) -> None:
     """Refuse to train alone when a launcher evidently started several tasks.
@@ -122,6 +191,28 @@ def check_launch(world: World) -> None:
                 "the launcher and mpi4py's MPI library do not match (with Slurm use "
                 "'srun --mpi=pmi2' or mpiexec from the same MPI as mpi4py)"
             )
+
+
+@contextmanager
+def failures_end_the_job(world: World) -> Iterator[None]:
+    """Inside: an exception that not every rank raises together ends the whole job.
+
+    A CollectiveError is raised on every rank alike (decided on shared values), so it
+    passes through; anything else on one rank of several (a bug, a user callback's
+    error, SystemExit, KeyboardInterrupt) would leave the others waiting in their next
+    collective forever: it is printed once, naming the rank, and the world is aborted.
+    """
+    try:
+        yield
+    except CollectiveError:
+        raise
+    except BaseException as e:
+        if world.size == 1:
+            raise
+        details = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+        sys.stderr.write(f"distnn: rank {world.rank} failed, aborting the job:\n{details}")
+        sys.stderr.flush()
+        world.abort(1)
 
 
 def install_abort_on_error(world: World) -> None:

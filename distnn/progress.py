@@ -1,8 +1,10 @@
-"""What rank 0 shows while training: a live line on a terminal, plain lines otherwise."""
+"""What a run shows while training: a live line on a terminal, plain lines otherwise.
+
+Rank 0 speaks; with ``verbose=2`` every rank does, each line prefixed with its rank.
+"""
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from typing import TextIO
@@ -12,18 +14,31 @@ class Progress:
     """A one-line progress bar (samples/s, loss) on a terminal; per-epoch lines elsewhere."""
 
     def __init__(
-        self, epochs: int, batch_size: int, stream: TextIO = sys.stderr, enabled: bool = True
+        self,
+        epochs: int,
+        batch_size: int,
+        stream: TextIO | None = None,
+        enabled: bool = True,
+        prefix: str = "",
     ) -> None:
-        self.epochs, self.batch_size, self.stream = epochs, batch_size, stream
-        self.enabled = enabled
-        self.live = enabled and stream.isatty()
+        self.epochs, self.batch_size = epochs, batch_size
+        self.stream = sys.stderr if stream is None else stream
+        self.enabled, self.prefix = enabled, prefix
+        self.live = enabled and not prefix and self.stream.isatty()
         self._epoch, self._epoch_start, self._last_draw = 0, 0.0, 0.0
+
+    def say(self, text: str) -> None:
+        """Print ``text`` (one or more lines) if this rank speaks."""
+        if self.enabled:
+            for line in text.splitlines():
+                self.stream.write(f"{self.prefix}{line}\n")
+            self.stream.flush()
 
     def start_epoch(self, epoch: int) -> None:
         self._epoch, self._epoch_start = epoch, time.perf_counter()
 
-    def step(self, trainer, total: int, loss: float) -> None:
-        done, now = trainer.batch_in_epoch, time.perf_counter()
+    def step(self, done: int, total: int, loss: float) -> None:
+        now = time.perf_counter()
         if not self.live or (now - self._last_draw < 0.1 and done < total):
             return
         self._last_draw = now
@@ -46,23 +61,6 @@ class Progress:
         if record.get("accuracy") is not None:
             parts.append(f"accuracy {record['accuracy']:.4f}")
         parts.append(f"{record['samples_per_sec']:,.0f} samples/s")
-        prefix = "\r\x1b[K" if self.live else ""
+        prefix = "\r\x1b[K" if self.live else self.prefix
         self.stream.write(prefix + "  ".join(parts) + "\n")
         self.stream.flush()
-
-
-class MetricsLog:
-    """One JSON object per epoch, appended and flushed as each epoch ends."""
-
-    def __init__(self, path: str | None, append: bool = False) -> None:
-        mode = "a" if append else "w"
-        self.file = open(path, mode, encoding="utf-8") if path else None  # noqa: SIM115
-
-    def write(self, record: dict) -> None:
-        if self.file is not None:
-            self.file.write(json.dumps(record) + "\n")
-            self.file.flush()
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()

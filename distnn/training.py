@@ -1,0 +1,294 @@
+"""``distnn.fit``: one training run, from setup to the last epoch, on every rank.
+
+    net = distnn.Network([64, 32, 10], activations="sigmoid", seed=0)
+    history = distnn.fit(net, "digits", epochs=10)           # alone, or under mpirun
+
+``fit`` owns the run: BLAS threads, data, the trainer, a restored checkpoint, the stop
+rules and the epoch loop all live here, and the loop reads top to bottom. Every rank
+calls it with the same arguments and gets the same trained network back. Errors are
+exceptions: a :class:`~distnn.errors.DistnnError` for bad input, raised on every rank
+together; ``Preempted`` after a signal and a checkpoint; ``DivergenceError``. Anything
+else on one rank of several ends the whole job, so no rank waits forever.
+``python -m distnn.train`` is a thin layer over :func:`train_config`, which ``fit``
+calls too: the same options and seed give the same bytes either way.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from distnn import __version__
+from distnn.config import TrainConfig
+from distnn.data import Dataset
+from distnn.engine.network import Network
+from distnn.engine.schedules import GradientUpdateSchedule
+from distnn.errors import Preempted
+from distnn.io.checkpoints import Checkpointer
+from distnn.io.metrics_log import MetricsLog
+from distnn.parallel.threads import blas_name, configure_blas_threads, usable_cores
+from distnn.parallel.trainer import STOP_VOTE, TIME_VOTE, Trainer
+from distnn.parallel.world import World, failures_end_the_job
+from distnn.progress import Progress
+from distnn.run_setup import prepare_run
+from distnn.stopping import EarlyStopping, StopRequests
+
+
+class History(list):
+    """One record per epoch (the keys of a ``--metrics`` line), and how the run ended.
+
+    ``final`` describes the weights ``fit`` returns (the last epoch's record, or the
+    best epoch's weights re-evaluated after early stopping); ``stop_reason`` is "" when
+    the run trained all its epochs.
+    """
+
+    stop_reason: str = ""
+    final: dict
+
+
+def fit(
+    net: Network,
+    x: np.ndarray | str,
+    y: np.ndarray | None = None,
+    *,
+    schedule: str | GradientUpdateSchedule = "adam",
+    lr: float = 0.01,
+    lr_schedule: str = "constant",
+    batch_size: int = 32,
+    epochs: int = 10,
+    seed: int = 0,
+    test_data: tuple[np.ndarray, np.ndarray] | None = None,
+    validation_data: tuple[np.ndarray, np.ndarray] | None = None,
+    val_fraction: float = 0.0,
+    standardize: bool = False,
+    label_column: str | None = None,
+    target_loss: float | None = None,
+    max_time: float | None = None,
+    patience: int | None = None,
+    checkpoint_dir: str | None = None,
+    checkpoint_every: int = 0,
+    keep_checkpoints: int = 3,
+    resume: bool = False,
+    deterministic: bool = False,
+    virtual_shards: int = 4,
+    overlap: bool = False,
+    save: str | None = None,
+    metrics: str | None = None,
+    callbacks: Sequence[Any] = (),
+    verbose: int = 1,
+    world: World | None = None,
+) -> History:
+    """Train ``net`` in place, data-parallel over every rank of ``world`` (default: all).
+
+    ``x`` is an array of rows (memory-mapped welcome) with ``y`` integer class labels
+    (1-D) or target rows (2-D), or a data set spec as ``--dataset`` takes it
+    ("digits", "synthetic:N:F:C", a file or folder), with ``y`` None. The options mean
+    what the CLI's options of the same names mean (``python -m distnn.train --help``);
+    ``schedule`` may also be a :class:`GradientUpdateSchedule` instance. ``callbacks``
+    are objects with ``on_epoch_end(record)`` and optionally ``on_step(step, loss)``,
+    called on every rank. ``verbose``: 0 silent, 1 progress on rank 0, 2 every rank.
+    Returns the :class:`History`.
+    """
+    world = World() if world is None else world
+    spec = x if isinstance(x, str | os.PathLike) else "arrays"
+    names = list(net.activation_names)
+    if names[-1] == "softmax":  # cross-entropy's output; the config names a σ for every layer
+        names[-1] = names[0] if len(names) > 1 else "sigmoid"
+    config = TrainConfig(
+        dataset=os.fspath(spec),
+        hidden=tuple(net.sizes[1:-1]),
+        activation=names[0],
+        activations=tuple(names) if len(set(names)) > 1 else None,
+        loss=net.loss_fn.name,
+        schedule=schedule if isinstance(schedule, str) else _class_path(schedule),
+        lr=lr,
+        lr_schedule=lr_schedule,
+        batch_size=batch_size,
+        epochs=epochs,
+        seed=seed,
+        dtype=net.dtype.name,
+        save=save,
+        metrics=metrics,
+        quiet=verbose == 0,
+        verbose=verbose >= 2,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=checkpoint_every,
+        keep_checkpoints=keep_checkpoints,
+        resume=resume,
+        overlap=overlap,
+        deterministic=deterministic,
+        virtual_shards=virtual_shards,
+        label_column=label_column,
+        standardize=standardize,
+        val_fraction=val_fraction,
+        patience=patience,
+        target_loss=target_loss,
+        max_time=max_time,
+    )
+    arrays = None if spec != "arrays" else {"x": x, "y": y}
+    if arrays is not None and test_data is not None:
+        arrays["x_test"], arrays["y_test"] = test_data
+    return train_config(
+        config,
+        world,
+        net=net,
+        arrays=arrays,
+        validation_data=validation_data,
+        schedule=None if isinstance(schedule, str) else schedule,
+        callbacks=callbacks,
+    )
+
+
+def _class_path(obj: object) -> str:
+    return f"{type(obj).__module__}:{type(obj).__qualname__}"
+
+
+def train_config(
+    config: TrainConfig,
+    world: World,
+    net: Network | None = None,
+    arrays: dict | None = None,
+    validation_data: tuple | None = None,
+    schedule: GradientUpdateSchedule | None = None,
+    callbacks: Sequence[Any] = (),
+) -> History:
+    """The run ``config`` describes; ``net`` None builds the network the config names."""
+    with failures_end_the_job(world):
+        # Deterministic mode fixes one BLAS thread: a product's bits may depend on it.
+        ranks_on_node = world.local_size()
+        threads, source = configure_blas_threads(
+            ranks_on_node, fixed=1 if config.deterministic else None
+        )
+        run = world.agree(
+            lambda: prepare_run(config, world, net, arrays, validation_data, schedule)
+        )
+        world.bcast(run.net.params)  # rank 0's initialization becomes everyone's
+        run.restore(world)
+        speaks = world.is_root or config.verbose
+        prefix = f"[rank {world.rank}] " if config.verbose and world.size > 1 else ""
+        progress = Progress(config.epochs, config.batch_size, enabled=speaks, prefix=prefix)
+        if not config.quiet:
+            progress.say(header(run.config, run.data, run.net, world, threads, source))
+            if ranks_on_node > usable_cores():
+                progress.say(
+                    f"note: {ranks_on_node} ranks share {usable_cores()} cores on this node "
+                    "(oversubscribed): each step waits for ranks taking turns on a core; "
+                    "one rank per core is faster"
+                )
+            for note in run.notes:
+                progress.say(f"note: {note}")
+        else:
+            progress.enabled = False
+        return _train(run, world, progress, callbacks)
+
+
+def header(
+    config: TrainConfig, data: Dataset, net: Network, world: World, threads: int, source: str
+) -> str:
+    test = f", {len(data.x_test)} test" if data.x_test is not None else ""
+    deterministic = (
+        f" | deterministic, {config.virtual_shards} virtual shards" if config.deterministic else ""
+    )
+    return (
+        f"distnn {__version__} | {world.library_version()} | {world.size} rank(s) | "
+        f"BLAS {blas_name()}, {threads} thread(s) per rank ({source})\n"
+        f"data {data.name}: {len(data.x)} train{test}, {data.n_features} features | "
+        f"network {net.describe()} | {config.schedule} lr {config.lr} "
+        f"({config.lr_schedule}) | batch {config.batch_size} | {config.epochs} epochs"
+        + deterministic
+    )
+
+
+def _train(run, world: World, progress: Progress, callbacks: Sequence[Any]) -> History:
+    """The epoch loop, from wherever the run stands."""
+    config, trainer, data = run.config, run.trainer, run.data
+    B = trainer.batch_size
+    step_callbacks = [c for c in callbacks if hasattr(c, "on_step")]
+    checkpoints = None
+    if config.checkpoint_dir:
+        checkpoints = Checkpointer(
+            config.checkpoint_dir,
+            config.checkpoint_every,
+            config.keep_checkpoints,
+            config.to_dict(),
+            run.fingerprint,
+            world,
+        )
+    if run.resumed:
+        progress.say(f"resuming at epoch {trainer.epoch + 1}, step {trainer.step}")
+    early = EarlyStopping(config.patience, run.net.params) if config.patience else None
+    metrics = MetricsLog(config.metrics if world.is_root else None, append=run.resumed)
+    history, rate, start = History(), 0.0, time.perf_counter()
+    with StopRequests(config.max_time, world.is_root) as stop, metrics:
+        while trainer.epoch < config.epochs and not history.stop_reason:
+            progress.start_epoch(trainer.epoch + 1)
+            order, n_batches = trainer.epoch_order(), trainer.batches_per_epoch()
+            first, epoch_start = trainer.batch_in_epoch, time.perf_counter()
+            for b in range(first, n_batches):
+                loss = trainer.train_step(
+                    order[b * B : (b + 1) * B], stop.requested, stop.time_is_up()
+                )
+                progress.step(b + 1, n_batches, loss)
+                for callback in step_callbacks:
+                    callback.on_step(trainer.step, loss)
+                if checkpoints:
+                    checkpoints.after_step(trainer)
+                if trainer.votes[STOP_VOTE]:  # the same reduced votes on every rank
+                    if checkpoints:
+                        checkpoints.save(trainer)
+                    raise Preempted(f"stopped on request after step {trainer.step}")
+                if trainer.votes[TIME_VOTE]:
+                    history.stop_reason = (
+                        f"--max-time {config.max_time:g} s reached at step {trainer.step}"
+                    )
+                    break
+            if history.stop_reason:
+                if checkpoints:
+                    checkpoints.save(trainer)
+                break
+
+            # The epoch's end: its record, then what hangs off it, one line each.
+            rate = (len(order) - first * B) / max(time.perf_counter() - epoch_start, 1e-9)
+            record = {
+                "epoch": trainer.epoch + 1,
+                "loss": trainer.end_epoch(),
+                "samples_per_sec": rate,
+                "elapsed_s": time.perf_counter() - start,
+                **_test_metrics(trainer, data),
+            }
+            if run.validation is not None:
+                record["val_loss"], record["val_accuracy"] = trainer.evaluate(*run.validation)
+            history.append(record)
+            metrics.write(record)
+            progress.end_epoch(record)
+            for callback in callbacks:
+                callback.on_epoch_end(record)
+            if checkpoints:
+                checkpoints.save(trainer)
+            if config.target_loss is not None and record["loss"] <= config.target_loss:
+                history.stop_reason = f"training loss reached --target-loss {config.target_loss}"
+            elif early and early.should_stop(record["val_loss"], trainer.epoch):
+                history.stop_reason = (
+                    f"val_loss did not improve for {config.patience} epochs; "
+                    f"best weights from epoch {early.best_epoch}"
+                )
+
+    best_restored = early is not None and early.restore_best(trainer.epoch)
+    if history and not best_restored and history[-1]["epoch"] == trainer.epoch:
+        history.final = history[-1]
+    else:  # the weights kept are not those the last record describes
+        history.final = {"epoch": trainer.epoch, "loss": trainer.evaluate(data.x, data.y, None)[0]}
+        history.final |= _test_metrics(trainer, data) | {"samples_per_sec": rate}
+    run.write_outputs(world)
+    return history
+
+
+def _test_metrics(trainer: Trainer, data: Dataset) -> dict:
+    if data.x_test is None:
+        return {"test_loss": None, "accuracy": None}
+    loss, accuracy = trainer.evaluate(data.x_test, data.y_test, data.labels_test)
+    return {"test_loss": loss, "accuracy": accuracy}
