@@ -5,7 +5,7 @@
     history = distnn.fit(net, "digits", epochs=10)       # alone, or under mpirun -n N
     report = distnn.evaluate(net, x_test, y_test)
 
-``fit``, ``evaluate`` and ``History`` are imported on first use: they start MPI, which
+``fit``, ``evaluate``, ``History`` and ``World`` are imported on first use: they start MPI, which
 ``import distnn`` alone (a model to predict with, say) does not need.
 """
 
@@ -21,6 +21,7 @@ _STARTS_MPI = {
     "fit": "distnn.training",
     "History": "distnn.training",
     "evaluate": "distnn.parallel.evaluation",
+    "World": "distnn.parallel.world",
 }
 
 
@@ -35,6 +36,7 @@ __all__ = [
     "GradientUpdateSchedule",
     "History",
     "Network",
+    "World",
     "__version__",
     "evaluate",
     "fit",

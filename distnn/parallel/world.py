@@ -181,7 +181,7 @@ def check_launch(world: World) -> None:
     Under srun without MPI support, or an mpiexec of another MPI library than
     mpi4py's, every task sees a world of 1 and would silently train its own model.
     """
-    if world.size != 1:
+    if world.size != 1 or world.comm != MPI.COMM_WORLD:  # a world of one on purpose
         return
     for name in _LAUNCHER_SIZE_VARIABLES:
         value = os.environ.get(name, "")
