@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -121,6 +122,22 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def refuse_unknown(prog: str, kind: str, names: Iterable[str], known: Iterable[str]) -> None:
+    """Exit with status 2 and one line if a name in ``names`` is not in ``known``.
+
+    Called before any measurement: an unknown name used to surface only as a KeyError
+    (a table row, or a traceback) after the other measurements had run. One line
+    without argparse's usage block, like distnn's own commands' errors.
+    """
+    known = list(known)
+    for name in names:
+        if name not in known:
+            choices = ", ".join(known)
+            message = f"{prog}: error: unknown {kind} {name!r} (choose from {choices})"
+            print(message, file=sys.stderr)
+            sys.exit(2)
+
+
 def busy_loop(cores: int) -> list[subprocess.Popen]:
     return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cores)]
 
@@ -133,7 +150,12 @@ def main() -> None:
         default=["compute", "overhead"],
         help=f"comma-separated: {', '.join(WORKLOADS)}",
     )
-    p.add_argument("--engines", type=lambda s: s.split(","), default=list(ENGINES))
+    p.add_argument(
+        "--engines",
+        type=lambda s: s.split(","),
+        default=list(ENGINES),
+        help=f"comma-separated: {', '.join(ENGINES)} (default: all)",
+    )
     p.add_argument(
         "--threads",
         type=lambda s: s.split(","),
@@ -159,6 +181,10 @@ def main() -> None:
             print(json.dumps(result))
         return
 
+    # The options whose names index a table of bench_workers, checked before the busy
+    # cores start and before the first (possibly long) measurement.
+    refuse_unknown(p.prog, "workload", args.workloads, WORKLOADS)
+    refuse_unknown(p.prog, "engine", args.engines, ENGINES)
     hogs = busy_loop(args.busy)
     results = []
     try:

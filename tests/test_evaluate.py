@@ -139,8 +139,8 @@ def test_metrics_math():
     assert records[0]["precision"] == 0.5 and records[0]["recall"] == 0.5
     assert records[1]["precision"] == 0.5 and records[1]["recall"] == 1.0
     assert records[2]["precision"] == 1.0 and records[2]["recall"] == pytest.approx(2 / 3)
-    # Class 3: never seen, never predicted: undefined, not zero.
-    assert records[3] == {"class": 3, "precision": None, "recall": None, "f1": None, "support": 0}
+    # Class 3: never seen, never predicted: zeros, as scikit-learn's zero_division=0.
+    assert records[3] == {"class": 3, "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
 
 
 def test_regression_model(tmp_path):

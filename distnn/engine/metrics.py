@@ -6,12 +6,19 @@ predicted as j. Everything else follows from it:
 
 - accuracy = trace(cm) / Σ cm
 - precision of class j = cm[j, j] / Σ_i cm[i, j] (of the samples predicted as j, the
-  share that are j); undefined (None) when no sample was predicted as j
+  share that are j); 0 when no sample was predicted as j
 - recall of class i = cm[i, i] / Σ_j cm[i, j] (of the samples of class i, the share
-  found); undefined (None) when the data holds no sample of class i
-- f1 = 2 · precision · recall / (precision + recall), None if either is undefined
+  found); 0 when the data holds no sample of class i
+- f1 of class k = 2 · cm[k, k] / (Σ_i cm[i, k] + Σ_j cm[k, j]), the harmonic mean of
+  its precision and recall; 0 when both are 0
 
-Macro averages are over the classes where the value is defined.
+These are scikit-learn's ``precision_recall_fscore_support(true, pred,
+labels=range(K), zero_division=0)``, so figures agree with what users compute there.
+Macro averages are plain means over all K classes, as there: a class never predicted,
+or absent from the data, counts with its zeros. (Averaging only the defined values
+would reward a model for never predicting a hard class, and the mean of per-class F1
+could then exceed both mean precision and mean recall.) Macro F1 is the mean of the
+per-class F1, not the F1 of macro precision and macro recall.
 """
 
 from __future__ import annotations
@@ -31,30 +38,29 @@ def confusion_matrix(true: np.ndarray, pred: np.ndarray, n_classes: int) -> np.n
     return cm
 
 
-def _ratio(num: int, den: int) -> float | None:
-    return num / den if den else None
+def _ratio(num: int, den: int) -> float:
+    """``num / den``, or 0.0 when ``den`` is 0 (scikit-learn's ``zero_division=0``)."""
+    return num / den if den else 0.0
 
 
 def per_class(cm: np.ndarray) -> list[dict]:
     """One record per class: ``class``, ``precision``, ``recall``, ``f1``, ``support``.
 
-    ``support`` is the number of samples of that (true) class; undefined ratios are None.
+    ``support`` is the number of samples of that (true) class. A ratio with a zero
+    denominator is 0.0, as scikit-learn's ``zero_division=0`` (see the module docstring).
     """
     records = []
     predicted, actual = cm.sum(axis=0), cm.sum(axis=1)
     for k in range(cm.shape[0]):
         hit = int(cm[k, k])
-        precision = _ratio(hit, int(predicted[k]))
-        recall = _ratio(hit, int(actual[k]))
-        f1 = None
-        if precision is not None and recall is not None:
-            f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         records.append(
             {
                 "class": k,
-                "precision": precision,
-                "recall": recall,
-                "f1": f1,
+                "precision": _ratio(hit, int(predicted[k])),
+                "recall": _ratio(hit, int(actual[k])),
+                # From the counts rather than from precision and recall: exact where
+                # 2PR/(P+R) rounds twice, and defined (0) where either ratio is 0/0.
+                "f1": _ratio(2 * hit, int(predicted[k]) + int(actual[k])),
                 "support": int(actual[k]),
             }
         )
@@ -62,8 +68,12 @@ def per_class(cm: np.ndarray) -> list[dict]:
 
 
 def macro_average(records: list[dict], key: str) -> float | None:
-    """Mean of ``key`` over the classes where it is defined; None if it is nowhere."""
-    values = [r[key] for r in records if r[key] is not None]
+    """Mean of ``key`` over all classes, zeros included; None only if there are no classes.
+
+    Every class counts, as in scikit-learn's ``average='macro'`` with ``labels=range(K)``:
+    skipping the zeros of a class never predicted would raise the average.
+    """
+    values = [r[key] for r in records]
     return sum(values) / len(values) if values else None
 
 
