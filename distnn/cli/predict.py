@@ -27,9 +27,8 @@ import gzip
 import itertools
 import os
 import sys
-import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from typing import IO
 
 import numpy as np
@@ -37,51 +36,10 @@ import numpy as np
 from distnn.cli.options import CliParser
 from distnn.engine.network import Network
 from distnn.errors import DistnnError
+from distnn.io.outputs import atomic_write, check_output_path, refuse_overwrite
 
 INPUT_KINDS = (".npy", ".npz", ".csv", ".csv.gz")
 OUTPUT_KINDS = (".npy", ".csv")
-
-
-# --- helpers shared by the command lines of evaluate, predict and plot --------------
-
-
-def refuse_overwrite(path: str, inputs: Sequence[str]) -> None:
-    """DistnnError if ``path`` is one of the files ``inputs`` (by identity, not name)."""
-    for other in inputs:
-        if os.path.exists(path) and os.path.exists(other) and os.path.samefile(path, other):
-            raise DistnnError(f"{path}: refusing to overwrite the input {other}")
-
-
-def atomic_write(
-    path: str, write: Callable[[IO[bytes]], None], protect: Sequence[str] = ()
-) -> None:
-    """Write ``path`` through ``write(file)`` so that it is always whole or as before.
-
-    The bytes go to a temporary file beside ``path``, then replace it by rename.
-    Refuses (DistnnError) to replace any file in ``protect`` (the inputs).
-    """
-    refuse_overwrite(path, protect)
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise DistnnError(f"{path}: no such directory {directory}")
-    try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    except OSError as e:
-        raise DistnnError(f"{path}: cannot write ({e.strerror})") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would surprise: a normal new file
-        os.replace(tmp, path)
-    except BaseException as e:
-        os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise DistnnError(f"{path}: cannot write ({e.strerror or e})") from None
-        raise
 
 
 # --- prediction -------------------------------------------------------------------
@@ -233,7 +191,9 @@ def run(args: argparse.Namespace) -> str:
 
     if _kind(args.output, OUTPUT_KINDS) is None:
         raise DistnnError(f"{args.output}: output must be {' or '.join(OUTPUT_KINDS)}")
-    refuse_overwrite(args.output, [args.inputs, args.model])  # before any work
+    # Before any work: a prediction that cannot be written is not worth computing.
+    refuse_overwrite(args.output, [args.inputs, args.model])
+    check_output_path(args.output, "-o")
     net = load_model(args.model)
     x = read_inputs(args.inputs, net.sizes[0])
     out = predict(net, x, args.classes)
