@@ -7,6 +7,7 @@ import pytest
 
 from distnn import Network
 from distnn.engine.activations import ACTIVATIONS
+from distnn.errors import DistnnError
 
 ELEMENTWISE = [name for name in ACTIVATIONS if name != "softmax"]
 
@@ -159,3 +160,29 @@ def test_steady_state_backprop_allocates_no_arrays(loss):
 def test_bad_construction_is_refused(bad):
     with pytest.raises(ValueError):
         Network(**bad)
+
+
+def test_model_arrays_round_trip(tmp_path):
+    net = Network([5, 4, 3], ["relu", "tanh"], loss="cross-entropy", seed=2, dtype="float64")
+    net.input_mean, net.input_std = np.arange(5.0), np.full(5, 2.0)
+    X = np.random.default_rng(0).standard_normal((7, 5))
+    again = Network.from_arrays(net.to_arrays())
+    net.save(str(tmp_path / "m.npz"))
+    loaded = Network.load(str(tmp_path / "m.npz"))
+    for other in (again, loaded):
+        assert other.activation_names == net.activation_names and other.is_classifier
+        np.testing.assert_array_equal(other.predict(X), net.predict(X))
+
+
+@pytest.mark.parametrize(
+    ("drop", "words"),
+    [("W2", "not a distnn model (missing 'W2')"), ("input_std", "standardization does not fit")],
+)
+def test_bad_model_arrays_are_one_line(drop, words):
+    net = Network([3, 2, 2])
+    net.input_mean, net.input_std = np.zeros(3, np.float32), np.ones(3, np.float32)
+    arrays = net.to_arrays()
+    del arrays[drop]
+    with pytest.raises(DistnnError) as info:
+        Network.from_arrays(arrays, source="m.npz")
+    assert str(info.value).startswith("m.npz: ") and words in str(info.value)

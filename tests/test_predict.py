@@ -137,8 +137,11 @@ BAD = {
         "5 features per row, but the model takes 6",
     ),
     "label column": (["model.npz", "seven.csv", "-o", "o.npy"], "takes 6 (a label column?"),
-    "not a number": (["model.npz", "text.csv", "-o", "o.npy"], "line 3, column 3: 'x'"),
-    "ragged": (["model.npz", "ragged.csv", "-o", "o.npy"], "line 2: 3 fields, but line 1 has 6"),
+    "not a number": (
+        ["model.npz", "text.csv", "-o", "o.npy"],
+        "line 3, column 'c' (index 2): non-numeric value 'x'",
+    ),
+    "ragged": (["model.npz", "ragged.csv", "-o", "o.npy"], "line 2 has 3 cells but line 1 has 6"),
     "no rows": (["model.npz", "header_only.csv", "-o", "o.npy"], "no rows"),
     "nan": (["model.npz", "nan.npy", "-o", "o.npy"], "24 NaN or infinite values"),
     "strings": (["model.npz", "strings.npy", "-o", "o.npy"], "non-numeric"),

@@ -24,8 +24,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from distnn.cli.options import CliParser
-from distnn.cli.predict import atomic_write
 from distnn.errors import DistnnError
+from distnn.io.outputs import atomic_write, check_output_path
 
 FORMATS = ("png", "svg", "pdf")
 NUMERIC_KEYS = (
@@ -225,8 +225,7 @@ def run(args: argparse.Namespace) -> str:
             raise DistnnError(
                 f"--labels gives {len(labels)} names for {len(args.metrics)} metrics files"
             )
-    if not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
-        raise DistnnError(f"{args.output}: no such directory")
+    check_output_path(args.output, "-o")  # before reading and drawing
     runs = [(label, read_metrics(path)) for label, path in zip(labels, args.metrics, strict=True)]
     draw(runs, args.output, args.title, protect=args.metrics)
     epochs = ", ".join(str(len(records)) for _, records in runs)

@@ -22,124 +22,24 @@ under ``mpirun`` rank 0 does the work and the other ranks only wait for its stat
 from __future__ import annotations
 
 import argparse
-import csv
-import gzip
-import itertools
 import os
 import sys
-import tempfile
-import warnings
-from collections.abc import Callable, Iterable, Sequence
-from typing import IO
+from collections.abc import Iterable
 
 import numpy as np
 
 from distnn.cli.options import CliParser
+from distnn.data.csv import read_number_table
 from distnn.engine.network import Network
 from distnn.errors import DistnnError
+from distnn.io.outputs import atomic_write, check_output_path, refuse_overwrite
 
 INPUT_KINDS = (".npy", ".npz", ".csv", ".csv.gz")
 OUTPUT_KINDS = (".npy", ".csv")
 
 
-# --- helpers shared by the command lines of evaluate, predict and plot --------------
-
-
-def refuse_overwrite(path: str, inputs: Sequence[str]) -> None:
-    """DistnnError if ``path`` is one of the files ``inputs`` (by identity, not name)."""
-    for other in inputs:
-        if os.path.exists(path) and os.path.exists(other) and os.path.samefile(path, other):
-            raise DistnnError(f"{path}: refusing to overwrite the input {other}")
-
-
-def atomic_write(
-    path: str, write: Callable[[IO[bytes]], None], protect: Sequence[str] = ()
-) -> None:
-    """Write ``path`` through ``write(file)`` so that it is always whole or as before.
-
-    The bytes go to a temporary file beside ``path``, then replace it by rename.
-    Refuses (DistnnError) to replace any file in ``protect`` (the inputs).
-    """
-    refuse_overwrite(path, protect)
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise DistnnError(f"{path}: no such directory {directory}")
-    try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    except OSError as e:
-        raise DistnnError(f"{path}: cannot write ({e.strerror})") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would surprise: a normal new file
-        os.replace(tmp, path)
-    except BaseException as e:
-        os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise DistnnError(f"{path}: cannot write ({e.strerror or e})") from None
-        raise
-
-
-# --- prediction -------------------------------------------------------------------
-
-
 def _kind(path: str, kinds: Iterable[str]) -> str | None:
     return next((k for k in kinds if path.lower().endswith(k)), None)
-
-
-def _open_text(path: str) -> IO[str]:
-    if path.lower().endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
-
-
-def _is_number(field: str) -> bool:
-    try:
-        float(field)
-    except ValueError:
-        return False
-    return True
-
-
-def _csv_problem(path: str) -> str:
-    """The first line that does not parse, for the error message (slow; on failure only)."""
-    with _open_text(path) as f:
-        rows = csv.reader(f)
-        width, first = None, 0
-        for line_no, fields in enumerate(rows, start=1):
-            if line_no == 1 and not all(_is_number(v) for v in fields):
-                continue  # the header
-            if not fields:
-                return f"{path} line {line_no}: empty line"
-            if width is None:
-                width, first = len(fields), line_no
-            if len(fields) != width:
-                return f"{path} line {line_no}: {len(fields)} fields, but line {first} has {width}"
-            for col, v in enumerate(fields, start=1):
-                if not _is_number(v):
-                    return f"{path} line {line_no}, column {col}: {v!r} is not a number"
-    return f"{path}: not a CSV file of numbers"
-
-
-def read_csv(path: str) -> np.ndarray:
-    """The numbers of a CSV file as float64 rows, skipping a header row if there is one."""
-    try:
-        with _open_text(path) as f:
-            first = f.readline()
-            fields = next(csv.reader([first]), [])
-            header = bool(fields) and not all(_is_number(v) for v in fields)
-            lines = f if header else itertools.chain([first], f)
-            try:
-                x = np.loadtxt(lines, delimiter=",", dtype=np.float64, ndmin=2)
-            except ValueError:
-                raise DistnnError(_csv_problem(path)) from None
-    except (OSError, EOFError, UnicodeDecodeError) as e:
-        raise DistnnError(f"{path}: not a readable CSV file ({e})") from None
-    return x
 
 
 def read_inputs(path: str, n_features: int) -> np.ndarray:
@@ -150,9 +50,7 @@ def read_inputs(path: str, n_features: int) -> np.ndarray:
     if not os.path.isfile(path):
         raise DistnnError(f"{path}: no such file")
     if kind.startswith(".csv"):
-        with warnings.catch_warnings():  # loadtxt warns about no data; we say it below
-            warnings.simplefilter("ignore", UserWarning)
-            x = read_csv(path)
+        _, x = read_number_table(path)  # NaN and inf are counted below, as for .npy
     else:
         try:
             if kind == ".npy":
@@ -233,7 +131,9 @@ def run(args: argparse.Namespace) -> str:
 
     if _kind(args.output, OUTPUT_KINDS) is None:
         raise DistnnError(f"{args.output}: output must be {' or '.join(OUTPUT_KINDS)}")
-    refuse_overwrite(args.output, [args.inputs, args.model])  # before any work
+    # Before any work: a prediction that cannot be written is not worth computing.
+    refuse_overwrite(args.output, [args.inputs, args.model])
+    check_output_path(args.output, "-o")
     net = load_model(args.model)
     x = read_inputs(args.inputs, net.sizes[0])
     out = predict(net, x, args.classes)

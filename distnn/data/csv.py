@@ -1,11 +1,15 @@
-"""CSV data files (``.csv`` or ``.csv.gz``): a header row, then rows of numbers.
+"""CSV files of numbers (``.csv`` or ``.csv.gz``): training sets and inputs to predict.
 
-One column holds integer class labels (classification, one-hot targets); every other
-column is a feature. The label column is ``label_column`` (a name, or a 0-based index)
-or by default the column named ``label``, else ``y``, else ``target`` (any case), else
-the last one. Parsing is numpy's fast ``loadtxt``; when it fails, or finds NaN/inf or a
-fractional label, a second pass with the ``csv`` module finds the first bad line and
-cell for the message.
+:func:`read_number_table` is the one CSV reader: an optional header row, then rows of
+numbers, returned as float64. Parsing is numpy's fast ``loadtxt``; when it fails (or
+finds NaN/inf where they are refused), a second pass with the ``csv`` module finds the
+first bad line and cell, so every problem is one line naming the file, line and column.
+
+:func:`load_csv` reads a training set with it: a header row is required, one column
+holds integer class labels (classification, one-hot targets) and every other column is
+a feature. The label column is ``label_column`` (a name, or a 0-based index) or by
+default the column named ``label``, else ``y``, else ``target`` (any case), else the
+last one.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import itertools
 import math
 import warnings
 import zlib
@@ -31,36 +36,85 @@ def is_csv(spec: str) -> bool:
 
 
 def load_csv(path: str, ftype: np.dtype, label_column: str | int | None = None) -> Dataset:
-    text = _read_text(path)
-    stream = io.StringIO(text)
-    header = [cell.strip() for cell in next(csv.reader(stream), [])]
-    if not any(header):
-        what = "empty file" if not text.strip() else "line 1 is blank"
-        raise DistnnError(f"{path}: {what}; need a header row naming the columns, then data rows")
-    if all(_is_number(cell) for cell in header):
-        raise DistnnError(
-            f"{path}: line 1 is numbers, not a header; add a header row naming the columns"
-        )
+    """A training set: feature columns and one integer label column, under a header row."""
+    header, table = read_number_table(path, header=True, finite=True)
+    assert header is not None  # header=True: the reader insists on one
     if len(header) < 2:
         raise DistnnError(
             f"{path}: only one column ({header[0]!r}); need feature columns and a label column"
         )
     li = _label_index(path, header, label_column)
-    body = stream.read()
-    table, detail = _parse_fast(body)
-    if table is not None and table.shape[0] == 0:
+    if table.shape[0] == 0:
         raise DistnnError(f"{path}: no data rows after the header")
-    if (
-        table is None
-        or table.shape[1] != len(header)
-        or not np.isfinite(table).all()
-        or (table[:, li] != np.floor(table[:, li])).any()
-    ):
-        _scan(path, header, body, li)  # raises, naming the line and cell
-        raise DistnnError(f"{path}: cannot parse as CSV of numbers ({detail})")
+    fractional = np.flatnonzero(table[:, li] != np.floor(table[:, li]))
+    if fractional.size:
+        raise DistnnError(
+            _cell_problem(path, header, int(fractional[0]), li, "is not an integer class label")
+        )
     x = np.delete(table, li, axis=1)
     src = Source(path, {"x": "feature columns", "y": f"label column {header[li]!r}"})
     return from_arrays(src, {"x": x, "y": table[:, li]}, ftype)
+
+
+def read_number_table(
+    path: str, header: bool | None = None, finite: bool = False
+) -> tuple[list[str] | None, np.ndarray]:
+    """The header (or None) and the rows of numbers of a ``.csv``/``.csv.gz`` file, as float64.
+
+    ``header=True``: line 1 must name the columns; ``False``: there is none; ``None``:
+    line 1 is a header if any of its fields is not a number. Blank lines are skipped.
+    With ``finite``, NaN and infinities are refused. Every problem is a one-line
+    DistnnError naming the file, and for bad data the line and the column.
+    """
+    text = _read_text(path)
+    stream = io.StringIO(text)
+    names: list[str] | None = None
+    if header is not False:
+        first = [cell.strip() for cell in next(csv.reader(stream), [])]
+        if header and not any(first):
+            what = "empty file" if not text.strip() else "line 1 is blank"
+            raise DistnnError(
+                f"{path}: {what}; need a header row naming the columns, then data rows"
+            )
+        is_header = any(first) and not all(_is_number(cell) for cell in first)
+        if header and not is_header:
+            raise DistnnError(
+                f"{path}: line 1 is numbers, not a header; add a header row naming the columns"
+            )
+        if is_header:
+            names = first
+        else:
+            stream.seek(0)  # line 1 is data
+    offset = 1 if names is not None else 0  # line numbers of the body start after a header
+    body = stream.read()
+    table, detail = _parse_fast(body)
+    if table is not None and table.shape[0] == 0:
+        return names, np.empty((0, len(names) if names else 0))
+    if (
+        table is None
+        or (names is not None and table.shape[1] != len(names))
+        or (finite and not np.isfinite(table).all())
+    ):
+        _scan(path, names, body, offset, finite)  # raises, naming the line and cell
+        raise DistnnError(f"{path}: cannot parse as CSV of numbers ({detail})")
+    return names, table
+
+
+def _column(header: list[str] | None, i: int) -> str:
+    """How a message names column ``i`` (0-based, as --label-column takes it)."""
+    return f"column {header[i]!r} (index {i})" if header else f"column index {i}"
+
+
+def _cell_problem(path: str, header: list[str] | None, row: int, col: int, what: str) -> str:
+    """'<path>: line L, column …: '<cell>' <what>' for data row ``row`` of a table that
+    ``read_number_table`` returned (slow: rereads the file; for error messages only)."""
+    reader = csv.reader(io.StringIO(_read_text(path)))
+    if header is not None:
+        next(reader)
+    rows = (fields for fields in reader if fields)  # numpy skips blank lines too
+    fields = next(itertools.islice(rows, row, None))
+    where = f"{path}: line {reader.line_num}, {_column(header, col)}"
+    return f"{where}: {fields[col].strip()!r} {what}"
 
 
 def _read_text(path: str) -> str:
@@ -132,7 +186,7 @@ def _parse_fast(body: str) -> tuple[np.ndarray | None, str]:
             )
     except ValueError as exc:
         return None, " ".join(str(exc).split())
-    return table, "NaN, infinite or fractional labels"
+    return table, "rows of unequal length, or NaN or infinite values"
 
 
 def _is_number(cell: str) -> bool:
@@ -143,29 +197,33 @@ def _is_number(cell: str) -> bool:
     return True
 
 
-def _scan(path: str, header: list[str], body: str, li: int) -> None:
-    """Raise a DistnnError naming the first ragged row or bad cell, if there is one."""
+def _scan(path: str, header: list[str] | None, body: str, offset: int, finite: bool) -> None:
+    """Raise a DistnnError naming the first ragged row or bad cell, if there is one.
+
+    The slow second pass, run only when the fast parse failed: the ``csv`` module reads
+    the rows again so the message can say where. ``offset`` lines precede ``body``.
+    """
     reader = csv.reader(io.StringIO(body))
+    width, first = (len(header), 0) if header else (None, 0)
     for row in reader:
         if not row:
             continue  # blank line: numpy skips it too
-        line = reader.line_num + 1  # the header is line 1
-        if len(row) != len(header):
-            raise DistnnError(
-                f"{path}: line {line} has {len(row)} cells but the header has {len(header)} columns"
-            )
+        line = reader.line_num + offset
+        if width is None:
+            width, first = len(row), line
+        if len(row) != width:
+            than = f"the header has {width} columns" if header else f"line {first} has {width}"
+            raise DistnnError(f"{path}: line {line} has {len(row)} cells but {than}")
         try:
             values = [float(cell) for cell in row]
-            if all(map(math.isfinite, values)) and values[li] == math.floor(values[li]):
+            if not finite or all(map(math.isfinite, values)):
                 continue
         except ValueError:
             pass
         for i, cell in enumerate(row):  # the problem is in this row: find its cell
-            where = f"{path}: line {line}, column {header[i]!r} (index {i})"
+            where = f"{path}: line {line}, {_column(header, i)}"
             if not _is_number(cell):
                 what = "empty cell" if not cell.strip() else f"non-numeric value {cell!r}"
                 raise DistnnError(f"{where}: {what}")
-            if not math.isfinite(float(cell)):
+            if finite and not math.isfinite(float(cell)):
                 raise DistnnError(f"{where}: {cell.strip()!r} is not a finite number")
-            if i == li and float(cell) != math.floor(float(cell)):
-                raise DistnnError(f"{where}: {cell.strip()!r} is not an integer class label")

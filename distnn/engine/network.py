@@ -11,12 +11,15 @@ Z(ℓ) = A(ℓ-1) W(ℓ)ᵀ + b(ℓ)ᵀ.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
 from distnn.engine.activations import Activation, get_activation
 from distnn.engine.losses import Loss, get_loss
+from distnn.errors import DistnnError
+from distnn.io.outputs import atomic_savez
 
 
 class Workspace:
@@ -232,18 +235,66 @@ class Network:
         """The class (output index with the largest a(L)) of each row of raw inputs."""
         return self.predict(X).argmax(axis=1)
 
-    def save(self, path: str) -> None:
-        """Write a plain ``.npz`` (see ``model_io``), atomically."""
-        from distnn.io.models import save_model
+    # --- the model file: a plain .npz (see distnn.io.models for the format) ------------
 
-        save_model(self, path)
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Everything a saved model holds, as named arrays (views of the weights)."""
+        arrays: dict[str, np.ndarray] = {}
+        for ell, (W, b) in enumerate(zip(self.weights, self.biases, strict=True), start=1):
+            arrays[f"W{ell}"], arrays[f"b{ell}"] = W, b
+        arrays["activations"] = np.array(self.activation_names)
+        arrays["loss"] = np.array(self.loss_fn.name)
+        arrays["is_classifier"] = np.array(self.is_classifier)
+        if self.input_mean is not None:
+            arrays["input_mean"], arrays["input_std"] = self.input_mean, self.input_std
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], source: str = "model") -> Network:
+        """The network ``to_arrays`` described; DistnnError naming ``source`` if it is not one."""
+        try:
+            names = [str(a) for a in arrays["activations"]]
+            loss = str(arrays.get("loss", np.array("squared")))
+            L = len(names)
+            weights = [arrays[f"W{ell}"] for ell in range(1, L + 1)]
+            biases = [arrays[f"b{ell}"] for ell in range(1, L + 1)]
+        except KeyError as e:
+            raise DistnnError(f"{source}: not a distnn model (missing {e})") from None
+        try:
+            sizes = [weights[0].shape[1]] + [W.shape[0] for W in weights]
+            net = cls(sizes, names, loss=loss, dtype=weights[0].dtype)
+        except (ValueError, IndexError, TypeError) as e:
+            raise DistnnError(f"{source}: not a valid distnn model ({e})") from None
+        for ell, (W, b) in enumerate(zip(weights, biases, strict=True)):
+            if W.shape != net.weights[ell].shape or b.shape != net.biases[ell].shape:
+                raise DistnnError(f"{source}: layer {ell + 1} has inconsistent shapes")
+            net.weights[ell][...], net.biases[ell][...] = W, b
+        net.is_classifier = bool(arrays.get("is_classifier", net.is_classifier))
+        if "input_mean" in arrays:
+            mean, std = arrays["input_mean"], arrays.get("input_std")
+            if std is None or mean.shape != (sizes[0],) or std.shape != (sizes[0],):
+                raise DistnnError(
+                    f"{source}: input standardization does not fit {sizes[0]} features"
+                )
+            net.input_mean, net.input_std = mean.astype(net.dtype), std.astype(net.dtype)
+        return net
+
+    def save(self, path: str) -> None:
+        """Write a plain ``.npz`` (see ``distnn.io.models``), atomically."""
+        atomic_savez(path, self.to_arrays())
 
     @classmethod
     def load(cls, path: str) -> Network:
-        """The network saved at ``path``, read without pickle."""
-        from distnn.io.models import load_model
-
-        return load_model(path)
+        """The network saved at ``path``, read without pickle (so a file cannot run code);
+        DistnnError (one line) naming the file if it is not a distnn model."""
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                arrays = {key: f[key] for key in f.files}
+        except FileNotFoundError:
+            raise DistnnError(f"{path}: no such model file") from None
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise DistnnError(f"{path}: not a readable model file ({e})") from None
+        return cls.from_arrays(arrays, source=path)
 
     def loss(self, X: np.ndarray, Y: np.ndarray) -> float:
         """C = (1/N) Σ_k C_k, the mean loss over the rows of (X, Y)."""

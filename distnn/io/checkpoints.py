@@ -7,7 +7,7 @@ the run's configuration as JSON, what the run was trained on (network and data
 shapes), and a format version. None of it depends on the number of ranks, so a run
 stopped on 4 ranks continues on 1 or 2.
 
-Rank 0 writes it atomically (temporary file, fsync, rename: see ``model_io``) as
+Rank 0 writes it atomically (temporary file, fsync, rename: see ``distnn.io.outputs``) as
 ``checkpoint-<step>.npz`` and keeps the newest ``keep``. Loading never unpickles, so a
 crafted file cannot run code; a damaged or incompatible file is refused with its
 name, and ``--resume`` falls back to the next newest.
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from distnn.errors import DistnnError
-from distnn.io.models import atomic_savez
+from distnn.io.outputs import atomic_savez
 
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^checkpoint-(\d+)\.npz$")

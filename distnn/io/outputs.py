@@ -1,0 +1,159 @@
+"""Writing output files: whole or not at all, never over an input, into a folder that works.
+
+Every file distnn writes (models, checkpoints, predictions, evaluation JSON, plots)
+goes through :func:`atomic_write`: the bytes go to a temporary file beside the target,
+are fsynced, get the permissions of a normal new file, and replace the target by
+rename, and the rename is made durable by fsyncing the directory. A crash or an error
+mid-write therefore leaves the old file (or none), never half of one.
+
+The ``check_*`` functions let a command refuse an output it could not write *before*
+it does the work (hours of training, a long prediction), with one line that names the
+option and the path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from typing import IO
+
+import numpy as np
+
+from distnn.errors import DistnnError
+
+__all__ = [
+    "atomic_savez",
+    "atomic_write",
+    "check_output_path",
+    "check_writable_dir",
+    "refuse_overwrite",
+]
+
+
+def refuse_overwrite(path: str, inputs: Sequence[str]) -> None:
+    """DistnnError if ``path`` is one of the files ``inputs``.
+
+    Compared by identity (``os.path.samefile``), not by name, so ``./x.npy``, a symbolic
+    link or a hard link to an input is refused too.
+    """
+    if not os.path.exists(path):
+        return  # a new file cannot be an input
+    for other in inputs:
+        if os.path.exists(other) and os.path.samefile(path, other):
+            raise DistnnError(f"{path}: refusing to overwrite the input {other}")
+
+
+def _label(path: str, option: str | None) -> str:
+    """How a message names an output: ``-o out.npy``, or the bare path."""
+    return f"{option} {path}" if option else path
+
+
+def _require_dir(directory: str, who: str, create: bool) -> None:
+    """DistnnError unless ``directory`` is an existing directory (made first if ``create``)."""
+    if create:
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as e:
+            raise DistnnError(f"{who}: cannot write to {directory} ({e.strerror or e})") from None
+    if os.path.isdir(directory):
+        return
+    if os.path.exists(directory):
+        raise DistnnError(f"{who}: cannot write to {directory} (not a directory)")
+    raise DistnnError(f"{who}: no such directory {directory}")
+
+
+def _require_target(path: str, who: str, create: bool = False) -> str:
+    """The absolute folder of the output file ``path``, after refusing impossible targets."""
+    if os.path.isdir(path):
+        raise DistnnError(f"{who}: is a directory; give a file name")
+    directory = os.path.dirname(os.path.abspath(path))
+    _require_dir(directory, who, create)
+    return directory
+
+
+def _probe(directory: str, who: str) -> None:
+    """DistnnError unless a file can be created in ``directory``.
+
+    Proven by creating (and removing) a nameless temporary file, because permission
+    bits alone do not tell (read-only mounts, ACLs, root).
+    """
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as e:
+        raise DistnnError(f"{who}: cannot write to {directory} ({e.strerror or e})") from None
+
+
+def check_writable_dir(directory: str, option: str | None = None, *, create: bool = False) -> None:
+    """DistnnError (one line, naming ``option``) unless files can be created in ``directory``.
+
+    With ``create`` the folder (and its parents) is made first, as training does for
+    ``--checkpoint-dir``.
+    """
+    who = option or directory
+    _require_dir(directory, who, create)
+    _probe(directory, who)
+
+
+def check_output_path(path: str, option: str | None = None, *, create: bool = False) -> None:
+    """DistnnError (one line, naming ``option`` and ``path``) unless a file ``path`` could be
+    written: not a directory, in a folder that exists (or is made, with ``create``) and
+    is writable."""
+    who = _label(path, option)
+    _probe(_require_target(path, who, create), who)
+
+
+def _umask() -> int:
+    # The only portable way to read the umask is to set it and put it back.
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(
+    path: str, write: Callable[[IO[bytes]], None], protect: Sequence[str] = ()
+) -> None:
+    """Write ``path`` through ``write(file)`` so that it is always whole or as before.
+
+    Refuses (DistnnError) to replace any file in ``protect`` (the inputs), a directory,
+    or a file in a folder that does not exist. An OSError while writing becomes a
+    one-line DistnnError; whatever goes wrong, the temporary file is removed.
+    """
+    refuse_overwrite(path, protect)
+    directory = _require_target(path, path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    except OSError as e:
+        raise DistnnError(f"{path}: cannot write ({e.strerror or e})") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 is for secrets: a normal new file
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise DistnnError(f"{path}: cannot write ({e.strerror or e})") from None
+        raise
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # make the rename itself durable
+        finally:
+            os.close(dir_fd)
+    except OSError as e:
+        raise DistnnError(f"{path}: written, but not made durable ({e.strerror or e})") from None
+
+
+def atomic_savez(path: str, arrays: Mapping[str, np.ndarray]) -> None:
+    """Write ``arrays`` to ``path`` as an uncompressed ``.npz``, atomically.
+
+    The folder is created if needed: a model or checkpoint path names where it belongs.
+    """
+    _require_target(path, path, create=True)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
