@@ -10,7 +10,6 @@ from; :meth:`Run.restore` then gives every rank that checkpoint.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +24,7 @@ from distnn.engine.schedules import GradientUpdateSchedule, make_schedule
 from distnn.errors import DistnnError
 from distnn.io.checkpoints import Checkpoint, list_checkpoints, newest_valid_checkpoint
 from distnn.io.models import save_model
+from distnn.io.outputs import check_output_path, check_writable_dir
 from distnn.parallel.trainer import Trainer, make_reducer
 from distnn.parallel.world import World, check_launch
 
@@ -147,9 +147,9 @@ def prepare_run(
     if world.is_root:  # find out now, not after hours of training, that an output can't land
         for path, what in ((config.save, "--save"), (config.metrics, "--metrics")):
             if path:
-                check_writable(os.path.dirname(os.path.abspath(path)), what)
+                check_output_path(path, what, create=True)
         if config.checkpoint_dir:
-            check_writable(config.checkpoint_dir, "--checkpoint-dir")
+            check_writable_dir(config.checkpoint_dir, "--checkpoint-dir", create=True)
             if config.resume:
                 run.checkpoint, _, skipped = newest_valid_checkpoint(
                     config.checkpoint_dir, fingerprint
@@ -211,13 +211,3 @@ def _fit_to_network(
             )
         validation = validation._replace(y=np.eye(n_out, dtype=data.x.dtype)[validation.labels])
     return data, validation
-
-
-def check_writable(directory: str, option: str) -> None:
-    """Create ``directory`` if needed and prove a file can be written there."""
-    try:
-        os.makedirs(directory, exist_ok=True)
-        with tempfile.TemporaryFile(dir=directory):
-            pass
-    except OSError as e:
-        raise DistnnError(f"{option}: cannot write to {directory} ({e.strerror})") from None

@@ -15,16 +15,15 @@ rank exits with status 2; any other error aborts the whole job.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from distnn.cli.options import CliParser
-from distnn.cli.predict import atomic_write, refuse_overwrite
 from distnn.data import Dataset, load_dataset
 from distnn.engine.metrics import report, summary, to_json
 from distnn.engine.network import Network
 from distnn.errors import DistnnError
 from distnn.io.models import load_model
+from distnn.io.outputs import atomic_write, check_output_path, refuse_overwrite
 from distnn.parallel.evaluation import (
     Part,
     check_compatible,
@@ -98,8 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         check_compatible(net, parts, data.name)
         if args.json:
             refuse_overwrite(args.json, [args.model, args.dataset])
-            if not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
-                raise DistnnError(f"{args.json}: no such directory")
+            check_output_path(args.json, "--json")
         return args, net, data, split, parts, note
 
     try:

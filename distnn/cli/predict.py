@@ -147,21 +147,16 @@ def main(argv: list[str] | None = None) -> int:
 
     world = World()
     install_abort_on_error(world)
-    status = 0
-    if world.is_root:
-        try:
-            args = parse_args(argv, world.rank)
-            line = run(args)
-            if not args.quiet:
-                print(line)
-        except DistnnError as e:
+    try:  # every rank parses (--help, bad options); one predicts, the others wait for it
+        args = parse_args(argv, world.rank)
+        line = world.on_root(lambda: run(args))
+    except DistnnError as e:
+        if world.is_root:
             print(f"distnn: error: {e}", file=sys.stderr)
-            status = e.exit_code
-        except SystemExit as e:  # --help
-            status = e.code if isinstance(e.code, int) else 0
-    if world.size > 1:  # the other ranks wait for rank 0 and end with its status
-        status = world.comm.bcast(status)
-    return status
+        return e.exit_code
+    if world.is_root and not args.quiet:
+        print(line)
+    return 0
 
 
 if __name__ == "__main__":
