@@ -5,19 +5,19 @@
     history = distnn.fit(net, "digits", epochs=10)       # alone, or under mpirun -n N
     report = distnn.evaluate(net, x_test, y_test)
 
-``fit``, ``evaluate``, ``History`` and ``World`` are imported on first use: they start MPI, which
-``import distnn`` alone (a model to predict with, say) does not need.
+The names below are imported on first use: ``import distnn`` alone loads nothing, so
+``python -m distnn.train`` can set up its signal handling before NumPy and MPI load,
+and a script that only predicts never starts MPI.
 """
 
 from importlib import import_module
 
-from distnn.engine.network import Network
-from distnn.engine.schedules import GradientUpdateSchedule
-from distnn.errors import DistnnError
-
 __version__ = "0.1.0"
 
-_STARTS_MPI = {
+_WHERE = {
+    "Network": "distnn.engine.network",
+    "GradientUpdateSchedule": "distnn.engine.schedules",
+    "DistnnError": "distnn.errors",
     "fit": "distnn.training",
     "History": "distnn.training",
     "evaluate": "distnn.parallel.evaluation",
@@ -26,9 +26,13 @@ _STARTS_MPI = {
 
 
 def __getattr__(name: str):
-    if name in _STARTS_MPI:
-        return getattr(import_module(_STARTS_MPI[name]), name)
+    if name in _WHERE:
+        return getattr(import_module(_WHERE[name]), name)
     raise AttributeError(f"module 'distnn' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*_WHERE, "__version__"])
 
 
 __all__ = [

@@ -1,5 +1,5 @@
-import sys
+"""``python -m distnn``: the same as ``python -m distnn.train``."""
 
-from distnn.cli.train import main
+from distnn.cli import run
 
-sys.exit(main())
+run("train")

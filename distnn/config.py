@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import tomllib
 from dataclasses import dataclass
 
@@ -44,6 +45,9 @@ class TrainConfig:
     target_loss: float | None = None  # stop once an epoch's training loss is this low
     max_time: float | None = None  # seconds of training, measured on rank 0's clock
     verbose: bool = False
+    init_from: str | None = None  # warm start: the parameters of a saved model
+    # The --config file this came from: an input, never overwritten; not itself an option.
+    config_file: str | None = None
 
     def layer_activations(self) -> list[str]:
         """σ's name for each of the L layers."""
@@ -80,6 +84,11 @@ class TrainConfig:
             raise DistnnError("--deterministic and --overlap cannot be combined")
         if self.keep_checkpoints < 1:
             raise DistnnError(f"--keep-checkpoints must be at least 1, got {self.keep_checkpoints}")
+        if self.resume and self.init_from:
+            raise DistnnError(
+                "--init-from starts a new run from a model; --resume continues a stopped one: "
+                "give one of them"
+            )
         if self.resume and not self.checkpoint_dir:
             raise DistnnError("--resume needs --checkpoint-dir DIR to resume from")
         if self.loss not in LOSSES:
@@ -97,6 +106,28 @@ class TrainConfig:
                 f"(hidden {','.join(map(str, self.hidden))} plus the output layer)"
             )
 
+    def outputs(self) -> list[tuple[str, str | None]]:
+        """Every path this run writes, as (what a message calls it, path)."""
+        written = [("--save", self.save), ("--metrics", self.metrics)]
+        beside = {
+            os.path.splitext(path)[0] + ".toml": what for what, path in written if path
+        }  # one file when --save and --metrics share a stem
+        return [
+            *written,
+            ("--checkpoint-dir", self.checkpoint_dir),
+            *((f"the configuration written beside {what}", p) for p, what in beside.items()),
+        ]
+
+    def inputs(self) -> list[tuple[str, str | None]]:
+        """Every path this run reads, as (what a message calls it, path)."""
+        dataset = self.dataset
+        is_file = not (dataset == "digits" or dataset.startswith("synthetic"))
+        return [
+            ("--dataset", dataset if is_file else None),
+            ("--config", self.config_file),
+            ("--init-from", self.init_from),
+        ]
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -104,7 +135,7 @@ class TrainConfig:
         """The configuration as a TOML file ``--config`` reads back (unset options left out)."""
         lines = ["# distnn run configuration: python -m distnn.train --config THIS_FILE"]
         for key, value in self.to_dict().items():
-            if value is None:
+            if value is None or key == "config_file":
                 continue
             if isinstance(value, bool):
                 text = "true" if value else "false"
@@ -125,7 +156,7 @@ def read_toml(path: str) -> dict:
         raise DistnnError(f"{path}: no such configuration file") from None
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise DistnnError(f"{path}: not a valid TOML file ({e})") from None
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig) if f.name != "config_file"}
     options = {}
     for key, value in raw.items():
         name = key.replace("-", "_")

@@ -3,7 +3,9 @@
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 EXIT_OUT_OF_SYNC = 4
+EXIT_SAVE_FAILED = 74  # EX_IOERR: trained, but --save failed; the error names a copy
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on request, a checkpoint to resume from
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: stopped on request with nothing to resume from
 
 
 class DistnnError(Exception):
@@ -34,3 +36,15 @@ class Preempted(CollectiveError):
     """A rank got SIGTERM or SIGINT; all ranks stopped after the same step."""
 
     exit_code = EXIT_PREEMPTED
+
+
+class Interrupted(CollectiveError):
+    """Stopped on request (SIGTERM, SIGINT) with no checkpoint to resume from."""
+
+    exit_code = EXIT_INTERRUPTED
+
+
+class SaveFailed(CollectiveError):
+    """Training finished but the model could not be written where asked."""
+
+    exit_code = EXIT_SAVE_FAILED

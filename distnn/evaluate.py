@@ -1,8 +1,6 @@
 """``python -m distnn.evaluate``: see :mod:`distnn.cli.evaluate`."""
 
-import sys
-
-from distnn.cli.evaluate import main
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from distnn.cli import run
+
+    run("evaluate")

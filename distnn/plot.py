@@ -1,8 +1,6 @@
 """``python -m distnn.plot``: see :mod:`distnn.cli.plot`."""
 
-import sys
-
-from distnn.cli.plot import main
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from distnn.cli import run
+
+    run("plot")

@@ -10,7 +10,8 @@ from; :meth:`Run.restore` then gives every rank that checkpoint.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -21,10 +22,17 @@ from distnn.data.preprocess import Split, fit_standardization, split_validation,
 from distnn.engine.lr_schedules import parse_lr_schedule
 from distnn.engine.network import Network
 from distnn.engine.schedules import GradientUpdateSchedule, make_schedule
-from distnn.errors import DistnnError
-from distnn.io.checkpoints import Checkpoint, list_checkpoints, newest_valid_checkpoint
-from distnn.io.models import save_model
-from distnn.io.outputs import check_output_path, check_writable_dir
+from distnn.errors import DistnnError, SaveFailed
+from distnn.io.checkpoints import (
+    Checkpoint,
+    content_hash,
+    list_checkpoints,
+    newest_valid_checkpoint,
+    run_fingerprint,
+)
+from distnn.io.models import load_model, save_model
+from distnn.io.outputs import atomic_write, check_no_clash, check_output_path, check_writable_dir
+from distnn.parallel.memory import check_memory
 from distnn.parallel.trainer import Trainer, make_reducer
 from distnn.parallel.world import World, check_launch
 
@@ -42,6 +50,8 @@ class Run:
     checkpoint: Checkpoint | None = None  # found by rank 0, for ``restore``
     notes: tuple[str, ...] = ()
     resumed: bool = False
+    run_state: dict = field(default_factory=dict)  # restored: wall_s, early stopping
+    run_arrays: dict = field(default_factory=dict)
 
     def restore(self, world: World) -> None:
         """Every rank continues from the checkpoint rank 0 found (if any)."""
@@ -50,39 +60,67 @@ class Run:
         if ckpt is not None:
             arrays = {"params": ckpt.params}
             arrays |= {f"schedule/{k}": np.asarray(v) for k, v in ckpt.schedule_state.items()}
+            arrays |= {f"run/{k}": np.asarray(v) for k, v in ckpt.run_arrays.items()}
         arrays = world.bcast_arrays(arrays)  # raw buffers: parameter-sized, never pickled
-        position = world.bcast_object(None if ckpt is None else ckpt.position)
+        meta = world.bcast_object(None if ckpt is None else (ckpt.position, ckpt.run_state))
         if arrays is None:
             return
-        state = {k.removeprefix("schedule/"): v for k, v in arrays.items() if k != "params"}
-        self.trainer.restore(arrays["params"], state, position)
+        state = {k[9:]: v for k, v in arrays.items() if k.startswith("schedule/")}
+        self.trainer.restore(arrays["params"], state, meta[0])
+        self.run_state = meta[1]
+        self.run_arrays = {k[4:]: v for k, v in arrays.items() if k.startswith("run/")}
         self.resumed = True
 
-    def write_outputs(self, world: World) -> None:
-        """The model and the configuration beside each output, by rank 0."""
+    def write_outputs(self, world: World, newest_checkpoint: str | None) -> None:
+        """The model and the configuration beside each output, by rank 0.
+
+        If the model cannot be written (disk full, permissions), the trained parameters
+        are never left only in memory: the newest checkpoint holds them, or else a rescue
+        copy is written to the temporary folder; the error names where they are.
+        """
         config = self.config
 
         def write() -> None:
             if config.save:
                 try:
                     save_model(self.net, config.save)
-                except OSError as e:
-                    raise DistnnError(f"--save {config.save}: {e.strerror or e}") from None
+                except (DistnnError, OSError) as e:
+                    where = newest_checkpoint or rescue_copy(self.net)
+                    raise SaveFailed(
+                        f"--save {config.save}: {_reason(e)}; the trained parameters are in "
+                        f"{where}"
+                    ) from None
             write_config_beside(config, [config.save, config.metrics])
 
         world.on_root(write)
 
 
+def _reason(e: Exception) -> str:
+    return e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+
+
+def rescue_copy(net: Network) -> str:
+    """The model written to a fresh file in the temporary folder; its path, or a reason."""
+    try:
+        fd, path = tempfile.mkstemp(prefix="distnn-rescued-", suffix=".npz")
+        os.close(fd)
+        save_model(net, path)
+        return path
+    except (DistnnError, OSError) as e:
+        return f"no file either: the rescue copy failed too ({_reason(e)})"
+
+
 def write_config_beside(config: TrainConfig, outputs: list[str | None]) -> None:
     """The resolved configuration as TOML next to each output (model.npz → model.toml)."""
+    text = config.to_toml()
     for path in {os.path.splitext(p)[0] + ".toml" for p in outputs if p}:
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(config.to_toml())
+        atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def prepare_run(
     config: TrainConfig,
     world: World,
+    ranks_on_node: int,
     net: Network | None = None,
     arrays: dict | None = None,
     validation_data: tuple | None = None,
@@ -91,10 +129,15 @@ def prepare_run(
     """Everything before the first step, on every rank; DistnnError on bad input."""
     config.validate()
     check_launch(world)
+    inputs = config.inputs() if arrays is None else config.inputs()[1:]
+    inputs += [("memory-mapped x", getattr(a, "filename", None)) for a in (arrays or {}).values()]
+    check_no_clash(config.outputs(), inputs)  # before any work: inputs are never overwritten
     if arrays is None:
         data = load_dataset(config.dataset, config.seed, config.dtype, config.label_column)
     else:
         data = from_arrays(Source("arrays"), arrays, np.dtype(config.dtype))
+    # What the run trains on, for --resume to recognise it (rank 0 writes and reads).
+    data_hash = content_hash(data.x, data.y) if config.checkpoint_dir and world.is_root else ""
     notes = data.notes
     validation = None
     if validation_data is not None:
@@ -105,14 +148,15 @@ def prepare_run(
         data, validation = split_validation(data, config.val_fraction, config.seed)
     if config.loss == "cross-entropy" and not data.is_classification:
         raise DistnnError("--loss cross-entropy needs class labels, but the targets are vectors")
+    sizes = [data.n_features, *config.hidden, data.n_outputs] if net is None else net.sizes
+    check_memory(config, sizes, ranks_on_node, world.size)
     if net is None:
         net = Network(
-            [data.n_features, *config.hidden, data.n_outputs],
-            config.layer_activations(),
-            loss=config.loss,
-            seed=config.seed,
+            sizes, config.layer_activations(), loss=config.loss, seed=config.seed,
             dtype=config.dtype,
-        )
+        )  # fmt: skip
+    if config.init_from:
+        warm_start(net, config.init_from)
     data, validation = _fit_to_network(data, validation, net)
     net.is_classifier = data.is_classification
     if config.standardize:  # fitted on the training split only, saved with the model
@@ -135,14 +179,7 @@ def prepare_run(
             f"splits each batch into {config.virtual_shards} virtual shards; raise "
             "--virtual-shards to use them",
         )
-    fingerprint = {
-        "sizes": net.sizes,
-        "activations": net.activation_names,
-        "loss": net.loss_fn.name,
-        "schedule": config.schedule,
-        "train_samples": len(data.x),
-        "num_params": net.num_params,
-    }
+    fingerprint = run_fingerprint(config, net, data_hash, len(data.x))
     run = Run(config, data, net, trainer, fingerprint, validation, notes=notes)
     if world.is_root:  # find out now, not after hours of training, that an output can't land
         for path, what in ((config.save, "--save"), (config.metrics, "--metrics")):
@@ -161,6 +198,17 @@ def prepare_run(
                     "continue that run, or choose another --checkpoint-dir"
                 )
     return run
+
+
+def warm_start(net: Network, path: str) -> None:
+    """``net``'s parameters from a saved model of the same shape (``--init-from``)."""
+    model = load_model(path)
+    if model.sizes != net.sizes or model.activation_names != net.activation_names:
+        raise DistnnError(
+            f"--init-from {path}: the model is {model.describe()}, this run trains "
+            f"{net.describe()}"
+        )
+    net.params[...] = model.params
 
 
 def _fit_to_network(

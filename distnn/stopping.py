@@ -26,10 +26,14 @@ class StopRequests:
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self, max_time: float | None, is_root: bool) -> None:
+    def __init__(self) -> None:
         self.requested = False
-        self.deadline = time.perf_counter() + max_time if max_time and is_root else None
+        self.deadline: float | None = None
         self._previous: dict[int, object] = {}
+
+    def start_clock(self, max_time: float | None, is_root: bool) -> None:
+        """The time limit counts from now, on rank 0's clock only."""
+        self.deadline = time.perf_counter() + max_time if max_time and is_root else None
 
     def time_is_up(self) -> bool:
         return self.deadline is not None and time.perf_counter() > self.deadline
@@ -51,12 +55,26 @@ class StopRequests:
 
 
 class EarlyStopping:
-    """Stop after ``patience`` epochs without a lower validation loss; keep the best weights."""
+    """Stop after ``patience`` epochs without a lower validation loss; keep the best weights.
+
+    Its state travels in checkpoints, so a resumed run remembers its best epoch.
+    """
 
     def __init__(self, patience: int, params: np.ndarray) -> None:
         self.patience, self.params = patience, params
         self.best_loss, self.best_epoch, self.waited = float("inf"), 0, 0
         self.best_params = params.copy()
+
+    def state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        scalars = {"best_loss": self.best_loss, "best_epoch": self.best_epoch}
+        return scalars | {"waited": self.waited}, {"best_params": self.best_params}
+
+    def load_state(self, scalars: dict, arrays: dict[str, np.ndarray]) -> None:
+        if "best_params" not in arrays:  # a checkpoint of a run without early stopping
+            return
+        self.best_loss, self.best_epoch = scalars["best_loss"], scalars["best_epoch"]
+        self.waited = scalars["waited"]
+        self.best_params[...] = arrays["best_params"]
 
     def should_stop(self, val_loss: float, epoch: int) -> bool:
         if val_loss < self.best_loss:

@@ -1,8 +1,6 @@
 """``python -m distnn.train``: see :mod:`distnn.cli.train`."""
 
-import sys
-
-from distnn.cli.train import main
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from distnn.cli import run
+
+    run("train")

@@ -27,7 +27,7 @@ from distnn.config import TrainConfig
 from distnn.data import Dataset
 from distnn.engine.network import Network
 from distnn.engine.schedules import GradientUpdateSchedule
-from distnn.errors import Preempted
+from distnn.errors import Interrupted, Preempted
 from distnn.io.checkpoints import Checkpointer
 from distnn.io.metrics_log import MetricsLog
 from distnn.parallel.threads import blas_name, configure_blas_threads, usable_cores
@@ -157,14 +157,18 @@ def train_config(
     callbacks: Sequence[Any] = (),
 ) -> History:
     """The run ``config`` describes; ``net`` None builds the network the config names."""
-    with failures_end_the_job(world):
+    # A signal from here on asks the run to stop after a step (it rides in the step's
+    # votes), even one that comes during setup; handlers are restored on the way out.
+    with failures_end_the_job(world), StopRequests() as stop:
         # Deterministic mode fixes one BLAS thread: a product's bits may depend on it.
         ranks_on_node = world.local_size()
         threads, source = configure_blas_threads(
             ranks_on_node, fixed=1 if config.deterministic else None
         )
         run = world.agree(
-            lambda: prepare_run(config, world, net, arrays, validation_data, schedule)
+            lambda: prepare_run(
+                config, world, ranks_on_node, net, arrays, validation_data, schedule
+            )
         )
         world.bcast(run.net.params)  # rank 0's initialization becomes everyone's
         run.restore(world)
@@ -183,7 +187,7 @@ def train_config(
                 progress.say(f"note: {note}")
         else:
             progress.enabled = False
-        return _train(run, world, progress, callbacks)
+        return _train(run, world, progress, stop, callbacks)
 
 
 def header(
@@ -203,11 +207,22 @@ def header(
     )
 
 
-def _train(run, world: World, progress: Progress, callbacks: Sequence[Any]) -> History:
+def _train(
+    run, world: World, progress: Progress, stop: StopRequests, callbacks: Sequence[Any]
+) -> History:
     """The epoch loop, from wherever the run stands."""
     config, trainer, data = run.config, run.trainer, run.data
     B = trainer.batch_size
     step_callbacks = [c for c in callbacks if hasattr(c, "on_step")]
+    early = EarlyStopping(config.patience, run.net.params) if config.patience else None
+    if early:
+        early.load_state(run.run_state, run.run_arrays)
+    wall_before, start = run.run_state.get("wall_s", 0.0), time.perf_counter()
+
+    def run_state() -> tuple[dict, dict]:  # what a checkpoint keeps besides the trainer's
+        scalars, arrays = early.state() if early else ({}, {})
+        return {"wall_s": wall_before + time.perf_counter() - start, **scalars}, arrays
+
     checkpoints = None
     if config.checkpoint_dir:
         checkpoints = Checkpointer(
@@ -217,13 +232,14 @@ def _train(run, world: World, progress: Progress, callbacks: Sequence[Any]) -> H
             config.to_dict(),
             run.fingerprint,
             world,
+            run_state,
         )
     if run.resumed:
         progress.say(f"resuming at epoch {trainer.epoch + 1}, step {trainer.step}")
-    early = EarlyStopping(config.patience, run.net.params) if config.patience else None
     metrics = MetricsLog(config.metrics if world.is_root else None, append=run.resumed)
-    history, rate, start = History(), 0.0, time.perf_counter()
-    with StopRequests(config.max_time, world.is_root) as stop, metrics:
+    history, rate = History(), 0.0
+    stop.start_clock(config.max_time, world.is_root)
+    with metrics:
         while trainer.epoch < config.epochs and not history.stop_reason:
             progress.start_epoch(trainer.epoch + 1)
             order, n_batches = trainer.epoch_order(), trainer.batches_per_epoch()
@@ -238,8 +254,12 @@ def _train(run, world: World, progress: Progress, callbacks: Sequence[Any]) -> H
                 if checkpoints:
                     checkpoints.after_step(trainer)
                 if trainer.votes[STOP_VOTE]:  # the same reduced votes on every rank
-                    if checkpoints:
-                        checkpoints.save(trainer)
+                    if not checkpoints:
+                        raise Interrupted(
+                            f"stopped on request after step {trainer.step}; without "
+                            "--checkpoint-dir there is nothing to resume from"
+                        )
+                    checkpoints.save(trainer)
                     raise Preempted(f"stopped on request after step {trainer.step}")
                 if trainer.votes[TIME_VOTE]:
                     history.stop_reason = (
@@ -257,7 +277,7 @@ def _train(run, world: World, progress: Progress, callbacks: Sequence[Any]) -> H
                 "epoch": trainer.epoch + 1,
                 "loss": trainer.end_epoch(),
                 "samples_per_sec": rate,
-                "elapsed_s": time.perf_counter() - start,
+                "elapsed_s": wall_before + time.perf_counter() - start,  # across resumes
                 **_test_metrics(trainer, data),
             }
             if run.validation is not None:
@@ -283,7 +303,7 @@ def _train(run, world: World, progress: Progress, callbacks: Sequence[Any]) -> H
     else:  # the weights kept are not those the last record describes
         history.final = {"epoch": trainer.epoch, "loss": trainer.evaluate(data.x, data.y, None)[0]}
         history.final |= _test_metrics(trainer, data) | {"samples_per_sec": rate}
-    run.write_outputs(world)
+    run.write_outputs(world, checkpoints.last_path if checkpoints else None)
     return history
 
 

@@ -100,13 +100,13 @@ CASES = [
     (["--dataset", "empty.npz"], "empty"),
     # checkpoints
     (["--checkpoint-dir", "ck_trunc", "--resume"], "ck_trunc/checkpoint-"),
-    (["--checkpoint-dir", "ck_arch", "--resume", "--hidden", "16"], "incompatible"),
+    (["--checkpoint-dir", "ck_arch", "--resume", "--hidden", "16"], "written by another run"),
     (["--checkpoint-dir", "ck_newer", "--resume"], "newer"),
     (["--checkpoint-dir", "ck_pickle", "--resume"], "ck_pickle/checkpoint-000000001.npz"),
     (["--checkpoint-dir", "ck_existing"], "--resume"),
     # outputs that could not be written after training
     (["--metrics", "/proc/no/such/m.jsonl"], "--metrics /proc/no/such/m.jsonl: cannot write"),
-    (["--checkpoint-dir", "model.npz"], "--checkpoint-dir: cannot write"),
+    (["--checkpoint-dir", "model.npz"], "are the same file"),
 ]
 
 

@@ -178,7 +178,7 @@ BAD = {
     "json folder": (["squared.npz", "--dataset", SPEC, "--json", "no/dir/e.json"], "no such"),
     "json over model": (
         ["squared.npz", "--dataset", SPEC, "--json", "squared.npz"],
-        "refusing to overwrite the input squared.npz",
+        "would overwrite the input model squared.npz",
     ),
     "option": (["squared.npz", "--dataset", SPEC, "--split", "val"], "invalid choice"),
     "no dataset": (["squared.npz"], "--dataset"),

@@ -19,11 +19,12 @@ import sys
 
 from distnn.cli.options import CliParser
 from distnn.data import Dataset, load_dataset
+from distnn.data.load import dataset_path
 from distnn.engine.metrics import report, summary, to_json
 from distnn.engine.network import Network
 from distnn.errors import DistnnError
 from distnn.io.models import load_model
-from distnn.io.outputs import atomic_write, check_output_path, refuse_overwrite
+from distnn.io.outputs import atomic_write, check_no_clash, check_output_path
 from distnn.parallel.evaluation import (
     Part,
     check_compatible,
@@ -96,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         split, parts, note = select_split(data, args.split)
         check_compatible(net, parts, data.name)
         if args.json:
-            refuse_overwrite(args.json, [args.model, args.dataset])
+            inputs = [("model", args.model), ("--dataset", dataset_path(args.dataset))]
+            check_no_clash([("--json", args.json)], inputs)
             check_output_path(args.json, "--json")
         return args, net, data, split, parts, note
 

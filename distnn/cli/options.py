@@ -197,6 +197,12 @@ def build_parser(rank: int = 0) -> argparse.ArgumentParser:
         help="with --deterministic: split each batch into V pieces, spread over the ranks "
         "(default: %(default)s; use at most V ranks)",
     )
+    p.add_argument(
+        "--init-from",
+        metavar="MODEL.npz",
+        help="warm start: begin from this saved model's parameters (same network shape); "
+        "a new run, unlike --resume",
+    )
     p.add_argument("--version", action="version", version=f"distnn {__version__}")
     return p
 
@@ -231,7 +237,7 @@ def parse_config(argv: list[str] | None, rank: int = 0) -> TrainConfig:
     except DistnnError as e:
         raise DistnnError(f"{config_file}: {e}") from None
     args = vars(build_parser(rank).parse_args(prefix + argv))
-    del args["config"]
+    args["config_file"] = args.pop("config")
     print_config = args.pop("print_config")
     config = TrainConfig(**args)
     config.validate()

@@ -25,7 +25,7 @@ from typing import Any
 
 from distnn.cli.options import CliParser
 from distnn.errors import DistnnError
-from distnn.io.outputs import atomic_write, check_output_path
+from distnn.io.outputs import atomic_write, check_no_clash, check_output_path
 
 FORMATS = ("png", "svg", "pdf")
 NUMERIC_KEYS = (
@@ -225,6 +225,7 @@ def run(args: argparse.Namespace) -> str:
             raise DistnnError(
                 f"--labels gives {len(labels)} names for {len(args.metrics)} metrics files"
             )
+    check_no_clash([("-o", args.output)], [("metrics file", p) for p in args.metrics])
     check_output_path(args.output, "-o")  # before reading and drawing
     runs = [(label, read_metrics(path)) for label, path in zip(labels, args.metrics, strict=True)]
     draw(runs, args.output, args.title, protect=args.metrics)

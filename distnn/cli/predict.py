@@ -32,7 +32,7 @@ from distnn.cli.options import CliParser
 from distnn.data.csv import read_number_table
 from distnn.engine.network import Network
 from distnn.errors import DistnnError
-from distnn.io.outputs import atomic_write, check_output_path, refuse_overwrite
+from distnn.io.outputs import atomic_write, check_no_clash, check_output_path
 
 INPUT_KINDS = (".npy", ".npz", ".csv", ".csv.gz")
 OUTPUT_KINDS = (".npy", ".csv")
@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> str:
     if _kind(args.output, OUTPUT_KINDS) is None:
         raise DistnnError(f"{args.output}: output must be {' or '.join(OUTPUT_KINDS)}")
     # Before any work: a prediction that cannot be written is not worth computing.
-    refuse_overwrite(args.output, [args.inputs, args.model])
+    check_no_clash([("-o", args.output)], [("model", args.model), ("inputs", args.inputs)])
     check_output_path(args.output, "-o")
     net = load_model(args.model)
     x = read_inputs(args.inputs, net.sizes[0])

@@ -17,7 +17,14 @@ import sys
 import time
 
 from distnn.cli.options import parse_config
-from distnn.errors import EXIT_PREEMPTED, CollectiveError, DistnnError, Preempted
+from distnn.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_PREEMPTED,
+    CollectiveError,
+    DistnnError,
+    Interrupted,
+    Preempted,
+)
 from distnn.parallel.world import World, install_abort_on_error
 from distnn.training import History, train_config
 
@@ -53,6 +60,13 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
         return e.exit_code
+    except Interrupted as e:
+        if world.is_root:
+            print(f"distnn: {e} (exit {e.exit_code})", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:  # a second Ctrl-C in a world of one
+        print("distnn: interrupted again: stopped at once", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except CollectiveError as e:  # raised on every rank alike
         if world.is_root:
             print(f"distnn: error: {e}", file=sys.stderr)

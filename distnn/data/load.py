@@ -38,6 +38,14 @@ _DTYPES = {"float32": np.float32, "float64": np.float64}
 _SYNTHETIC = re.compile(r"synthetic:(\d+):(\d+):(\d+)")
 
 
+def dataset_path(spec: str) -> str | None:
+    """The file or folder a data set spec reads, or None for the embedded and synthetic sets."""
+    spec = os.fspath(spec)
+    if spec == "digits" or spec == "synthetic" or spec.startswith("synthetic:"):
+        return None
+    return spec
+
+
 def load_dataset(
     spec: str, seed: int = 0, dtype: str = "float32", label_column: str | int | None = None
 ) -> Dataset:

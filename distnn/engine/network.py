@@ -18,6 +18,7 @@ import numpy as np
 
 from distnn.engine.activations import Activation, get_activation
 from distnn.engine.losses import Loss, get_loss
+from distnn.engine.model_arrays import check_model_arrays
 from distnn.errors import DistnnError
 from distnn.io.outputs import atomic_savez
 
@@ -252,6 +253,7 @@ class Network:
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray], source: str = "model") -> Network:
         """The network ``to_arrays`` described; DistnnError naming ``source`` if it is not one."""
+        check_model_arrays(arrays, source)
         try:
             names = [str(a) for a in arrays["activations"]]
             loss = str(arrays.get("loss", np.array("squared")))

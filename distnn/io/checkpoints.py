@@ -3,9 +3,11 @@
 A checkpoint is an ``.npz`` holding the parameters, the schedule's state (keys
 ``schedule/…``), the position in the data (completed epochs, batches done in the
 current epoch — the data order itself is re-derived from the seed and the epoch),
-the run's configuration as JSON, what the run was trained on (network and data
-shapes), and a format version. None of it depends on the number of ranks, so a run
-stopped on 4 ranks continues on 1 or 2.
+the run's configuration as JSON, the run's *fingerprint* (everything that determines
+its result: network, loss, schedule and its learning rate, batch, seed, dtype,
+deterministic mode, preprocessing, and a hash of the training data's content), the
+run's own state (early stopping, wall time so far), and a format version. None of it
+depends on the number of ranks, so a run stopped on 4 ranks continues on 1 or 2.
 
 Rank 0 writes it atomically (temporary file, fsync, rename: see ``distnn.io.outputs``) as
 ``checkpoint-<step>.npz`` and keeps the newest ``keep``. Loading never unpickles, so a
@@ -15,10 +17,12 @@ name, and ``--resume`` falls back to the next newest.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +30,7 @@ import numpy as np
 from distnn.errors import DistnnError
 from distnn.io.outputs import atomic_savez
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: run_state (early stopping, wall time); full fingerprint
 _NAME = re.compile(r"^checkpoint-(\d+)\.npz$")
 
 
@@ -38,7 +42,9 @@ class Checkpoint:
     schedule_state: dict
     position: dict  # Trainer.position(): epoch, batch_in_epoch, epoch_loss_sum, step
     config: dict
-    fingerprint: dict  # what must match to resume: network and data shapes, schedule
+    fingerprint: dict  # what must match to resume: see run_fingerprint
+    run_state: dict  # JSON scalars of the run's own state (wall_s, early stopping)
+    run_arrays: dict  # its arrays (early stopping's best parameters)
 
 
 def checkpoint_path(directory: str, step: int) -> str:
@@ -66,7 +72,10 @@ def save_checkpoint(directory: str, ckpt: Checkpoint, keep: int) -> str:
         "step": np.array(ckpt.position["step"]),
         "config": np.array(json.dumps(ckpt.config)),
         "shape": np.array(json.dumps(ckpt.fingerprint)),  # the file's name for it
+        "run_state": np.array(json.dumps(ckpt.run_state)),
     }
+    for key, value in ckpt.run_arrays.items():
+        arrays[f"run/{key}"] = np.asarray(value)
     for key, value in ckpt.schedule_state.items():
         arrays[f"schedule/{key}"] = np.asarray(value)
     path = checkpoint_path(directory, ckpt.position["step"])
@@ -106,20 +115,92 @@ def load_checkpoint(path: str, expected: dict) -> Checkpoint:
             },
             config=json.loads(str(arrays["config"])),
             fingerprint=fingerprint,
+            run_state=json.loads(str(arrays["run_state"])) if "run_state" in arrays else {},
+            run_arrays={
+                key.removeprefix("run/"): value
+                for key, value in arrays.items()
+                if key.startswith("run/")
+            },
         )
     except KeyError as e:
         raise DistnnError(f"{path}: not a distnn checkpoint (missing {e})") from None
     except (TypeError, ValueError) as e:
         raise DistnnError(f"{path}: damaged checkpoint ({e})") from None
-    for key, want in expected.items():
-        have = fingerprint.get(key)
-        if have != want:
-            raise DistnnError(
-                f"{path}: incompatible checkpoint: {key} is {have}, this run has {want}"
-            )
+    differences = [
+        f"{_OPTION_NAMES.get(key, key)} {fingerprint[key]} there, {want} here"
+        for key, want in expected.items()
+        if key in fingerprint and fingerprint[key] != want  # format 1 lacks some keys
+    ]
+    if differences:
+        raise DistnnError(
+            f"{path}: written by another run ({'; '.join(differences)}); resume continues "
+            "the same run only: start a new --checkpoint-dir, with --init-from MODEL to "
+            "begin from trained weights"
+        )
     if ckpt.params.ndim != 1 or ckpt.params.size != expected.get("num_params", -1):
         raise DistnnError(f"{path}: damaged checkpoint (parameter buffer of {ckpt.params.size})")
     return ckpt
+
+
+# How messages name fingerprint entries: the option that sets each.
+_OPTION_NAMES = {
+    "sizes": "network sizes",
+    "activations": "activations",
+    "loss": "--loss",
+    "schedule": "--schedule",
+    "lr": "--lr",
+    "lr_schedule": "--lr-schedule",
+    "batch_size": "--batch-size",
+    "seed": "--seed",
+    "dtype": "--dtype",
+    "virtual_shards": "--deterministic/--virtual-shards",
+    "standardize": "--standardize",
+    "val_fraction": "--val-fraction",
+    "label_column": "--label-column",
+    "train_samples": "training samples",
+    "data": "training data (content hash)",
+    "num_params": "parameters",
+}
+
+
+def run_fingerprint(config, net, data_hash: str, train_samples: int) -> dict:
+    """Everything that determines a run's result, as JSON values, for ``--resume`` to match.
+
+    What may change on resume is left out: epochs, time limit, checkpoint cadence,
+    output paths, verbosity, --overlap, and the number of ranks.
+    """
+    return {
+        "sizes": list(net.sizes),
+        "activations": list(net.activation_names),
+        "loss": net.loss_fn.name,
+        "schedule": config.schedule,
+        "lr": config.lr,
+        "lr_schedule": config.lr_schedule,
+        "batch_size": config.batch_size,
+        "seed": config.seed,
+        "dtype": net.dtype.name,
+        "virtual_shards": config.virtual_shards if config.deterministic else None,
+        "standardize": config.standardize,
+        "val_fraction": config.val_fraction,
+        "label_column": config.label_column,
+        "train_samples": train_samples,
+        "data": data_hash,
+        "num_params": net.num_params,
+    }
+
+
+def content_hash(*arrays: np.ndarray | None, block_bytes: int = 1 << 26) -> str:
+    """A hash of the arrays' shapes and bytes, read in blocks (memory-mapped data stays so)."""
+    h = hashlib.blake2b(digest_size=16)
+    for a in arrays:
+        if a is None:
+            h.update(b"none")
+            continue
+        h.update(repr((a.shape, a.dtype.str)).encode())
+        rows = max(1, block_bytes // max(1, a[:1].nbytes))
+        for lo in range(0, len(a), rows):
+            h.update(np.ascontiguousarray(a[lo : lo + rows]).data)
+    return h.hexdigest()
 
 
 def newest_valid_checkpoint(
@@ -147,10 +228,18 @@ class Checkpointer:
     rank; only rank 0 writes, and a failure to write stops every rank alike."""
 
     def __init__(
-        self, directory: str, every: int, keep: int, config: dict, fingerprint: dict, world
+        self,
+        directory: str,
+        every: int,
+        keep: int,
+        config: dict,
+        fingerprint: dict,
+        world,
+        run_state: Callable[[], tuple[dict, dict]],
     ) -> None:
         self.directory, self.every, self.keep = directory, every, keep
         self.config, self.fingerprint, self.world = config, fingerprint, world
+        self.run_state = run_state  # the run's own (state, arrays) at this moment
         self.last_saved: tuple[int, int] | None = None  # (step, epoch) of the newest
         self.last_path: str | None = None
 
@@ -170,6 +259,7 @@ class Checkpointer:
             trainer.position(),
             self.config,
             self.fingerprint,
+            *self.run_state(),
         )
         self.last_path = self.world.on_root(lambda: self._write(ckpt))
 

@@ -26,6 +26,7 @@ from distnn.errors import DistnnError
 __all__ = [
     "atomic_savez",
     "atomic_write",
+    "check_no_clash",
     "check_output_path",
     "check_writable_dir",
     "refuse_overwrite",
@@ -157,3 +158,44 @@ def atomic_savez(path: str, arrays: Mapping[str, np.ndarray]) -> None:
     """
     _require_target(path, path, create=True)
     atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def _same(a: str, b: str) -> bool:
+    """The same file or folder: by resolved name, or by identity (hard links) if both exist."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
+
+
+def _inside(path: str, folder: str) -> bool:
+    folder = os.path.realpath(folder)
+    return os.path.isdir(folder) and os.path.realpath(path).startswith(folder + os.sep)
+
+
+def check_no_clash(
+    outputs: Sequence[tuple[str, str | None]], inputs: Sequence[tuple[str, str | None]]
+) -> None:
+    """DistnnError (one line) if an output would land on an input or on another output.
+
+    ``outputs`` and ``inputs`` are (what a message calls it, path) pairs; None paths are
+    skipped. Paths are compared resolved (``..``, symbolic links) and by identity (hard
+    links). An output may not be an input file or folder, nor lie inside an input
+    folder (a data folder's files are all read), and no input may lie inside an output
+    folder (a checkpoint folder is pruned). Called before any work, so a typo costs
+    nothing.
+    """
+    outs = [(what, p) for what, p in outputs if p]
+    ins = [(what, p) for what, p in inputs if p]
+    for i, (what, path) in enumerate(outs):
+        for other_what, other in outs[:i]:
+            if _same(path, other):
+                raise DistnnError(
+                    f"{what} {path} and {other_what} {other} are the same file: "
+                    "one would overwrite the other"
+                )
+        for in_what, in_path in ins:
+            if _same(path, in_path) or _inside(path, in_path) or _inside(in_path, path):
+                raise DistnnError(
+                    f"{what} {path} would overwrite the input {in_what} {in_path}: refusing "
+                    "(inputs are never overwritten; choose another path)"
+                )

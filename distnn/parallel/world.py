@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import numpy as np
 from mpi4py import MPI
 
-from distnn.errors import CollectiveError, DistnnError, ReplicaMismatchError
+from distnn.errors import EXIT_INTERRUPTED, CollectiveError, DistnnError, ReplicaMismatchError
 
 T = TypeVar("T")
 
@@ -121,15 +121,17 @@ class World:
         result there and None elsewhere.
         """
         result: Any = None
-        message = None
+        failure = None
         if self.is_root:
             try:
                 result = work()
             except DistnnError as e:
-                message = str(e)
-        message = self.bcast_object(message)
-        if message is not None:
-            raise CollectiveError(message)
+                failure = (str(e), e.exit_code)
+        failure = self.bcast_object(failure)
+        if failure is not None:
+            error = CollectiveError(failure[0])
+            error.exit_code = failure[1]  # e.g. a failed final save keeps its own status
+            raise error
         return result
 
     def gather_errors(self, message: str | None) -> str | None:
@@ -202,10 +204,32 @@ def failures_end_the_job(world: World) -> Iterator[None]:
     error, SystemExit, KeyboardInterrupt) would leave the others waiting in their next
     collective forever: it is printed once, naming the rank, and the world is aborted.
     """
+    real_exit, pid = os._exit, os.getpid()
+
+    def exit_ends_the_job(status: int) -> None:
+        if os.getpid() != pid:  # a forked child (multiprocessing) leaving as it should
+            real_exit(status)
+        sys.stderr.write(
+            f"distnn: rank {world.rank} called os._exit({status}) during the run, "
+            "ending the job\n"
+        )
+        sys.stderr.flush()
+        if world.size > 1:
+            world.abort(1)
+        real_exit(status or 1)  # 0 means "the run finished": not true here
+
+    os._exit = exit_ends_the_job  # user code (a schedule, a callback) runs inside
     try:
         yield
     except CollectiveError:
         raise
+    except KeyboardInterrupt:  # a second Ctrl-C: stop at once, no checkpoint
+        if world.size == 1:
+            raise
+        if world.is_root:
+            sys.stderr.write("distnn: interrupted again: ending the job at once\n")
+            sys.stderr.flush()
+        world.abort(EXIT_INTERRUPTED)
     except BaseException as e:
         if world.size == 1:
             raise
@@ -213,6 +237,8 @@ def failures_end_the_job(world: World) -> Iterator[None]:
         sys.stderr.write(f"distnn: rank {world.rank} failed, aborting the job:\n{details}")
         sys.stderr.flush()
         world.abort(1)
+    finally:
+        os._exit = real_exit
 
 
 def install_abort_on_error(world: World) -> None:
