@@ -176,7 +176,10 @@ def test_model_arrays_round_trip(tmp_path):
 
 @pytest.mark.parametrize(
     ("drop", "words"),
-    [("W2", "not a distnn model (missing 'W2')"), ("input_std", "'input_mean' and 'input_std' come together")],
+    [
+        ("W2", "not a distnn model (missing 'W2')"),
+        ("input_std", "'input_mean' and 'input_std' come together"),
+    ],
 )
 def test_bad_model_arrays_are_one_line(drop, words):
     net = Network([3, 2, 2])
