@@ -48,3 +48,7 @@ class SaveFailed(CollectiveError):
     """Training finished but the model could not be written where asked."""
 
     exit_code = EXIT_SAVE_FAILED
+
+
+class ScheduleError(CollectiveError):
+    """A user schedule's step that cannot update the parameters (checked once, at step 1)."""

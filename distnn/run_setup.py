@@ -184,7 +184,7 @@ def prepare_run(
     if world.is_root:  # find out now, not after hours of training, that an output can't land
         for path, what in ((config.save, "--save"), (config.metrics, "--metrics")):
             if path:
-                check_output_path(path, what, create=True)
+                check_output_path(path, what)
         if config.checkpoint_dir:
             check_writable_dir(config.checkpoint_dir, "--checkpoint-dir", create=True)
             if config.resume:

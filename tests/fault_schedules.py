@@ -34,3 +34,35 @@ class Failing(Slow):
         if self.rank == int(os.environ["FAULT_RANK"]) and self.t == int(os.environ["FAULT_STEP"]):
             raise RuntimeError(f"injected fault at step {self.t}")
         super()._step(grad, lr, out)
+
+
+def _leave(how: str) -> None:
+    """Leave this rank the way ``how`` says (LEAVE_HOW): every one must end the job."""
+    if how == "exception":
+        raise RuntimeError("injected failure")
+    if how == "exit0":
+        raise SystemExit(0)
+    if how == "exit3":
+        raise SystemExit(3)
+    if how == "os_exit0":
+        os._exit(0)
+    if how == "os_exit2":
+        os._exit(2)
+    if how == "keyboard":
+        raise KeyboardInterrupt
+    raise ValueError(how)
+
+
+class Leaving(SGD):
+    """Leaves on rank LEAVE_RANK, in its constructor (LEAVE_WHEN=setup) or at step 3."""
+
+    def __init__(self, lr):
+        super().__init__(lr)
+        self.leaves = MPI.COMM_WORLD.Get_rank() == int(os.environ["LEAVE_RANK"])
+        if self.leaves and os.environ["LEAVE_WHEN"] == "setup":
+            _leave(os.environ["LEAVE_HOW"])
+
+    def _step(self, grad, lr, out):
+        if self.leaves and self.t == 3:
+            _leave(os.environ["LEAVE_HOW"])
+        super()._step(grad, lr, out)

@@ -68,10 +68,10 @@ def check_model_arrays(arrays: Mapping[str, np.ndarray], source: str) -> None:
                 f"{source}: layer {ell} takes {W.shape[1]} inputs, but layer {ell - 1} gives "
                 f"{previous}"
             )
-        if W.dtype != arrays["W1"].dtype or b.dtype != W.dtype:
-            raise DistnnError(f"{source}: layer {ell} has another dtype than layer 1")
         _finite(W, f"W{ell}", source)
         _finite(b, f"b{ell}", source)
+        if W.dtype != arrays["W1"].dtype or b.dtype != W.dtype:
+            raise DistnnError(f"{source}: layer {ell}'s dtype differs from layer 1's")
         previous = W.shape[0]
     if "is_classifier" in arrays and (
         arrays["is_classifier"].ndim != 0 or arrays["is_classifier"].dtype != np.bool_

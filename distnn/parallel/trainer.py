@@ -19,7 +19,7 @@ import numpy as np
 from distnn.data.dataset import Dataset
 from distnn.engine.network import Network
 from distnn.engine.schedules import GradientUpdateSchedule
-from distnn.errors import DivergenceError
+from distnn.errors import DivergenceError, ScheduleError
 from distnn.parallel.evaluation import EVAL_CHUNK, evaluate_sharded
 from distnn.parallel.reducers import (
     NUM_VOTES,
@@ -36,6 +36,24 @@ STOP_VOTE, TIME_VOTE = 0, 1  # indices into ``votes``
 def epoch_permutation(n_samples: int, seed: int, epoch: int) -> np.ndarray:
     """The order of the training set in ``epoch``: the same on every rank."""
     return np.random.default_rng([seed, epoch]).permutation(n_samples)
+
+
+def check_schedule_step(step: object, params: np.ndarray, name: str) -> None:
+    """ScheduleError unless ``step`` can update ``params``: same shape and dtype, finite.
+
+    Every rank computes the same step from the same gradient, so all raise together.
+    """
+    if not isinstance(step, np.ndarray):
+        problem = f"returned {type(step).__name__}, not a NumPy array"
+    elif step.shape != params.shape:
+        problem = f"returned shape {step.shape}, the parameters have {params.shape}"
+    elif step.dtype != params.dtype:
+        problem = f"returned dtype {step.dtype}, the parameters are {params.dtype}"
+    elif not np.isfinite(step).all():
+        problem = "returned NaN or infinite values"
+    else:
+        return
+    raise ScheduleError(f"schedule {name}: its first step {problem}")
 
 
 def make_reducer(
@@ -115,7 +133,10 @@ class Trainer:
             )
 
         # Schedule step: identical on every rank, so the replicas stay identical.
-        self.net.params -= self.schedule(reducer.grad)
+        step = self.schedule(reducer.grad)
+        if self.step == 0:  # a user schedule's bad step: one line, not a NumPy traceback
+            check_schedule_step(step, self.net.params, type(self.schedule).__name__)
+        self.net.params -= step
         self.step += 1
         self.batch_in_epoch += 1
         self.epoch_loss_sum += loss * B

@@ -226,9 +226,8 @@ def failures_end_the_job(world: World) -> Iterator[None]:
     except KeyboardInterrupt:  # a second Ctrl-C: stop at once, no checkpoint
         if world.size == 1:
             raise
-        if world.is_root:
-            sys.stderr.write("distnn: interrupted again: ending the job at once\n")
-            sys.stderr.flush()
+        sys.stderr.write(f"distnn: rank {world.rank} interrupted: ending the job at once\n")
+        sys.stderr.flush()
         world.abort(EXIT_INTERRUPTED)
     except BaseException as e:
         if world.size == 1:
