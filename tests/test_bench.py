@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).parents[1] / "scripts" / "bench.py"
 
 
+@pytest.mark.timeout(300)  # the run's own timeout, 180 s, is the hang guard
 def test_quick_bench_prints_a_table_and_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run(
