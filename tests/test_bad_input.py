@@ -128,7 +128,7 @@ def snapshot(root: Path) -> dict:
 def test_bad_input(workdir, args, words):
     before = snapshot(workdir)
     default_data = [] if "--dataset" in args else SMALL
-    result = launch([*default_data, *args, "--save", "model.npz"], ranks=2, cwd=workdir, timeout=60)
+    result = launch([*default_data, *args, "--save", "model.npz"], ranks=2, cwd=workdir)
     assert result.returncode == 2, result.stderr
     lines = error_lines(result.stderr)
     assert len(lines) == 1, result.stderr

@@ -19,6 +19,7 @@ def bench(args: list[str], timeout: float) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.timeout(300)  # the run's own timeout, 180 s, is the hang guard
 def test_quick_bench_prints_a_table_and_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run(

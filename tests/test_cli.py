@@ -88,7 +88,7 @@ def test_help_prints_once_and_exits_zero():
     ],
 )
 def test_bad_input_one_line_nonzero_exit_on_every_rank(args, words, tmp_path):
-    result = launch(args, ranks=2, cwd=tmp_path, timeout=60)
+    result = launch(args, ranks=2, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     lines = error_lines(result.stderr)
     assert len(lines) == 1, result.stderr

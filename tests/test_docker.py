@@ -120,7 +120,7 @@ def debian_python() -> str | None:
     python = "/usr/bin/python3"
     if not os.access(python, os.X_OK):
         return None
-    ok = run([python, "-c", "import venv, ensurepip"], timeout=30)
+    ok = run([python, "-c", "import venv, ensurepip"])
     return python if ok.returncode == 0 else None
 
 
@@ -251,7 +251,7 @@ def cluster(image_venv):
     workers: list[subprocess.Popen] = []
 
     def ip(*args):
-        done = run(["ip", *args], 30)
+        done = run(["ip", *args])
         if done.returncode != 0:
             pytest.skip(f"ip {' '.join(args)}: {done.stderr.strip()}")
 
@@ -298,8 +298,11 @@ def cluster(image_venv):
                 + [shlex.quote(f"{k}={v}") for k, v in env.items()]
                 + [str(bindir / "entrypoint.sh"), *map(shlex.quote, args)]
             )
+            # Start in that home, as the image's WORKDIR: hydra's proxies chdir on the
+            # workers to the launcher's working directory, and the test's own (the
+            # checkout, perhaps in a mode-0700 folder) is one the test user cannot enter.
             return ["ip", "netns", "exec", namespaces[host], "unshare", "--uts", "sh", "-c",
-                    f"hostname {host} && {inner}"]  # fmt: skip
+                    f"hostname {host} && cd {shlex.quote(str(own))} && {inner}"]  # fmt: skip
 
         keys = {"DISTNN_KEYS": str(home / "cluster" / "keys")}
         for host in ("worker1", "worker2"):
@@ -318,7 +321,7 @@ def cluster(image_venv):
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
             try:
-                print(f"--- worker: {proc.communicate(timeout=10)[0].strip()}")
+                print(f"--- worker: {proc.communicate(timeout=60)[0].strip()}")
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
         try:

@@ -214,7 +214,7 @@ def two_hosts(tmp_path):
     made = []
 
     def ip(*args):
-        return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+        return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=120)
 
     try:
         for host in "ab":
@@ -252,7 +252,7 @@ def veth_bytes(ns: str) -> int:
         ["ip", "-n", ns, "-s", "-j", "link", "show", "eth0"],
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=120,
     )
     assert shown.returncode == 0, shown.stderr
     stats = json.loads(shown.stdout)[0]["stats64"]

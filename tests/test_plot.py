@@ -64,7 +64,7 @@ def test_matplotlib_missing(tmp_path):
         [sys.executable, str(wrapper), "m.jsonl", "-o", "c.png"],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
         cwd=tmp_path,
     )
     assert result.returncode == 2, result.stderr

@@ -138,10 +138,15 @@ start_munge() {
 write_conf() {
     local cpus
     cpus=$(nproc --all)
+    # Job IDs from a random start: MPICH under srun --mpi=pmi2 names its shared memory
+    # after the job and step IDs, so two instances both numbering from 1 (two test runs
+    # at once) would attach each other's segments and hang.
+    first_job=$(((RANDOM * 32768 + RANDOM) % 60000000 + 1))
     mkdir -p "$state/ctld" "$state/spool/$node" "$state/log"
     cat >"$state/slurm.conf" <<EOF
 # Written by scripts/slurm/local-slurm.sh: one node, this machine.
 ClusterName=distnn
+FirstJobId=$first_job
 SlurmctldHost=$(hostname -s)(127.0.0.1)
 SlurmctldPort=$ctld_port
 SlurmdPort=$slurmd_port
