@@ -105,7 +105,7 @@ CASES = [
     (["--checkpoint-dir", "ck_pickle", "--resume"], "ck_pickle/checkpoint-000000001.npz"),
     (["--checkpoint-dir", "ck_existing"], "--resume"),
     # outputs that could not be written after training
-    (["--metrics", "/proc/no/such/m.jsonl"], "--metrics /proc/no/such/m.jsonl: cannot write"),
+    (["--metrics", "/proc/no/such/m.jsonl"], "--metrics /proc/no/such/m.jsonl: no such directory"),
     (["--checkpoint-dir", "model.npz"], "are the same file"),
 ]
 
