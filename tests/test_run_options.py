@@ -1,6 +1,5 @@
 """What users reach for around the loop: stopping conditions, config files, standardization."""
 
-import json
 import tomllib
 
 import numpy as np
@@ -8,12 +7,13 @@ import pytest
 from conftest import error_lines, launch
 
 from distnn import Network
+from distnn.io.metrics_log import epoch_records
 
 SMALL = ["--dataset", "synthetic:400:8:3", "--hidden", "16", "--batch-size", "40"]
 
 
 def records(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return epoch_records(str(path))
 
 
 @pytest.mark.parametrize("ranks", [1, 3])
@@ -26,7 +26,7 @@ def test_target_loss_stops_every_rank_at_the_same_epoch(tmp_path, ranks):
     assert result.returncode == 0, result.stderr
     losses = [r["loss"] for r in records(tmp_path / "m.jsonl")]
     assert losses[-1] <= 0.3 < min(losses[:-1]), losses
-    assert "--target-loss" in result.stderr
+    assert "--target-loss" in result.stdout
 
 
 def test_max_time_stops_in_time_and_checkpoints(tmp_path):
@@ -47,7 +47,7 @@ def test_max_time_stops_in_time_and_checkpoints(tmp_path):
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert "--max-time 1.5 s reached" in result.stderr
+    assert "--max-time 1.5 s reached" in result.stdout
     assert (tmp_path / "m.npz").exists() and list((tmp_path / "ck").iterdir())
     seconds = float(result.stdout.split()[-2])
     assert 1.5 <= seconds < 10
@@ -74,7 +74,7 @@ def test_early_stopping_keeps_the_best_weights(tmp_path):
     rows = records(tmp_path / "m.jsonl")
     best = min(range(len(rows)), key=lambda i: rows[i]["val_loss"])
     assert len(rows) - 1 - best == 3, "stopped after exactly --patience epochs without gain"
-    assert f"best weights from epoch {best + 1}" in result.stderr
+    assert f"best weights from epoch {best + 1}" in result.stdout
 
 
 def test_config_file_round_trip_and_command_line_wins(tmp_path):

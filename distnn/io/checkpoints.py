@@ -4,7 +4,9 @@ A checkpoint is an ``.npz`` holding the parameters, the schedule's state (keys
 ``schedule/…``), the position in the data (completed epochs, batches done in the
 current epoch — the data order itself is re-derived from the seed and the epoch),
 the run's configuration as JSON, what the run was trained on (network and data
-shapes), and a format version. None of it depends on the number of ranks, so a run
+shapes), the run's elapsed wall time (``wall_s``, so that the metrics' clock goes on
+across resumes) and a format version. Format 1 (before ``wall_s``) still loads, with
+an elapsed time of 0. None of it depends on the number of ranks, so a run
 stopped on 4 ranks continues on 1 or 2.
 
 Rank 0 writes it atomically (temporary file, fsync, rename: see ``distnn.io.outputs``) as
@@ -19,6 +21,7 @@ import json
 import os
 import re
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +29,7 @@ import numpy as np
 from distnn.errors import DistnnError
 from distnn.io.outputs import atomic_savez
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: wall_s
 _NAME = re.compile(r"^checkpoint-(\d+)\.npz$")
 
 
@@ -39,6 +42,7 @@ class Checkpoint:
     position: dict  # Trainer.position(): epoch, batch_in_epoch, epoch_loss_sum, step
     config: dict
     fingerprint: dict  # what must match to resume: network and data shapes, schedule
+    wall_s: float = 0.0  # seconds of the run so far, over all its starts
 
 
 def checkpoint_path(directory: str, step: int) -> str:
@@ -66,6 +70,7 @@ def save_checkpoint(directory: str, ckpt: Checkpoint, keep: int) -> str:
         "step": np.array(ckpt.position["step"]),
         "config": np.array(json.dumps(ckpt.config)),
         "shape": np.array(json.dumps(ckpt.fingerprint)),  # the file's name for it
+        "wall_s": np.array(ckpt.wall_s, np.float64),
     }
     for key, value in ckpt.schedule_state.items():
         arrays[f"schedule/{key}"] = np.asarray(value)
@@ -106,6 +111,7 @@ def load_checkpoint(path: str, expected: dict) -> Checkpoint:
             },
             config=json.loads(str(arrays["config"])),
             fingerprint=fingerprint,
+            wall_s=float(arrays["wall_s"]) if "wall_s" in arrays else 0.0,  # format 1: none
         )
     except KeyError as e:
         raise DistnnError(f"{path}: not a distnn checkpoint (missing {e})") from None
@@ -144,13 +150,22 @@ def newest_valid_checkpoint(
 class Checkpointer:
     """When to checkpoint: every ``every`` steps (0: never mid-epoch), at every epoch
     end, at the end and on preemption. Decided from the step count, the same on every
-    rank; only rank 0 writes, and a failure to write stops every rank alike."""
+    rank; only rank 0 writes, and a failure to write stops every rank alike.
+    ``wall_clock()`` gives the run's elapsed seconds, stored with each checkpoint."""
 
     def __init__(
-        self, directory: str, every: int, keep: int, config: dict, fingerprint: dict, world
+        self,
+        directory: str,
+        every: int,
+        keep: int,
+        config: dict,
+        fingerprint: dict,
+        world,
+        wall_clock: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self.directory, self.every, self.keep = directory, every, keep
         self.config, self.fingerprint, self.world = config, fingerprint, world
+        self.wall_clock = wall_clock
         self.last_saved: tuple[int, int] | None = None  # (step, epoch) of the newest
         self.last_path: str | None = None
 
@@ -170,6 +185,7 @@ class Checkpointer:
             trainer.position(),
             self.config,
             self.fingerprint,
+            self.wall_clock(),
         )
         self.last_path = self.world.on_root(lambda: self._write(ckpt))
 
