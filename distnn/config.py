@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from distnn.engine.activations import ACTIVATIONS
 from distnn.engine.losses import LOSSES
 from distnn.errors import DistnnError
+from distnn.progress import PROGRESS_MODES
 
 
 @dataclass
@@ -48,6 +49,9 @@ class TrainConfig:
     init_from: str | None = None  # warm start: the parameters of a saved model
     # The --config file this came from: an input, never overwritten; not itself an option.
     config_file: str | None = None
+    progress: str = "auto"  # within an epoch: auto, bar, lines, none (distnn.progress)
+    log_every: int = 0  # ``lines``: a line every N steps; 0: every LINE_SECONDS
+    tensorboard: str | None = None  # also write TensorBoard scalars to this folder
 
     def layer_activations(self) -> list[str]:
         """σ's name for each of the L layers."""
@@ -78,6 +82,12 @@ class TrainConfig:
             raise DistnnError(
                 f"--max-time must be a positive number of seconds, got {self.max_time}"
             )
+        if self.progress not in PROGRESS_MODES:
+            raise DistnnError(
+                f"--progress must be one of {', '.join(PROGRESS_MODES)}, got {self.progress!r}"
+            )
+        if self.log_every < 0:
+            raise DistnnError(f"--log-every must be 0 or more, got {self.log_every}")
         if self.virtual_shards < 1:
             raise DistnnError(f"--virtual-shards must be at least 1, got {self.virtual_shards}")
         if self.deterministic and self.overlap:

@@ -1,6 +1,19 @@
-"""What a run shows while training: a live line on a terminal, plain lines otherwise.
+"""What a run shows while training, on one stream (stdout) so that the order is kept.
 
-Rank 0 speaks; with ``verbose=2`` every rank does, each line prefixed with its rank.
+Everything human-readable a run prints (header, notes, progress, epoch lines, the
+``done:`` summary of ``python -m distnn.train``) goes to one stream: two streams
+(stderr for the epochs, stdout for the summary) are forwarded separately by mpiexec
+and Slurm, and the summary could land before the last epoch. Errors stay on stderr.
+
+Within an epoch, rank 0 shows its progress as ``mode`` says:
+
+- ``bar``: one live line redrawn in place (a terminal);
+- ``lines``: a plain line every ``log_every`` steps, or every ``LINE_SECONDS`` when
+  ``log_every`` is 0 — what a log file of mpirun or sbatch can hold;
+- ``none``: nothing between the epoch lines;
+- ``auto``: ``bar`` when the stream is a terminal, else ``lines``.
+
+With ``verbose=2`` every rank prints its epoch lines, prefixed with its rank.
 """
 
 from __future__ import annotations
@@ -9,9 +22,30 @@ import sys
 import time
 from typing import TextIO
 
+PROGRESS_MODES = ("auto", "bar", "lines", "none")
+LINE_SECONDS = 10.0  # the default interval of ``lines``: a few lines a minute in a log
+
+
+def format_duration(seconds: float) -> str:
+    """'1h02m', '3m05s' or '42s': an ETA at a glance."""
+    s = max(0, round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"
+
+
+def resolve_mode(mode: str, stream: TextIO) -> str:
+    """``auto`` made concrete: a bar on a terminal, lines into a pipe or a file."""
+    if mode != "auto":
+        return mode
+    isatty = getattr(stream, "isatty", None)
+    return "bar" if isatty is not None and isatty() else "lines"
+
 
 class Progress:
-    """A one-line progress bar (samples/s, loss) on a terminal; per-epoch lines elsewhere."""
+    """Rank 0's view of a run: header lines, in-epoch progress, one line per epoch."""
 
     def __init__(
         self,
@@ -20,27 +54,84 @@ class Progress:
         stream: TextIO | None = None,
         enabled: bool = True,
         prefix: str = "",
+        mode: str = "auto",
+        log_every: int = 0,
+        steps: bool = True,
     ) -> None:
+        """``steps``: whether this rank shows in-epoch progress (rank 0 only)."""
         self.epochs, self.batch_size = epochs, batch_size
-        self.stream = sys.stderr if stream is None else stream
+        self.stream = sys.stdout if stream is None else stream
         self.enabled, self.prefix = enabled, prefix
-        self.live = enabled and not prefix and self.stream.isatty()
+        self.mode = resolve_mode(mode, self.stream) if enabled and steps else "none"
+        self.log_every = log_every
         self._epoch, self._epoch_start, self._last_draw = 0, 0.0, 0.0
+        self._total_steps, self._first_step, self._run_start = 0, 0, time.perf_counter()
+        self._last_line, self._last_line_step, self._loss_sum, self._loss_n = 0.0, 0, 0.0, 0
+        self._bar_drawn = False  # a bar is on screen without its newline
+
+    @property
+    def live(self) -> bool:
+        """True while a bar is drawn in place (an epoch line must clear it first)."""
+        return self.mode == "bar"
 
     def say(self, text: str) -> None:
         """Print ``text`` (one or more lines) if this rank speaks."""
         if self.enabled:
+            self._clear_bar()
             for line in text.splitlines():
                 self.stream.write(f"{self.prefix}{line}\n")
             self.stream.flush()
 
+    def _clear_bar(self) -> None:
+        if self._bar_drawn:  # the next line starts where the bar was, not after it
+            self.stream.write("\r\x1b[K")
+            self._bar_drawn = False
+
+    def start(self, step: int, total_steps: int) -> None:
+        """Training starts (or resumes) at global ``step`` of ``total_steps``: the ETA's base."""
+        self._first_step = self._last_line_step = step
+        self._total_steps = total_steps
+        self._run_start = self._last_line = time.perf_counter()
+
     def start_epoch(self, epoch: int) -> None:
         self._epoch, self._epoch_start = epoch, time.perf_counter()
 
-    def step(self, done: int, total: int, loss: float) -> None:
+    def _eta(self, step: int, now: float) -> str:
+        done = step - self._first_step
+        if done <= 0 or not self._total_steps:
+            return "?"
+        per_step = (now - self._run_start) / done
+        return format_duration(per_step * max(self._total_steps - step, 0))
+
+    def step(self, step: int, done: int, total: int, loss: float) -> None:
+        """After global step ``step``, batch ``done`` of ``total`` in this epoch."""
+        if self.mode == "lines":
+            self._line(step, done, total, loss)
+        elif self.mode == "bar":
+            self._bar(step, done, total, loss)
+
+    def _line(self, step: int, done: int, total: int, loss: float) -> None:
+        self._loss_sum += loss
+        self._loss_n += 1
         now = time.perf_counter()
-        if not self.live or (now - self._last_draw < 0.1 and done < total):
+        due = (
+            step % self.log_every == 0 if self.log_every else now - self._last_line >= LINE_SECONDS
+        )
+        if not due:
             return
+        rate = (step - self._last_line_step) * self.batch_size / max(now - self._last_line, 1e-9)
+        self.stream.write(
+            f"{self.prefix}step {step}/{self._total_steps}  epoch {self._epoch}/{self.epochs} "
+            f"(batch {done}/{total})  loss {self._loss_sum / self._loss_n:.4f}  "
+            f"{rate:,.0f} samples/s  ETA {self._eta(step, now)}\n"
+        )
+        self.stream.flush()
+        self._last_line, self._last_line_step, self._loss_sum, self._loss_n = now, step, 0.0, 0
+
+    def _bar(self, step: int, done: int, total: int, loss: float) -> None:
+        now = time.perf_counter()
+        if now - self._last_draw < 0.1 and done < total:
+            return  # a terminal redrawn more than 10 times a second only costs time
         self._last_draw = now
         rate = done * self.batch_size / max(now - self._epoch_start, 1e-9)
         width = 24
@@ -48,9 +139,10 @@ class Progress:
         bar = "#" * filled + "-" * (width - filled)
         self.stream.write(
             f"\repoch {self._epoch}/{self.epochs} [{bar}] {done}/{total} "
-            f"loss {loss:.4f} {rate:,.0f} samples/s "
+            f"loss {loss:.4f} {rate:,.0f} samples/s ETA {self._eta(step, now)} "
         )
         self.stream.flush()
+        self._bar_drawn = True
 
     def end_epoch(self, record: dict) -> None:
         if not self.enabled:
@@ -61,6 +153,6 @@ class Progress:
         if record.get("accuracy") is not None:
             parts.append(f"accuracy {record['accuracy']:.4f}")
         parts.append(f"{record['samples_per_sec']:,.0f} samples/s")
-        prefix = "\r\x1b[K" if self.live else self.prefix
-        self.stream.write(prefix + "  ".join(parts) + "\n")
+        self._clear_bar()
+        self.stream.write(self.prefix + "  ".join(parts) + "\n")
         self.stream.flush()

@@ -142,7 +142,12 @@ def prepare_run(
     validation = None
     if validation_data is not None:
         x_val, y_val = validation_data
-        val = from_arrays(Source("validation_data"), {"x": x_val, "y": y_val}, data.x.dtype)
+        val = from_arrays(
+            Source("validation_data"),
+            {"x": x_val, "y": y_val},
+            data.x.dtype,
+            class_names=data.class_names,
+        )
         validation = Split(val.x, val.y, val.labels)
     elif config.val_fraction:
         data, validation = split_validation(data, config.val_fraction, config.seed)
@@ -250,6 +255,7 @@ def _fit_to_network(
             n_out,
             data.x.dtype,
             data.notes,
+            class_names=data.class_names,
         )
     if validation is not None and validation.labels is not None:
         if validation.labels.max() >= n_out:

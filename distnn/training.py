@@ -17,23 +17,22 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from distnn import __version__
 from distnn.config import TrainConfig
 from distnn.data import Dataset
 from distnn.engine.network import Network
 from distnn.engine.schedules import GradientUpdateSchedule
 from distnn.errors import Interrupted, Preempted
 from distnn.io.checkpoints import Checkpointer
-from distnn.io.metrics_log import MetricsLog
-from distnn.parallel.threads import blas_name, configure_blas_threads, usable_cores
+from distnn.parallel.threads import configure_blas_threads, usable_cores
 from distnn.parallel.trainer import STOP_VOTE, TIME_VOTE, Trainer
 from distnn.parallel.world import World, failures_end_the_job
 from distnn.progress import Progress
+from distnn.run_log import RunLog, header_record, header_text
 from distnn.run_setup import prepare_run
 from distnn.stopping import EarlyStopping, StopRequests
 
@@ -43,11 +42,13 @@ class History(list):
 
     ``final`` describes the weights ``fit`` returns (the last epoch's record, or the
     best epoch's weights re-evaluated after early stopping); ``stop_reason`` is "" when
-    the run trained all its epochs.
+    the run trained all its epochs; ``header`` is the metrics file's header record of
+    this start (versions, MPI library, threads, ranks, configuration).
     """
 
     stop_reason: str = ""
     final: dict
+    header: dict
 
 
 def fit(
@@ -80,6 +81,9 @@ def fit(
     metrics: str | None = None,
     callbacks: Sequence[Any] = (),
     verbose: int = 1,
+    progress: str = "auto",
+    log_every: int = 0,
+    tensorboard: str | None = None,
     world: World | None = None,
 ) -> History:
     """Train ``net`` in place, data-parallel over every rank of ``world`` (default: all).
@@ -90,8 +94,9 @@ def fit(
     what the CLI's options of the same names mean (``python -m distnn.train --help``);
     ``schedule`` may also be a :class:`GradientUpdateSchedule` instance. ``callbacks``
     are objects with ``on_epoch_end(record)`` and optionally ``on_step(step, loss)``,
-    called on every rank. ``verbose``: 0 silent, 1 progress on rank 0, 2 every rank.
-    Returns the :class:`History`.
+    called on every rank. ``verbose``: 0 silent, 1 progress on rank 0, 2 every rank;
+    ``progress`` ("auto", "bar", "lines", "none") and ``log_every`` say how rank 0
+    shows progress within an epoch (on stdout). Returns the :class:`History`.
     """
     world = World() if world is None else world
     spec = x if isinstance(x, str | os.PathLike) else "arrays"
@@ -128,6 +133,9 @@ def fit(
         patience=patience,
         target_loss=target_loss,
         max_time=max_time,
+        progress=progress,
+        log_every=log_every,
+        tensorboard=tensorboard,
     )
     arrays = None if spec != "arrays" else {"x": x, "y": y}
     if arrays is not None and test_data is not None:
@@ -157,6 +165,7 @@ def train_config(
     callbacks: Sequence[Any] = (),
 ) -> History:
     """The run ``config`` describes; ``net`` None builds the network the config names."""
+    started = time.perf_counter()  # the run's clock: wall_s counts from here
     # A signal from here on asks the run to stop after a step (it rides in the step's
     # votes), even one that comes during setup; handlers are restored on the way out.
     with failures_end_the_job(world), StopRequests() as stop:
@@ -172,11 +181,22 @@ def train_config(
         )
         world.bcast(run.net.params)  # rank 0's initialization becomes everyone's
         run.restore(world)
+        if run.data.class_names is not None:  # saved with the model, for predict/evaluate
+            run.net.class_names = list(run.data.class_names)
+        earlier = run.run_state.get("wall_s", 0.0)  # the run's earlier starts, if resumed
         speaks = world.is_root or config.verbose
         prefix = f"[rank {world.rank}] " if config.verbose and world.size > 1 else ""
-        progress = Progress(config.epochs, config.batch_size, enabled=speaks, prefix=prefix)
+        progress = Progress(
+            config.epochs,
+            config.batch_size,
+            enabled=speaks and not config.quiet,
+            prefix=prefix,
+            mode=config.progress,
+            log_every=config.log_every,
+            steps=world.is_root,
+        )
         if not config.quiet:
-            progress.say(header(run.config, run.data, run.net, world, threads, source))
+            progress.say(header_text(run.config, run.data, run.net, world, threads, source))
             if ranks_on_node > usable_cores():
                 progress.say(
                     f"note: {ranks_on_node} ranks share {usable_cores()} cores on this node "
@@ -185,43 +205,33 @@ def train_config(
                 )
             for note in run.notes:
                 progress.say(f"note: {note}")
-        else:
-            progress.enabled = False
-        return _train(run, world, progress, stop, callbacks)
-
-
-def header(
-    config: TrainConfig, data: Dataset, net: Network, world: World, threads: int, source: str
-) -> str:
-    test = f", {len(data.x_test)} test" if data.x_test is not None else ""
-    deterministic = (
-        f" | deterministic, {config.virtual_shards} virtual shards" if config.deterministic else ""
-    )
-    return (
-        f"distnn {__version__} | {world.library_version()} | {world.size} rank(s) | "
-        f"BLAS {blas_name()}, {threads} thread(s) per rank ({source})\n"
-        f"data {data.name}: {len(data.x)} train{test}, {data.n_features} features | "
-        f"network {net.describe()} | {config.schedule} lr {config.lr} "
-        f"({config.lr_schedule}) | batch {config.batch_size} | {config.epochs} epochs"
-        + deterministic
-    )
+        head = header_record(run.config, world, threads)
+        return _train(
+            run, world, progress, stop, callbacks, head,
+            lambda: earlier + time.perf_counter() - started,
+        )  # fmt: skip
 
 
 def _train(
-    run, world: World, progress: Progress, stop: StopRequests, callbacks: Sequence[Any]
+    run,
+    world: World,
+    progress: Progress,
+    stop: StopRequests,
+    callbacks: Sequence[Any],
+    head: dict,
+    wall_clock: Callable[[], float],
 ) -> History:
-    """The epoch loop, from wherever the run stands."""
+    """The epoch loop, from wherever the run stands; ``wall_clock()``: the run's seconds."""
     config, trainer, data = run.config, run.trainer, run.data
     B = trainer.batch_size
     step_callbacks = [c for c in callbacks if hasattr(c, "on_step")]
     early = EarlyStopping(config.patience, run.net.params) if config.patience else None
     if early:
         early.load_state(run.run_state, run.run_arrays)
-    wall_before, start = run.run_state.get("wall_s", 0.0), time.perf_counter()
 
     def run_state() -> tuple[dict, dict]:  # what a checkpoint keeps besides the trainer's
         scalars, arrays = early.state() if early else ({}, {})
-        return {"wall_s": wall_before + time.perf_counter() - start, **scalars}, arrays
+        return {"wall_s": wall_clock(), **scalars}, arrays
 
     checkpoints = None
     if config.checkpoint_dir:
@@ -236,10 +246,12 @@ def _train(
         )
     if run.resumed:
         progress.say(f"resuming at epoch {trainer.epoch + 1}, step {trainer.step}")
-    metrics = MetricsLog(config.metrics if world.is_root else None, append=run.resumed)
-    history, rate = History(), 0.0
+    history, rate, start = History(), 0.0, time.perf_counter()
+    history.header = head
     stop.start_clock(config.max_time, world.is_root)
-    with metrics:
+    with RunLog(config, world, append=run.resumed) as log:
+        log.write_header(head)
+        progress.start(trainer.step, config.epochs * trainer.batches_per_epoch())
         while trainer.epoch < config.epochs and not history.stop_reason:
             progress.start_epoch(trainer.epoch + 1)
             order, n_batches = trainer.epoch_order(), trainer.batches_per_epoch()
@@ -248,7 +260,7 @@ def _train(
                 loss = trainer.train_step(
                     order[b * B : (b + 1) * B], stop.requested, stop.time_is_up()
                 )
-                progress.step(b + 1, n_batches, loss)
+                progress.step(trainer.step, b + 1, n_batches, loss)
                 for callback in step_callbacks:
                     callback.on_step(trainer.step, loss)
                 if checkpoints:
@@ -277,13 +289,19 @@ def _train(
                 "epoch": trainer.epoch + 1,
                 "loss": trainer.end_epoch(),
                 "samples_per_sec": rate,
-                "elapsed_s": wall_before + time.perf_counter() - start,  # across resumes
+                "elapsed_s": time.perf_counter() - start,
                 **_test_metrics(trainer, data),
+                "step": trainer.step,
+                # The rate of the epoch's last step (the schedule has taken t steps).
+                "lr": float(trainer.schedule.lr_schedule(max(trainer.schedule.t - 1, 0))),
+                "ranks": world.size,
+                "batch_size": trainer.batch_size,
+                "wall_s": wall_clock(),
             }
             if run.validation is not None:
                 record["val_loss"], record["val_accuracy"] = trainer.evaluate(*run.validation)
             history.append(record)
-            metrics.write(record)
+            log.write(record)
             progress.end_epoch(record)
             for callback in callbacks:
                 callback.on_epoch_end(record)

@@ -34,6 +34,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import perfmodel
 
+from distnn.io.metrics_log import epoch_records
+
 THREAD_VARIABLES = ("DISTNN_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
 DEFAULTS = dict(repeats=3, batch=256, hidden="512,512", features=784, steps=64, epochs=4)
 DEFAULTS |= dict(sweep_ranks="2,4", max_bytes=16 << 20)
@@ -120,7 +122,7 @@ def train_rate(args: argparse.Namespace, ranks: int, global_batch: int, work: Pa
     flags = f"--dataset {dataset} --hidden {args.hidden} --batch-size {global_batch} --quiet"
     flags += f" --epochs {args.epochs} --metrics {shlex.quote(str(metrics))} {args.train_args}"
     launch(args, ranks, ["-m", "distnn.train", *shlex.split(flags)])
-    epochs = [json.loads(line)["samples_per_sec"] for line in metrics.read_text().splitlines()]
+    epochs = [r["samples_per_sec"] for r in epoch_records(str(metrics))]  # headers skipped
     return statistics.median(epochs[1:])
 
 

@@ -15,6 +15,7 @@ from conftest import MPIEXEC, launch
 
 import distnn
 from distnn.errors import CollectiveError, DistnnError, Preempted
+from distnn.io.metrics_log import epoch_records, header_records
 
 REPO = Path(__file__).resolve().parent.parent
 SPEC = "synthetic:400:8:3"
@@ -78,7 +79,7 @@ def test_cli_and_fit_give_the_same_bytes(tmp_path, ranks, extra_cli, extra_kwarg
         assert sorted(a.files) == sorted(b.files)
         for key in a.files:
             assert a[key].tobytes() == b[key].tobytes(), key
-    lines = [json.loads(x) for x in (tmp_path / "cli.jsonl").read_text().splitlines()]
+    lines = epoch_records(str(tmp_path / "cli.jsonl"))
     history = json.loads((tmp_path / "history.json").read_text())
     assert [sorted(r) for r in history] == [sorted(r) for r in lines]  # the same keys
     assert [r["loss"] for r in history] == [r["loss"] for r in lines]
@@ -117,8 +118,9 @@ def test_fit_on_arrays_in_one_process(tmp_path):
     assert history[-1]["loss"] < history[0]["loss"] and history.stop_reason == ""
     # the validation and test sets are the same rows here: the same numbers
     assert history[-1]["val_loss"] == history[-1]["test_loss"]
-    lines = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    lines = epoch_records(str(tmp_path / "m.jsonl"))
     assert lines == json.loads(json.dumps(list(history)))
+    assert header_records(str(tmp_path / "m.jsonl")) == [json.loads(json.dumps(history.header))]
     report = distnn.evaluate(net, x_val, y_val)
     assert report["loss"] == pytest.approx(history[-1]["test_loss"], rel=1e-12)
     assert report["accuracy"] == history[-1]["accuracy"]

@@ -1,7 +1,6 @@
 """--deterministic: the same model to the last bit at 1, 2, 3 and 4 ranks, and across resumes."""
 
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ import distnn
 from distnn import Network
 from distnn.data.load import load_dataset
 from distnn.engine.schedules import SGD
+from distnn.io.metrics_log import epoch_records
 from distnn.parallel.reducers import ExactSum
 from distnn.parallel.trainer import Trainer
 from distnn.parallel.world import World
@@ -40,7 +40,7 @@ def weights_digest(path: Path) -> str:
 
 
 def metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return epoch_records(str(path))
 
 
 def test_same_bits_at_1_2_3_4_ranks(tmp_path):

@@ -1,6 +1,5 @@
 """What users reach for around the loop: stopping conditions, config files, standardization."""
 
-import json
 import re
 import tomllib
 
@@ -9,12 +8,13 @@ import pytest
 from conftest import error_lines, launch
 
 from distnn import Network
+from distnn.io.metrics_log import epoch_records
 
 SMALL = ["--dataset", "synthetic:400:8:3", "--hidden", "16", "--batch-size", "40"]
 
 
 def records(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return epoch_records(str(path))
 
 
 @pytest.mark.parametrize("ranks", [1, 3])
@@ -27,7 +27,7 @@ def test_target_loss_stops_every_rank_at_the_same_epoch(tmp_path, ranks):
     assert result.returncode == 0, result.stderr
     losses = [r["loss"] for r in records(tmp_path / "m.jsonl")]
     assert losses[-1] <= 0.3 < min(losses[:-1]), losses
-    assert "--target-loss" in result.stderr
+    assert "--target-loss" in result.stdout
 
 
 def test_max_time_stops_in_time_and_checkpoints(tmp_path):
@@ -50,7 +50,7 @@ def test_max_time_stops_in_time_and_checkpoints(tmp_path):
     # guard), not before it, and checkpointed the step it stopped at. How far past the
     # limit it ran depends on the machine's load and is not asserted.
     assert result.returncode == 0, result.stderr
-    stopped = re.search(r"--max-time 1\.5 s reached at step (\d+)", result.stderr)
+    stopped = re.search(r"--max-time 1\.5 s reached at step (\d+)", result.stdout)
     assert stopped, result.stderr
     assert (tmp_path / "m.npz").exists()
     names = [p.name for p in (tmp_path / "ck").iterdir()]
@@ -80,7 +80,7 @@ def test_early_stopping_keeps_the_best_weights(tmp_path):
     rows = records(tmp_path / "m.jsonl")
     best = min(range(len(rows)), key=lambda i: rows[i]["val_loss"])
     assert len(rows) - 1 - best == 3, "stopped after exactly --patience epochs without gain"
-    assert f"best weights from epoch {best + 1}" in result.stderr
+    assert f"best weights from epoch {best + 1}" in result.stdout
 
 
 def test_config_file_round_trip_and_command_line_wins(tmp_path):

@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         check_launch(world)  # a launcher of another MPI: N separate worlds of 1
         net = load_model(args.model)
         extra = {} if args.label_column is None else {"label_column": args.label_column}
+        if net.class_names is not None:  # the model's mapping of names to classes
+            extra["class_names"] = net.class_names
         data = load_dataset(args.dataset, seed=args.seed, dtype=net.dtype.name, **extra)
         split, parts, note = select_split(data, args.split)
         check_compatible(net, parts, data.name)

@@ -13,6 +13,7 @@ from distnn import __version__
 from distnn.config import TrainConfig, read_toml
 from distnn.engine.schedules import SCHEDULES
 from distnn.errors import DistnnError
+from distnn.progress import LINE_SECONDS, PROGRESS_MODES
 
 
 class CliParser(argparse.ArgumentParser):
@@ -105,6 +106,26 @@ def build_parser(rank: int = 0) -> argparse.ArgumentParser:
     p.add_argument("--save", metavar="MODEL.npz", help="write the trained model here")
     p.add_argument("--metrics", metavar="FILE.jsonl", help="write one JSON line per epoch")
     p.add_argument("--quiet", action="store_true", help="print only the summary line")
+    p.add_argument(
+        "--progress",
+        choices=PROGRESS_MODES,
+        default=d.progress,
+        help="progress within an epoch, on rank 0: a live bar, plain lines (for logs), "
+        "or none; auto: a bar on a terminal, else lines (default: %(default)s)",
+    )
+    p.add_argument(
+        "--log-every",
+        type=int,
+        default=d.log_every,
+        metavar="STEPS",
+        help=f"with lines: one line every STEPS steps (default: every {LINE_SECONDS:g} s)",
+    )
+    p.add_argument(
+        "--tensorboard",
+        metavar="DIR",
+        help="also write each epoch's metrics as TensorBoard scalars to DIR (rank 0; "
+        "needs pip install 'distnn[tensorboard]')",
+    )
     p.add_argument("--verbose", action="store_true", help="log from every rank, with details")
     p.add_argument(
         "--config",

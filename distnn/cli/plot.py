@@ -25,6 +25,7 @@ from typing import Any
 
 from distnn.cli.options import CliParser
 from distnn.errors import DistnnError
+from distnn.io.metrics_log import is_header
 from distnn.io.outputs import atomic_write, check_no_clash, check_output_path
 
 FORMATS = ("png", "svg", "pdf")
@@ -54,7 +55,8 @@ def _is_number(value: Any) -> bool:
 def read_metrics(path: str) -> list[dict]:
     """The epoch records of a ``--metrics`` JSON-lines file, by epoch (the last one wins).
 
-    Blank lines are skipped; anything else that is not a JSON object with an integer
+    Blank lines and header records are skipped (files written before headers existed
+    read as well); anything else that is not a JSON object with an integer
     ``epoch`` and a numeric ``loss`` is a DistnnError naming the file and line.
     """
     try:
@@ -79,6 +81,8 @@ def read_metrics(path: str) -> list[dict]:
             raise DistnnError(f"{where}: not JSON ({e.msg}, column {e.colno})") from None
         if not isinstance(record, dict):
             raise DistnnError(f"{where}: expected a JSON object per line (one epoch's record)")
+        if is_header(record):
+            continue  # what produced the run (distnn.io.metrics_log): not a point to plot
         epoch = record.get("epoch")
         if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
             raise DistnnError(f"{where}: no integer 'epoch' (is this a --metrics file?)")

@@ -13,8 +13,9 @@ model applies its own saved standardization):
   in which any field is not a number is a header and is skipped.
 
 The output format follows ``-o``'s extension: ``.npy`` (N × outputs in the model's
-dtype, or N int64 classes with ``--classes``) or ``.csv`` (header ``output_0,…`` or
-``class``, values printed so that they read back to the same floats). The output is
+dtype, or N classes with ``--classes``: int64 indices, or strings when the model was
+trained on named classes) or ``.csv`` (header ``output_0,…`` or ``class``, values
+printed so that they read back to the same floats). The output is
 written atomically and never replaces the input. Prediction runs in one process:
 under ``mpirun`` rank 0 does the work and the other ranks only wait for its status.
 """
@@ -22,6 +23,8 @@ under ``mpirun`` rank 0 does the work and the other ranks only wait for its stat
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import os
 import sys
 from collections.abc import Iterable
@@ -86,16 +89,28 @@ def read_inputs(path: str, n_features: int) -> np.ndarray:
 
 
 def predict(net: Network, x: np.ndarray, classes: bool = False) -> np.ndarray:
-    """Outputs a(L) of ``net`` for raw inputs ``x`` (N × outputs), or N class indices."""
+    """Outputs a(L) of ``net`` for raw inputs ``x`` (N × outputs), or N classes: their
+    names if the model was trained on named classes, else their indices."""
     if classes and not net.is_classifier:
         raise DistnnError("--classes: the model is not a classifier (it predicts target vectors)")
-    return net.predict_classes(x).astype(np.int64) if classes else net.predict(x)
+    if not classes:
+        return net.predict(x)
+    indices = net.predict_classes(x).astype(np.int64)
+    if net.class_names is None:
+        return indices
+    names = np.array(net.class_names, dtype=str)
+    if indices.max(initial=0) >= len(names):  # a wider output layer than named classes
+        names = np.append(names, [str(k) for k in range(len(names), net.sizes[-1])])
+    return names[indices]
 
 
 def write_outputs(path: str, out: np.ndarray, protect: list[str]) -> None:
     """``out`` to ``path`` as .npy or .csv, atomically; never over a file in ``protect``."""
     if path.lower().endswith(".npy"):
         atomic_write(path, lambda f: np.save(f, out), protect)
+        return
+    if out.dtype.kind == "U":  # class names: the csv module quotes a name with a comma
+        atomic_write(path, lambda f: f.write(_names_csv(out).encode()), protect)
         return
     if out.ndim == 1:
         header, fmt = "class", "%d"
@@ -109,6 +124,14 @@ def write_outputs(path: str, out: np.ndarray, protect: list[str]) -> None:
     )
 
 
+def _names_csv(names: np.ndarray) -> str:
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["class"])
+    writer.writerows([name] for name in names.tolist())
+    return text.getvalue()
+
+
 def parse_args(argv: list[str] | None, rank: int) -> argparse.Namespace:
     p = CliParser(
         prog="python -m distnn.predict",
@@ -120,7 +143,12 @@ def parse_args(argv: list[str] | None, rank: int) -> argparse.Namespace:
     p.add_argument("model", help="a model saved by 'python -m distnn.train --save'")
     p.add_argument("inputs", help="raw input rows: .npy, .npz, .csv or .csv.gz")
     p.add_argument("-o", "--output", required=True, help="where to write: .npy or .csv")
-    p.add_argument("--classes", action="store_true", help="write class indices instead of outputs")
+    p.add_argument(
+        "--classes",
+        action="store_true",
+        help="write classes instead of outputs: their names if the model was trained on "
+        "named classes, else their indices",
+    )
     p.add_argument("--quiet", action="store_true", help="print nothing on success")
     return p.parse_args(argv)
 
@@ -138,7 +166,10 @@ def run(args: argparse.Namespace) -> str:
     x = read_inputs(args.inputs, net.sizes[0])
     out = predict(net, x, args.classes)
     write_outputs(args.output, out, protect=[args.inputs, args.model])
-    what = "class indices" if args.classes else f"rows × {out.shape[1]} outputs"
+    if not args.classes:
+        what = f"rows × {out.shape[1]} outputs"
+    else:
+        what = "class names" if out.dtype.kind == "U" else "class indices"
     return f"wrote {args.output}: {len(out):,} {what}"
 
 

@@ -8,7 +8,8 @@ A thin layer over :func:`distnn.training.train_config`, the code path of
 Bad input is one line from rank 0 and status 2 on every rank; an error every rank
 sees at the same step (divergence, replicas out of sync, a stop request) ends all
 ranks cleanly with its own status; anything else aborts the whole job, so no rank
-waits forever.
+waits forever. The run's readable output (header, progress, epochs, the ``done:``
+line) is on stdout, in order; errors are on stderr.
 """
 
 from __future__ import annotations
@@ -75,9 +76,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"distnn: error: {e}", file=sys.stderr)
         return e.exit_code
     if world.is_root:
+        # stdout, the stream of every human-readable line of the run (distnn.progress),
+        # so that the summary comes after the last epoch line in any log.
         if history.stop_reason and not config.quiet:
-            print(f"stopped early: {history.stop_reason}", file=sys.stderr)
-        print(summary_line(history.final, world.size, time.perf_counter() - start))
+            print(f"stopped early: {history.stop_reason}")
+        print(summary_line(history.final, world.size, time.perf_counter() - start), flush=True)
     return 0
 
 

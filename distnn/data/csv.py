@@ -6,10 +6,11 @@ finds NaN/inf where they are refused), a second pass with the ``csv`` module fin
 first bad line and cell, so every problem is one line naming the file, line and column.
 
 :func:`load_csv` reads a training set with it: a header row is required, one column
-holds integer class labels (classification, one-hot targets) and every other column is
-a feature. The label column is ``label_column`` (a name, or a 0-based index) or by
-default the column named ``label``, else ``y``, else ``target`` (any case), else the
-last one.
+holds the class labels (classification, one-hot targets) and every other column is a
+feature. Labels are integers 0..K-1, or class names (``setosa``, ``versicolor``, …),
+mapped to 0..K-1 in sorted order (:mod:`distnn.data.labels`). The label column is
+``label_column`` (a name, or a 0-based index) or by default the column named
+``label``, else ``y``, else ``target`` (any case), else the last one.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import itertools
 import math
 import warnings
 import zlib
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -35,15 +37,32 @@ def is_csv(spec: str) -> bool:
     return spec.lower().endswith((".csv", ".csv.gz"))
 
 
-def load_csv(path: str, ftype: np.dtype, label_column: str | int | None = None) -> Dataset:
-    """A training set: feature columns and one integer label column, under a header row."""
-    header, table = read_number_table(path, header=True, finite=True)
+def load_csv(
+    path: str,
+    ftype: np.dtype,
+    label_column: str | int | None = None,
+    class_names: Sequence[str] | None = None,
+) -> Dataset:
+    """A training set: feature columns and one label column, under a header row.
+
+    Labels are integer classes, or class names (``setosa``, …) when the first data
+    row's label is not a number: names map to 0..K-1 in sorted order, or in the order
+    of ``class_names`` (a trained model's) when given.
+    """
+    header, body, offset = _split_header(path, header=True)
     assert header is not None  # header=True: the reader insists on one
     if len(header) < 2:
         raise DistnnError(
             f"{path}: only one column ({header[0]!r}); need feature columns and a label column"
         )
     li = _label_index(path, header, label_column)
+    src = Source(path, {"x": "feature columns", "y": f"label column {header[li]!r}"})
+    first = next((row for row in csv.reader(io.StringIO(body)) if row), None)
+    if first is not None and li < len(first) and not _is_number(first[li]):
+        names = _name_labels(path, header, body, offset, li)  # checks every row's width
+        x = _number_body(path, header, body, offset, finite=True, skip=li)
+        return from_arrays(src, {"x": x, "y": names}, ftype, class_names=class_names)
+    table = _number_body(path, header, body, offset, finite=True)
     if table.shape[0] == 0:
         raise DistnnError(f"{path}: no data rows after the header")
     fractional = np.flatnonzero(table[:, li] != np.floor(table[:, li]))
@@ -52,8 +71,26 @@ def load_csv(path: str, ftype: np.dtype, label_column: str | int | None = None) 
             _cell_problem(path, header, int(fractional[0]), li, "is not an integer class label")
         )
     x = np.delete(table, li, axis=1)
-    src = Source(path, {"x": "feature columns", "y": f"label column {header[li]!r}"})
-    return from_arrays(src, {"x": x, "y": table[:, li]}, ftype)
+    return from_arrays(src, {"x": x, "y": table[:, li]}, ftype, class_names=class_names)
+
+
+def _name_labels(path: str, header: list[str], body: str, offset: int, li: int) -> np.ndarray:
+    """Column ``li`` of every data row as stripped strings; DistnnError for a ragged row
+    or an empty name, naming the line."""
+    names, reader = [], csv.reader(io.StringIO(body))
+    for row in reader:
+        if not row:
+            continue
+        line = reader.line_num + offset
+        if len(row) != len(header):
+            raise DistnnError(
+                f"{path}: line {line} has {len(row)} cells but the header has {len(header)} columns"
+            )
+        name = row[li].strip()
+        if not name:
+            raise DistnnError(f"{path}: line {line}, {_column(header, li)}: empty class name")
+        names.append(name)
+    return np.array(names, dtype=str)
 
 
 def read_number_table(
@@ -66,6 +103,12 @@ def read_number_table(
     With ``finite``, NaN and infinities are refused. Every problem is a one-line
     DistnnError naming the file, and for bad data the line and the column.
     """
+    names, body, offset = _split_header(path, header)
+    return names, _number_body(path, names, body, offset, finite)
+
+
+def _split_header(path: str, header: bool | None) -> tuple[list[str] | None, str, int]:
+    """(column names or None, the text after them, the number of lines before it)."""
     text = _read_text(path)
     stream = io.StringIO(text)
     names: list[str] | None = None
@@ -86,18 +129,33 @@ def read_number_table(
         else:
             stream.seek(0)  # line 1 is data
     offset = 1 if names is not None else 0  # line numbers of the body start after a header
-    body = stream.read()
-    table, detail = _parse_fast(body)
+    return names, stream.read(), offset
+
+
+def _number_body(
+    path: str,
+    names: list[str] | None,
+    body: str,
+    offset: int,
+    finite: bool,
+    skip: int | None = None,
+) -> np.ndarray:
+    """The rows of ``body`` as float64, without column ``skip`` (a column of names)."""
+    usecols = None
+    if skip is not None and names is not None:
+        usecols = [i for i in range(len(names)) if i != skip]
+    table, detail = _parse_fast(body, usecols)
+    width = None if names is None else len(names) - (skip is not None)
     if table is not None and table.shape[0] == 0:
-        return names, np.empty((0, len(names) if names else 0))
+        return np.empty((0, width or 0))
     if (
         table is None
-        or (names is not None and table.shape[1] != len(names))
+        or (width is not None and table.shape[1] != width)
         or (finite and not np.isfinite(table).all())
     ):
-        _scan(path, names, body, offset, finite)  # raises, naming the line and cell
+        _scan(path, names, body, offset, finite, skip)  # raises, naming the line and cell
         raise DistnnError(f"{path}: cannot parse as CSV of numbers ({detail})")
-    return names, table
+    return table
 
 
 def _column(header: list[str] | None, i: int) -> str:
@@ -171,7 +229,7 @@ def _label_index(path: str, header: list[str], label_column: str | int | None) -
     raise DistnnError(f"{path}: no label column {label_column!r} ({_columns(header)})")
 
 
-def _parse_fast(body: str) -> tuple[np.ndarray | None, str]:
+def _parse_fast(body: str, usecols: list[int] | None = None) -> tuple[np.ndarray | None, str]:
     """The body as a 2-D float64 table, or None and numpy's complaint."""
     try:
         with warnings.catch_warnings():
@@ -183,6 +241,7 @@ def _parse_fast(body: str) -> tuple[np.ndarray | None, str]:
                 ndmin=2,
                 comments=None,
                 quotechar='"',
+                usecols=usecols,
             )
     except ValueError as exc:
         return None, " ".join(str(exc).split())
@@ -197,11 +256,19 @@ def _is_number(cell: str) -> bool:
     return True
 
 
-def _scan(path: str, header: list[str] | None, body: str, offset: int, finite: bool) -> None:
+def _scan(
+    path: str,
+    header: list[str] | None,
+    body: str,
+    offset: int,
+    finite: bool,
+    skip: int | None = None,
+) -> None:
     """Raise a DistnnError naming the first ragged row or bad cell, if there is one.
 
     The slow second pass, run only when the fast parse failed: the ``csv`` module reads
-    the rows again so the message can say where. ``offset`` lines precede ``body``.
+    the rows again so the message can say where. ``offset`` lines precede ``body``;
+    column ``skip`` (class names) is not checked.
     """
     reader = csv.reader(io.StringIO(body))
     width, first = (len(header), 0) if header else (None, 0)
@@ -215,12 +282,14 @@ def _scan(path: str, header: list[str] | None, body: str, offset: int, finite: b
             than = f"the header has {width} columns" if header else f"line {first} has {width}"
             raise DistnnError(f"{path}: line {line} has {len(row)} cells but {than}")
         try:
-            values = [float(cell) for cell in row]
+            values = [float(cell) for i, cell in enumerate(row) if i != skip]
             if not finite or all(map(math.isfinite, values)):
                 continue
         except ValueError:
             pass
         for i, cell in enumerate(row):  # the problem is in this row: find its cell
+            if i == skip:
+                continue
             where = f"{path}: line {line}, {_column(header, i)}"
             if not _is_number(cell):
                 what = "empty cell" if not cell.strip() else f"non-numeric value {cell!r}"

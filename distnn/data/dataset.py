@@ -11,11 +11,12 @@ as it is (a memory map stays a memory map).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from distnn.data.labels import encode_class_names
 from distnn.errors import DistnnError
 
 MAX_CLASSES = 100_000  # guards against one-hot matrices blown up by a stray huge label
@@ -29,7 +30,8 @@ class Dataset:
     For classification ``y`` holds one-hot rows and ``labels`` the int64 class of each row;
     for regression ``labels`` and ``labels_test`` are None. ``x`` and ``x_test`` may be
     read-only ``np.memmap`` views of ``.npy`` files. ``notes`` are one-line remarks
-    about unusual but valid data, for the CLI to print.
+    about unusual but valid data, for the CLI to print. ``class_names`` names class k
+    when the labels were given as names (a CSV of species, say), else None.
     """
 
     name: str
@@ -40,6 +42,7 @@ class Dataset:
     labels: np.ndarray | None
     labels_test: np.ndarray | None
     notes: tuple[str, ...] = ()
+    class_names: tuple[str, ...] | None = None
 
     @property
     def n_samples(self) -> int:
@@ -108,6 +111,7 @@ def classification(
     n_classes: int,
     ftype: np.dtype,
     notes: tuple[str, ...] = (),
+    class_names: Sequence[str] | None = None,
 ) -> Dataset:
     return Dataset(
         name=name,
@@ -118,6 +122,7 @@ def classification(
         labels=labels.astype(np.int64),
         labels_test=None if labels_test is None else labels_test.astype(np.int64),
         notes=notes,
+        class_names=None if class_names is None else tuple(class_names),
     )
 
 
@@ -248,13 +253,28 @@ def _check_shapes(src: Source, arrays: Mapping[str, np.ndarray]) -> None:
 
 
 def from_arrays(
-    src: Source, arrays: Mapping[str, np.ndarray], ftype: np.dtype, notes: tuple[str, ...] = ()
+    src: Source,
+    arrays: Mapping[str, np.ndarray],
+    ftype: np.dtype,
+    notes: tuple[str, ...] = (),
+    class_names: Sequence[str] | None = None,
 ) -> Dataset:
     """Validate ``x``, ``y`` and optional ``x_test``, ``y_test`` and build the Dataset.
 
     1-D ``y`` holds class labels (classification, one-hot targets), 2-D ``y`` regression
-    targets. ``notes`` from the reader come first in the Dataset's notes.
+    targets. Labels that are strings are class names (:func:`encode_class_names`; with
+    ``class_names``, a model's, in that order). ``notes`` from the reader come first in
+    the Dataset's notes.
     """
+    arrays = dict(arrays)
+    names: tuple[str, ...] | None = None
+    if arrays["y"].ndim == 1 and arrays["y"].dtype.kind in "USO":
+        y_test = arrays.get("y_test")
+        arrays["y"], y_test, names = encode_class_names(src.name, arrays["y"], y_test, class_names)
+        if y_test is not None:
+            arrays["y_test"] = y_test
+    elif class_names is not None and arrays["y"].ndim == 1:
+        names = tuple(class_names)  # integer labels, against a model that names its classes
     for key, a in arrays.items():
         _check_dtype(src, key, a)
     _check_shapes(src, arrays)
@@ -272,6 +292,8 @@ def from_arrays(
     labels_test = None if y_test is None else _check_labels(src, "y_test", y_test)
     n_train = int(labels.max()) + 1
     n_classes = max(n_train, 0 if labels_test is None else int(labels_test.max()) + 1)
+    if names is not None:  # a class may have no rows here, and still its index
+        n_train = n_classes = max(n_classes, len(names))
     if n_classes < 2:
         raise DistnnError(
             f"{src.name}: fewer than 2 classes (every label is 0); "
@@ -286,4 +308,6 @@ def from_arrays(
     missing = n_classes - np.unique(labels).size
     if missing:
         notes += (f"{src.name}: {missing} of {n_classes} classes have no training rows",)
-    return classification(src.name, x_out, labels, x_test_out, labels_test, n_classes, ftype, notes)
+    return classification(
+        src.name, x_out, labels, x_test_out, labels_test, n_classes, ftype, notes, names
+    )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import os
 import re
+from collections.abc import Sequence
 from importlib.resources import files
 
 import numpy as np
@@ -47,14 +48,19 @@ def dataset_path(spec: str) -> str | None:
 
 
 def load_dataset(
-    spec: str, seed: int = 0, dtype: str = "float32", label_column: str | int | None = None
+    spec: str,
+    seed: int = 0,
+    dtype: str = "float32",
+    label_column: str | int | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> Dataset:
     """Load ``digits``, generate ``synthetic:SAMPLES:FEATURES:CLASSES``, or read a data file.
 
     A file is an ``.npz``, a ``.csv``/``.csv.gz``, or a directory holding ``x.npy`` and
     ``y.npy`` or MNIST-style IDX files (see :mod:`distnn.data.files`). ``seed`` only
     affects synthetic data; ``dtype`` is ``"float32"`` or ``"float64"``;
-    ``label_column`` (a column name or 0-based index) picks a CSV file's label column.
+    ``label_column`` (a column name or 0-based index) picks a CSV file's label column;
+    ``class_names`` (a trained model's) maps labels given as names to its classes.
     Raises DistnnError (one line) for any bad spec or data file.
     """
     if dtype not in _DTYPES:
@@ -74,7 +80,7 @@ def load_dataset(
     if os.path.isdir(spec):
         return load_directory(spec, ftype)
     if is_csv(spec):
-        return load_csv(spec, ftype, label_column)
+        return load_csv(spec, ftype, label_column, class_names)
     return load_npz(spec, ftype)
 
 

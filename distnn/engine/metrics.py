@@ -81,28 +81,36 @@ def _cell(value: float | None) -> str:
     return "—" if value is None else f"{value:.4f}"
 
 
-def format_confusion(cm: np.ndarray) -> str:
-    """The matrix as aligned text, rows true class, columns predicted class."""
+def format_confusion(cm: np.ndarray, names: list[str] | None = None) -> str:
+    """The matrix as aligned text, rows true class, columns predicted class.
+
+    With ``names`` the rows are labelled ``name (index)`` and the columns by index
+    alone: names are too wide for columns of counts.
+    """
     k = cm.shape[0]
     width = max(len(str(int(cm.max()))), len(str(k - 1)), 3) + 1
+    rows = [str(i) if names is None else f"{names[i]} ({i})" for i in range(k)]
     lead = "true \\ pred"
-    lines = [lead + "".join(f"{j:>{width}}" for j in range(k))]
+    lead_width = max(len(lead), *(len(r) for r in rows))
+    lines = [f"{lead:<{lead_width}}" + "".join(f"{j:>{width}}" for j in range(k))]
     for i in range(k):
-        lines.append(f"{i:>{len(lead)}}" + "".join(f"{int(c):>{width}}" for c in cm[i]))
+        lines.append(f"{rows[i]:>{lead_width}}" + "".join(f"{int(c):>{width}}" for c in cm[i]))
     return "\n".join(lines)
 
 
 def format_per_class(records: list[dict]) -> str:
     """Precision, recall, f1 and support per class, then the macro averages."""
-    lines = [f"{'class':>5}  {'precision':>9}  {'recall':>9}  {'f1':>9}  {'support':>7}"]
-    for r in records:
+    labels = [str(r.get("name", r["class"])) for r in records]
+    w = max(5, *(len(label) for label in labels))
+    lines = [f"{'class':>{w}}  {'precision':>9}  {'recall':>9}  {'f1':>9}  {'support':>7}"]
+    for label, r in zip(labels, records, strict=True):
         lines.append(
-            f"{r['class']:>5}  {_cell(r['precision']):>9}  {_cell(r['recall']):>9}  "
+            f"{label:>{w}}  {_cell(r['precision']):>9}  {_cell(r['recall']):>9}  "
             f"{_cell(r['f1']):>9}  {r['support']:>7}"
         )
     macro = [_cell(macro_average(records, key)) for key in ("precision", "recall", "f1")]
     total = sum(r["support"] for r in records)
-    lines.append(f"{'macro':>5}  {macro[0]:>9}  {macro[1]:>9}  {macro[2]:>9}  {total:>7}")
+    lines.append(f"{'macro':>{w}}  {macro[0]:>9}  {macro[1]:>9}  {macro[2]:>9}  {total:>7}")
     return "\n".join(lines)
 
 
@@ -113,7 +121,8 @@ def report(result: dict) -> str:
     if k is not None and k <= MAX_PRINTED_CLASSES:
         cm = np.array(result["confusion_matrix"])
         lines += ["", "confusion matrix (rows: true class, columns: predicted class)"]
-        lines += [format_confusion(cm), "", format_per_class(result["per_class"])]
+        names = result.get("class_names")
+        lines += [format_confusion(cm, names), "", format_per_class(result["per_class"])]
     elif k is not None:
         lines.append(f"{k} classes: confusion matrix and per-class table in --json")
     return "\n".join(lines)

@@ -72,6 +72,8 @@ class Network:
         self.input_mean: np.ndarray | None = None
         self.input_std: np.ndarray | None = None
         self.is_classifier = self.loss_fn.name == "cross-entropy"
+        # The name of class k, when the training labels were names (CSV of species).
+        self.class_names: list[str] | None = None
 
     @property
     def num_layers(self) -> int:
@@ -248,6 +250,8 @@ class Network:
         arrays["is_classifier"] = np.array(self.is_classifier)
         if self.input_mean is not None:
             arrays["input_mean"], arrays["input_std"] = self.input_mean, self.input_std
+        if self.class_names is not None:
+            arrays["class_names"] = np.array(self.class_names, dtype=str)  # not pickled
         return arrays
 
     @classmethod
@@ -279,6 +283,13 @@ class Network:
                     f"{source}: input standardization does not fit {sizes[0]} features"
                 )
             net.input_mean, net.input_std = mean.astype(net.dtype), std.astype(net.dtype)
+        if "class_names" in arrays:  # models saved before class names have none
+            names = arrays["class_names"]
+            if names.ndim != 1 or names.dtype.kind != "U" or len(names) > sizes[-1]:
+                raise DistnnError(
+                    f"{source}: class_names must be at most {sizes[-1]} strings, one per output"
+                )
+            net.class_names = [str(n) for n in names]
         return net
 
     def save(self, path: str) -> None:

@@ -2,7 +2,9 @@
 
 The file holds ``W1``..``WL`` (n_ℓ × n_{ℓ-1}), ``b1``..``bL``, ``activations`` (one
 name per layer), ``loss``, ``is_classifier``, and with ``--standardize`` the
-``input_mean`` and ``input_std`` that ``Network.predict`` applies to raw inputs. It is
+``input_mean`` and ``input_std`` that ``Network.predict`` applies to raw inputs, and
+for labels given as names the ``class_names`` (class k's name; absent in older
+models, which still load). It is
 written atomically (:func:`distnn.io.outputs.atomic_savez`), so a crash never leaves a
 half-written model, and read without pickle, so a crafted file cannot run code.
 

@@ -126,6 +126,11 @@ def evaluation_report(net: Network, result: Evaluation) -> dict:
             macro_recall=macro_average(records, "recall"),
             macro_f1=macro_average(records, "f1"),
         )
+        if net.class_names is not None:
+            names = net.class_names + [str(k) for k in range(len(net.class_names), len(cm))]
+            report["class_names"] = names
+            for record in records:
+                record["name"] = names[record["class"]]
     return report
 
 

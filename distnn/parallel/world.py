@@ -17,7 +17,15 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import numpy as np
-from mpi4py import MPI
+
+try:
+    from mpi4py import MPI
+except (ImportError, RuntimeError) as e:  # mpi4py's wheel found no MPI library to load
+    raise ImportError(
+        f"distnn needs an MPI library, and mpi4py found none ({str(e).splitlines()[0]}): "
+        "pip install 'distnn[mpich]' for the bundled MPICH, or load your system's MPI "
+        "(e.g. module load openmpi) so that its libmpi is on LD_LIBRARY_PATH"
+    ) from e
 
 from distnn.errors import EXIT_INTERRUPTED, CollectiveError, DistnnError, ReplicaMismatchError
 
