@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
 import zlib
 from collections.abc import Callable, Iterator
@@ -30,6 +31,7 @@ except (ImportError, RuntimeError) as e:  # mpi4py's wheel found no MPI library 
 from distnn.errors import EXIT_INTERRUPTED, CollectiveError, DistnnError, ReplicaMismatchError
 
 T = TypeVar("T")
+ABORT_GRACE_S = 0.2
 
 # Variables a launcher sets to the number of tasks it started (SLURM_STEP_NUM_TASKS is
 # set by srun, not by sbatch's batch script, which is a single process).
@@ -179,6 +181,17 @@ class World:
     def abort(self, code: int) -> None:
         self.comm.Abort(code)
 
+    def say_and_abort(self, message: str, code: int) -> None:
+        """Print ``message`` on stderr, then end the whole job with status ``code``.
+
+        The pause lets the launcher forward the line before MPI_Abort tears the job
+        down; without it the only explanation of the failure is sometimes lost.
+        """
+        sys.stderr.write(message)
+        sys.stderr.flush()
+        time.sleep(ABORT_GRACE_S)
+        self.abort(code)
+
     @staticmethod
     def library_version() -> str:
         """The MPI library actually loaded, e.g. 'MPICH Version: 5.0.2'."""
@@ -217,13 +230,11 @@ def failures_end_the_job(world: World) -> Iterator[None]:
     def exit_ends_the_job(status: int) -> None:
         if os.getpid() != pid:  # a forked child (multiprocessing) leaving as it should
             real_exit(status)
-        sys.stderr.write(
-            f"distnn: rank {world.rank} called os._exit({status}) during the run, "
-            "ending the job\n"
-        )
-        sys.stderr.flush()
+        message = f"distnn: rank {world.rank} called os._exit({status}) during the run\n"
         if world.size > 1:
-            world.abort(1)
+            world.say_and_abort(message, 1)
+        sys.stderr.write(message)
+        sys.stderr.flush()
         real_exit(status or 1)  # 0 means "the run finished": not true here
 
     os._exit = exit_ends_the_job  # user code (a schedule, a callback) runs inside
@@ -234,16 +245,14 @@ def failures_end_the_job(world: World) -> Iterator[None]:
     except KeyboardInterrupt:  # a second Ctrl-C: stop at once, no checkpoint
         if world.size == 1:
             raise
-        sys.stderr.write(f"distnn: rank {world.rank} interrupted: ending the job at once\n")
-        sys.stderr.flush()
-        world.abort(EXIT_INTERRUPTED)
+        world.say_and_abort(
+            f"distnn: rank {world.rank} interrupted: ending the job\n", EXIT_INTERRUPTED
+        )
     except BaseException as e:
         if world.size == 1:
             raise
         details = "".join(traceback.format_exception(type(e), e, e.__traceback__))
-        sys.stderr.write(f"distnn: rank {world.rank} failed, aborting the job:\n{details}")
-        sys.stderr.flush()
-        world.abort(1)
+        world.say_and_abort(f"distnn: rank {world.rank} failed, aborting the job:\n{details}", 1)
     finally:
         os._exit = real_exit
 
@@ -259,8 +268,6 @@ def install_abort_on_error(world: World) -> None:
 
     def hook(exc_type, exc, tb):
         details = "".join(traceback.format_exception(exc_type, exc, tb))
-        sys.stderr.write(f"distnn: rank {world.rank} failed, aborting the job:\n{details}")
-        sys.stderr.flush()
-        world.abort(1)
+        world.say_and_abort(f"distnn: rank {world.rank} failed, aborting the job:\n{details}", 1)
 
     sys.excepthook = hook
