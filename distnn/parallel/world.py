@@ -86,6 +86,10 @@ class World:
         """Rank 0's small picklable ``obj`` on every rank (never in the training loop)."""
         return self.comm.bcast(obj, root=0) if self.size > 1 else obj
 
+    def gather_object(self, obj: T) -> list[T] | None:
+        """Every rank's small picklable ``obj``, as a list on rank 0 (None elsewhere)."""
+        return self.comm.gather(obj, root=0) if self.size > 1 else [obj]
+
     def bcast_arrays(self, arrays: dict[str, np.ndarray] | None) -> dict[str, np.ndarray] | None:
         """Rank 0's arrays on every rank: names, shapes and dtypes by pickle, data by Bcast.
 
