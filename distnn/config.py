@@ -13,6 +13,7 @@ from distnn.engine.activations import ACTIVATIONS
 from distnn.engine.losses import LOSSES
 from distnn.errors import DistnnError
 from distnn.progress import PROGRESS_MODES
+from distnn.timeline import parse_steps
 
 
 @dataclass
@@ -52,6 +53,8 @@ class TrainConfig:
     progress: str = "auto"  # within an epoch: auto, bar, lines, none (distnn.progress)
     log_every: int = 0  # ``lines``: a line every N steps; 0: every LINE_SECONDS
     tensorboard: str | None = None  # also write TensorBoard scalars to this folder
+    trace: str | None = None  # a Chrome trace-event file of where each rank's time went
+    trace_steps: str | None = None  # "A:B": the steps the trace covers
 
     def layer_activations(self) -> list[str]:
         """σ's name for each of the L layers."""
@@ -94,6 +97,13 @@ class TrainConfig:
             raise DistnnError("--deterministic and --overlap cannot be combined")
         if self.keep_checkpoints < 1:
             raise DistnnError(f"--keep-checkpoints must be at least 1, got {self.keep_checkpoints}")
+        if self.trace_steps is not None:
+            if not self.trace:
+                raise DistnnError("--trace-steps needs --trace FILE.json")
+            try:
+                parse_steps(self.trace_steps)
+            except ValueError as e:
+                raise DistnnError(str(e)) from None
         if self.resume and self.init_from:
             raise DistnnError(
                 "--init-from starts a new run from a model; --resume continues a stopped one: "
@@ -125,6 +135,8 @@ class TrainConfig:
         return [
             *written,
             ("--checkpoint-dir", self.checkpoint_dir),
+            ("--tensorboard", self.tensorboard),
+            ("--trace", self.trace),
             *((f"the configuration written beside {what}", p) for p, what in beside.items()),
         ]
 

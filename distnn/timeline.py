@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import json
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from distnn.io.outputs import atomic_write
-from distnn.parallel.world import World
+
+if TYPE_CHECKING:  # the type only: parsing options must not start MPI
+    from distnn.parallel.world import World
 
 PHASES = ("data", "compute", "allreduce", "update", "evaluate", "checkpoint")
 DATA, COMPUTE, ALLREDUCE, UPDATE, EVALUATE, CHECKPOINT = range(len(PHASES))
@@ -52,13 +55,23 @@ class Timeline:
         self.start = np.zeros(capacity, np.float64)
         self.duration = np.zeros(capacity, np.float64)
         self.count = 0
-        sync = np.zeros(1)
-        world.allreduce_sum(sync)  # every rank leaves this at about the same moment
+        self.origin = time.perf_counter()
+
+    def align_clocks(self) -> None:
+        """Start every rank's clock together (a collective: call on every rank)."""
+        self.world.allreduce_sum(np.zeros(1))  # every rank leaves it at about the same moment
         self.origin = time.perf_counter()
 
     def covers(self, step: int) -> bool:
         """Whether step ``step`` (1-based) is traced."""
         return self.path is not None and step in self.steps
+
+    def add_step(self, t0: float, t1: float, t2: float, t3: float, t4: float) -> None:
+        """One step's four phases, from the five clock readings around them."""
+        self.add(DATA, t0, t1)
+        self.add(COMPUTE, t1, t2)
+        self.add(ALLREDUCE, t2, t3)
+        self.add(UPDATE, t3, t4)
 
     def add(self, phase: int, t0: float, t1: float) -> None:
         i = self.count

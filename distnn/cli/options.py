@@ -121,6 +121,17 @@ def build_parser(rank: int = 0) -> argparse.ArgumentParser:
         help=f"with lines: one line every STEPS steps (default: every {LINE_SECONDS:g} s)",
     )
     p.add_argument(
+        "--trace",
+        metavar="FILE.json",
+        help="write where each rank's time went (data, compute, allreduce, update, evaluate, "
+        "checkpoint) as a Chrome trace-event file for Perfetto or chrome://tracing",
+    )
+    p.add_argument(
+        "--trace-steps",
+        metavar="A:B",
+        help="with --trace: trace steps A..B-1 only (bounds the file's size)",
+    )
+    p.add_argument(
         "--tensorboard",
         metavar="DIR",
         help="also write each epoch's metrics as TensorBoard scalars to DIR (rank 0; "
