@@ -131,9 +131,9 @@ class Softmax(Activation):
 
     def apply(self, z, out):
         # Subtracting the row maximum leaves softmax unchanged and keeps exp finite.
-        np.subtract(z, z.max(axis=1, keepdims=True), out=out)
+        np.subtract(z, z.max(axis=-1, keepdims=True), out=out)
         np.exp(out, out=out)
-        out /= out.sum(axis=1, keepdims=True)
+        out /= out.sum(axis=-1, keepdims=True)
 
     def scale_by_derivative(self, delta, z, a, scratch):
         raise TypeError("softmax has no elementwise derivative; use loss='cross-entropy'")

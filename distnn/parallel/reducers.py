@@ -41,20 +41,24 @@ def shard_bounds(n: int, piece: int, pieces: int) -> tuple[int, int]:
 class FusedAllreduce:
     """One piece per rank; one Allreduce of [gradient, loss, votes] per step."""
 
+    stacked = False  # backprop writes one 1-D gradient (not a stack of pieces)
+
     def __init__(self, num_params: int, dtype: np.dtype, world: World) -> None:
         self.world = world
         self.num_pieces, self.my_pieces = world.size, range(world.rank, world.rank + 1)
         self.buffer = np.zeros(num_params + 1 + NUM_VOTES, dtype)
         self.grad = self.buffer[:num_params]
-        self.piece_grads = [self.grad]  # the gradient is born in the buffer we send
+        self.piece_grads = self.grad  # the gradient is born in the buffer we send
+        self.piece_losses = self.buffer[num_params : num_params + 1]  # and so is the loss
         self.extras = self.buffer[num_params:]
+        self.votes = self.buffer[num_params + 1 :]
         self.layer_done: Callable[[int], None] | None = None
 
-    def reduce(self, piece_losses: np.ndarray, votes: np.ndarray) -> float:
-        self.extras[0], self.extras[1:] = piece_losses[0], votes
+    def reduce(self, votes: np.ndarray) -> float:
+        self.votes[:] = votes
         self.world.allreduce_sum(self.buffer)
-        votes[:] = self.extras[1:]
-        return float(self.extras[0])
+        votes[:] = self.votes
+        return float(self.piece_losses[0])
 
 
 class OverlappedAllreduce(FusedAllreduce):
@@ -71,16 +75,16 @@ class OverlappedAllreduce(FusedAllreduce):
     def _send_layer(self, ell: int) -> None:
         self.world.start_allreduce_sum(self.buckets[ell - 1], self.pending)
 
-    def reduce(self, piece_losses: np.ndarray, votes: np.ndarray) -> float:
-        self.extras[0], self.extras[1:] = piece_losses[0], votes
+    def reduce(self, votes: np.ndarray) -> float:
+        self.votes[:] = votes
         self.world.start_allreduce_sum(self.extras, self.pending)
         self.world.finish_allreduces(self.pending)
-        votes[:] = self.extras[1:]
-        return float(self.extras[0])
+        votes[:] = self.votes
+        return float(self.piece_losses[0])
 
 
 INT_BITS = 62  # headroom under int64's 63 value bits
-BLOCK = 1 << 15  # elements quantized at a time: scale, convert and add while in cache
+BLOCK = 1 << 13  # elements of each piece quantized at a time: scaled, converted, summed in cache
 
 
 class ExactSum:
@@ -92,80 +96,97 @@ class ExactSum:
 
     1. Every global batch of B rows is cut into V *virtual shards*, rows
        [vB/V, (v+1)B/V) for v = 0..V-1, with V fixed by the configuration and never by
-       the world size P. Rank r computes shards v ∈ [rV/P, (r+1)V/P), each with its own
-       backprop call: the same matrix shapes and one BLAS thread, so the same bits on
-       any rank of any world size.
-    2. The shard gradients g_v become integers with one scale shared by all ranks:
-       m = max_v ‖g_v‖_∞ (one small Allreduce MAX), s = 2^k with k = 62 − c − e,
-       c = ⌈log₂ V⌉, e = ⌈log₂ m⌉. Then q_v = trunc(s·g_v) is computed exactly in
-       float64 (a power-of-two scale of a float32), |q_v| ≤ 2^(62−c), and
+       the world size P. Rank r computes shards v ∈ [rV/P, (r+1)V/P) in one backprop
+       over a stack of ⌈B/V⌉-row blocks (a shorter shard is padded with rows that
+       contribute exact zeros): every product runs once per shard with the same shape,
+       one BLAS thread, so shard v's gradient g_v is the same bits on any rank of any
+       world size, whichever other shards share its stack (MATH.md, Backpropagation).
+    2. The g_v become integers with one scale shared by all ranks:
+       m = max_v ‖g_v‖_∞ (one small Allreduce MAX, none on one rank), s = 2^k with
+       k = 62 − c − e, c = ⌈log₂ V⌉, e = ⌈log₂ m⌉. Then q_v = trunc(s·g_v) is exact
+       (s·g_v is a float32 times a power of two), |q_v| ≤ 2^(62−c), and
        Σ_v q_v ≤ V·2^(62−c) ≤ 2^62 fits an int64 in any order: integer addition is
-       associative.
-    3. One Allreduce SUM of the int64 partial sums; g = Σ_v q_v / s, rounded once to
-       float32.
+       associative. A rank's shards are scaled, truncated and summed block by block
+       while the block is in cache.
+    3. One Allreduce SUM of the int64 partial sums, which also carries each shard's
+       loss (below) and the votes; g = Σ_v q_v / s, converted to float32 once.
 
     Rounding: truncation loses less than 1/s per shard and element, so
     |g − Σ_v g_v| < V/s = V·2^(c+e−62) ≤ 2^(2c+1−62)·m: below 2^-57·m for the default
     V = 4 (c = 2), below 2^-53·m for V ≤ 16, so at least 29 binary orders under
-    float32's resolution of the gradient's largest entry (2^-24·m). The fixed point
-    changes nothing float32 can represent beyond what the final rounding does anyway.
+    float32's resolution of the gradient's largest entry (2^-24·m). The conversion of
+    Σ_v q_v through float64 adds at most 2^-53 of it; the final rounding to float32 is
+    the one any float32 gradient has. So the fixed point changes nothing float32 can
+    represent beyond what that final rounding does anyway.
 
-    The shard losses use a simpler exact tool: each shard owns one float64 slot of a
-    vector that is zero elsewhere; an Allreduce SUM of x + 0 + … + 0 is exact, and the
-    slots are then added in index order on every rank (:func:`exact_slot_sum`).
+    The shard losses use a simpler exact tool: each shard owns one slot holding its
+    float64 loss's bit pattern, zero elsewhere; the integer sum x + 0 + … + 0 is x, and
+    the slots are then added in index order on every rank (as :func:`exact_slot_sum`).
     """
+
+    stacked = True  # backprop writes a stack of this rank's shard gradients
 
     def __init__(self, num_params: int, dtype: np.dtype, world: World, virtual_shards: int) -> None:
         self.world, V = world, virtual_shards
         self.num_pieces, self.my_pieces = V, range(*shard_bounds(V, world.rank, world.size))
+        k = len(self.my_pieces)
         self.grad = np.zeros(num_params, dtype)
         # One float gradient per local shard: the scale needs every shard's max first.
-        self.piece_grads = list(np.empty((len(self.my_pieces), num_params), dtype))
+        self.piece_grads = np.zeros((k, num_params), dtype)
         self.layer_done = None
         self.largest = np.zeros(1, np.float64)
-        self.quantized = np.empty(BLOCK, np.int64)
-        self.int_buffer = np.zeros(num_params + NUM_VOTES, np.int64)  # Σ q_v, then the votes
+        self.quantized = np.empty((k, BLOCK), np.int64)
+        # [Σ q_v | one loss slot per shard (float64 bits) | votes]: one collective.
+        self.int_buffer = np.zeros(num_params + V + NUM_VOTES, np.int64)
         self.int_sum = self.int_buffer[:num_params]
-        self.slot_losses = np.zeros(V, np.float64)
+        self.loss_slots = self.int_buffer[num_params : num_params + V].view(np.float64)
+        own = self.loss_slots[self.my_pieces.start : self.my_pieces.stop]
+        self.piece_losses = own.reshape(k, 1, 1)  # as backprop returns the shards' losses
+        self.votes = self.int_buffer[num_params + V :]
         self.bits = math.ceil(math.log2(V)) if V > 1 else 0
 
-    def reduce(self, piece_losses: np.ndarray, votes: np.ndarray) -> float:
-        # The loss, exactly, and one scale for all ranks from the largest entry of any
-        # shard's gradient. A non-finite one ends the step on every rank alike.
-        self.slot_losses.fill(0.0)
-        self.slot_losses[self.my_pieces.start : self.my_pieces.stop] = piece_losses
-        loss = exact_slot_sum(self.slot_losses, self.world)
-        largest = 0.0
-        for g in self.piece_grads:
-            largest = max(largest, float(g.max()), -float(g.min()))
+    def reduce(self, votes: np.ndarray) -> float:
+        # One scale for all ranks from the largest entry of any shard's gradient.
+        # A non-finite one ends the step on every rank alike.
+        G = self.piece_grads
+        largest = max(float(G.max()), -float(G.min())) if G.size else 0.0
         self.largest[0] = largest if math.isfinite(largest) else math.inf
         self.world.allreduce_max(self.largest)
         largest = float(self.largest[0])
         if not math.isfinite(largest):
+            self.loss_slots.fill(0.0)
             return math.nan  # the caller stops every rank: training diverged
         exponent = INT_BITS - self.bits - (math.ceil(math.log2(largest)) if largest else 0)
-        scale = 2.0**exponent
 
         # Fixed point: integer sums are exact in any order, across shards and ranks.
-        self.int_sum.fill(0)
-        for start in range(0, len(self.grad), BLOCK):
-            total, q = self.int_sum[start : start + BLOCK], self.quantized
-            for g in self.piece_grads:
-                block = g[start : start + BLOCK]
-                block *= scale  # exact: a power of two
-                np.copyto(q[: len(block)], block, casting="unsafe")  # truncation toward 0
-                total += q[: len(block)]
-        self.int_buffer[-NUM_VOTES:] = votes
+        scale, q, total = _power_of_two_factors(exponent), self.quantized, self.int_sum
+        for start in range(0, total.size, BLOCK):
+            block = G[:, start : start + BLOCK]
+            for factor in scale:
+                block *= factor  # exact: a power of two
+            if len(G) == 1:
+                np.copyto(total[start : start + BLOCK], block[0], casting="unsafe")
+            else:
+                np.copyto(q[:, : block.shape[1]], block, casting="unsafe")  # trunc toward 0
+                np.sum(q[:, : block.shape[1]], axis=0, out=total[start : start + BLOCK])
+        self.votes[:] = votes
         self.world.allreduce_sum(self.int_buffer)
-        votes[:] = self.int_buffer[-NUM_VOTES:]
-        for start in range(0, len(self.grad), BLOCK):  # g = Σ q / s, rounded once
-            np.multiply(
-                self.int_sum[start : start + BLOCK],
-                1.0 / scale,
-                out=self.grad[start : start + BLOCK],
-                casting="unsafe",
-            )
+        votes[:] = self.votes
+        loss = float(sum(self.loss_slots.tolist()))  # in shard order: the same bits anywhere
+        self.loss_slots.fill(0.0)  # the slots of the next step's other shards are zeros
+        # g = Σ q / s, converted once
+        np.multiply(total, 2.0**-exponent, out=self.grad, casting="unsafe")
         return loss
+
+
+def _power_of_two_factors(exponent: int) -> tuple[float, ...]:
+    """2^exponent as factors that are each a float32 (|exponents| ≤ 126): exact products."""
+    factors = []
+    while abs(exponent) > 126:
+        step = 126 if exponent > 0 else -126
+        factors.append(2.0**step)
+        exponent -= step
+    return (*factors, 2.0**exponent)
 
 
 def exact_slot_sum(slots: np.ndarray, world: World) -> float:
