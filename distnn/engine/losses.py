@@ -7,9 +7,22 @@ gradient is that of the mean over the global batch, whatever the number of ranks
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from distnn.engine.activations import Activation
+
+
+@lru_cache(maxsize=64)
+def constant(value: float, dtype: np.dtype) -> np.ndarray:
+    """``value`` as a read-only 0-d array of ``dtype``: a ufunc takes it faster than a float.
+
+    The same scale (1/B) comes back every step, so this allocates once per batch size.
+    """
+    c = np.array(value, dtype)
+    c.flags.writeable = False
+    return c
 
 
 def dot_sums(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> float | np.ndarray:
@@ -65,7 +78,8 @@ class SquaredLoss(Loss):
     def output_delta(self, a, y, z, sigma, delta, scratch, scale=1.0, sums=None):
         np.subtract(a, y, out=delta)
         total = dot_sums(delta, delta, sums)
-        delta *= 2.0 * scale  # 2·scale: one pass; exact as (2Δ)·scale, 2 being a power of two
+        # 2·scale in one pass: exactly (2Δ)·scale, 2 being a power of two
+        np.multiply(delta, constant(2.0 * scale, delta.dtype), out=delta)
         sigma.scale_by_derivative(delta, z, a, scratch)  # ∂C/∂z = σ̇(z) ⊙ ∂C/∂a
         return total
 
@@ -92,7 +106,7 @@ class CrossEntropyLoss(Loss):
     def output_delta(self, a, y, z, sigma, delta, scratch, scale=1.0, sums=None):
         np.subtract(a, y, out=delta)
         if scale != 1.0:
-            delta *= scale
+            np.multiply(delta, constant(scale, delta.dtype), out=delta)
         return self.value(a, y, scratch, sums)
 
 

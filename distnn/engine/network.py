@@ -174,10 +174,11 @@ class Network:
         X is ``rows × n_0``, or a stack ``pieces × rows × n_0`` for a stacked workspace.
         """
         Z, A, _, _ = ws.rows(X.shape[-2])
+        product = np.dot if X.ndim == 2 else np.matmul  # dot: the same BLAS call, less overhead
         a = X
         for ell in range(1, self.num_layers + 1):
             z = Z[ell]
-            np.matmul(a, self._weights_T[ell - 1], out=z)  # z(ℓ) = W(ℓ) a(ℓ-1) + b(ℓ)
+            product(a, self._weights_T[ell - 1], out=z)  # z(ℓ) = W(ℓ) a(ℓ-1) + b(ℓ)
             z += self.biases[ell - 1]
             a = A[ell]
             self.sigma[ell - 1].apply(z, out=a)  # a(ℓ) = σ(ℓ)(z(ℓ))
@@ -229,16 +230,17 @@ class Network:
         total = self.loss_fn.output_delta(
             a_L, Y, Z[L], self.sigma[L - 1], D[L], Z[L], scale, ws.sums
         )
+        product = np.dot if X.ndim == 2 else np.matmul
         for ell in range(L, 0, -1):
             delta = D[ell]
             a_prev = X if ell == 1 else A[ell - 1]
-            np.matmul(delta.swapaxes(-1, -2), a_prev, out=grad_W[ell - 1])
-            np.matmul(ones, delta, out=grad_b[ell - 1])  # column sums of Δ(ℓ)
+            product(delta.swapaxes(-1, -2), a_prev, out=grad_W[ell - 1])
+            product(ones, delta, out=grad_b[ell - 1])  # column sums of Δ(ℓ)
             if layer_done is not None:
                 layer_done(ell)
             if ell > 1:
                 delta_prev = D[ell - 1]
-                np.matmul(delta, self.weights[ell - 1], out=delta_prev)  # ∂C/∂a(ℓ-1)
+                product(delta, self.weights[ell - 1], out=delta_prev)  # ∂C/∂a(ℓ-1)
                 z_prev = Z[ell - 1]
                 self.sigma[ell - 2].scale_by_derivative(delta_prev, z_prev, a_prev, z_prev)
         return total

@@ -16,9 +16,11 @@ stop votes are summed across the world:
   int64 fixed-point numbers, so the result is the same bits at any number of ranks.
   The proof is below, in the class's docstring.
 
-Every reducer writes the global gradient into ``grad`` (laid out like
-``Network.params``), returns the global batch's mean loss, and leaves the world's sum
-of each vote in ``votes``: identical on every rank, so every rank decides alike.
+Backprop writes into the reducer's own buffers: the pieces' gradients into
+``piece_grads`` and their loss sums Σ_k C_k into ``piece_losses``; the trainer writes
+this rank's votes into ``votes``. ``reduce`` then leaves the global gradient in ``grad``
+(laid out like ``Network.params``), the world's sum of each vote in ``votes``, and
+returns the global batch's loss sum: identical on every rank, so every rank decides alike.
 """
 
 from __future__ import annotations
@@ -54,10 +56,8 @@ class FusedAllreduce:
         self.votes = self.buffer[num_params + 1 :]
         self.layer_done: Callable[[int], None] | None = None
 
-    def reduce(self, votes: np.ndarray) -> float:
-        self.votes[:] = votes
+    def reduce(self) -> float:
         self.world.allreduce_sum(self.buffer)
-        votes[:] = self.votes
         return float(self.piece_losses[0])
 
 
@@ -75,16 +75,14 @@ class OverlappedAllreduce(FusedAllreduce):
     def _send_layer(self, ell: int) -> None:
         self.world.start_allreduce_sum(self.buckets[ell - 1], self.pending)
 
-    def reduce(self, votes: np.ndarray) -> float:
-        self.votes[:] = votes
+    def reduce(self) -> float:
         self.world.start_allreduce_sum(self.extras, self.pending)
         self.world.finish_allreduces(self.pending)
-        votes[:] = self.votes
         return float(self.piece_losses[0])
 
 
 INT_BITS = 62  # headroom under int64's 63 value bits
-BLOCK = 1 << 13  # elements of each piece quantized at a time: scaled, converted, summed in cache
+BLOCK = 1 << 15  # elements of each piece quantized at a time: scaled, converted, summed in cache
 
 
 class ExactSum:
@@ -145,7 +143,7 @@ class ExactSum:
         self.votes = self.int_buffer[num_params + V :]
         self.bits = math.ceil(math.log2(V)) if V > 1 else 0
 
-    def reduce(self, votes: np.ndarray) -> float:
+    def reduce(self) -> float:
         # One scale for all ranks from the largest entry of any shard's gradient.
         # A non-finite one ends the step on every rank alike.
         G = self.piece_grads
@@ -169,9 +167,7 @@ class ExactSum:
             else:
                 np.copyto(q[:, : block.shape[1]], block, casting="unsafe")  # trunc toward 0
                 np.sum(q[:, : block.shape[1]], axis=0, out=total[start : start + BLOCK])
-        self.votes[:] = votes
         self.world.allreduce_sum(self.int_buffer)
-        votes[:] = self.votes
         loss = float(sum(self.loss_slots.tolist()))  # in shard order: the same bits anywhere
         self.loss_slots.fill(0.0)  # the slots of the next step's other shards are zeros
         # g = Σ q / s, converted once

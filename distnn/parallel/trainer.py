@@ -24,7 +24,6 @@ from distnn.engine.schedules import GradientUpdateSchedule
 from distnn.errors import DivergenceError
 from distnn.parallel.evaluation import EVAL_CHUNK, evaluate_sharded
 from distnn.parallel.reducers import (
-    NUM_VOTES,
     ExactSum,
     FusedAllreduce,
     OverlappedAllreduce,
@@ -73,7 +72,7 @@ class Trainer:
         self.batch_in_epoch = 0  # batches done in the epoch under way
         self.epoch_loss_sum = 0.0  # Σ batch loss × batch size so far in that epoch
         self.step = 0  # updates since the start of training
-        self.votes = np.zeros(NUM_VOTES, np.float64)  # the world's sums after each step
+        self.votes = reducer.votes  # this rank's votes, then the world's sums after each step
 
         # This rank's rows of a batch: one block, or a stack of one block per virtual shard.
         piece_rows = -(-self.batch_size // reducer.num_pieces)
@@ -108,14 +107,13 @@ class Trainer:
         x, y, padding = self.gather(batch)
 
         # Backprop over every piece in one call, born in the buffers the reducer sends.
-        losses = self.net.backprop(
+        reducer.piece_losses[...] = self.net.backprop(
             x, y, reducer.piece_grads, self.ws, scale, reducer.layer_done, padding
         )
-        np.multiply(losses, scale, out=reducer.piece_losses)
 
         # Reduce: the global batch's gradient, loss and votes, identical on every rank.
         self.votes[STOP_VOTE], self.votes[TIME_VOTE] = stop_requested, time_up
-        loss = reducer.reduce(self.votes)
+        loss = reducer.reduce() * scale
         if not math.isfinite(loss):
             raise DivergenceError(
                 f"the loss or gradient became non-finite at step {self.step + 1} (epoch "
