@@ -133,7 +133,6 @@ class ExactSum:
         self.piece_grads = np.zeros((k, num_params), dtype)
         self.layer_done = None
         self.largest = np.zeros(1, np.float64)
-        self.quantized = np.empty((k, BLOCK), np.int64)
         # [Σ q_v | one loss slot per shard (float64 bits) | votes]: one collective.
         self.int_buffer = np.zeros(num_params + V + NUM_VOTES, np.int64)
         self.int_sum = self.int_buffer[:num_params]
@@ -142,6 +141,15 @@ class ExactSum:
         self.piece_losses = own.reshape(k, 1, 1)  # as backprop returns the shards' losses
         self.votes = self.int_buffer[num_params + V :]
         self.bits = math.ceil(math.log2(V)) if V > 1 else 0
+        # The blocks of step 2, as views made once: shards' floats, their integers, Σ.
+        quantized = np.empty((k, BLOCK), np.int64)
+        self.blocks = []
+        for start in range(0, num_params, BLOCK):
+            g = self.piece_grads[:, start : start + BLOCK]
+            total = self.int_sum[start : start + BLOCK]
+            q = quantized[:, : total.size]
+            self.blocks.append((g, list(g), q, list(q), total))
+        self._scales: dict[int, tuple] = {}
 
     def reduce(self) -> float:
         # One scale for all ranks from the largest entry of any shard's gradient.
@@ -155,34 +163,45 @@ class ExactSum:
             self.loss_slots.fill(0.0)
             return math.nan  # the caller stops every rank: training diverged
         exponent = INT_BITS - self.bits - (math.ceil(math.log2(largest)) if largest else 0)
+        up, down = self._power_of_two(exponent)
 
         # Fixed point: integer sums are exact in any order, across shards and ranks.
-        scale, q, total = _power_of_two_factors(exponent), self.quantized, self.int_sum
-        for start in range(0, total.size, BLOCK):
-            block = G[:, start : start + BLOCK]
-            for factor in scale:
-                block *= factor  # exact: a power of two
-            if len(G) == 1:
-                np.copyto(total[start : start + BLOCK], block[0], casting="unsafe")
+        for g, g_rows, q, q_rows, total in self.blocks:
+            for factor in up:
+                np.multiply(g, factor, out=g)  # exact: a power of two
+            if len(g_rows) == 1:
+                np.copyto(total, g_rows[0], casting="unsafe")  # truncation toward 0
+            elif not g_rows:
+                total.fill(0)  # a rank beyond V: zeros in the sum
             else:
-                np.copyto(q[:, : block.shape[1]], block, casting="unsafe")  # trunc toward 0
-                np.sum(q[:, : block.shape[1]], axis=0, out=total[start : start + BLOCK])
+                np.copyto(q, g, casting="unsafe")
+                np.add(q_rows[0], q_rows[1], out=total)
+                for row in q_rows[2:]:
+                    np.add(total, row, out=total)
         self.world.allreduce_sum(self.int_buffer)
         loss = float(sum(self.loss_slots.tolist()))  # in shard order: the same bits anywhere
         self.loss_slots.fill(0.0)  # the slots of the next step's other shards are zeros
-        # g = Σ q / s, converted once
-        np.multiply(total, 2.0**-exponent, out=self.grad, casting="unsafe")
+        np.copyto(self.grad, self.int_sum, casting="unsafe")  # Σ q, rounded once
+        for factor in down:
+            np.multiply(self.grad, factor, out=self.grad)  # / s: exact, a power of two
         return loss
 
+    def _power_of_two(self, exponent: int) -> tuple[tuple, tuple]:
+        """2^exponent and 2^-exponent, each as float32 factors (|exponents| ≤ 126)."""
+        scales = self._scales.get(exponent)
+        if scales is None:
+            scales = self._scales[exponent] = (_factors(exponent), _factors(-exponent))
+        return scales
 
-def _power_of_two_factors(exponent: int) -> tuple[float, ...]:
-    """2^exponent as factors that are each a float32 (|exponents| ≤ 126): exact products."""
+
+def _factors(exponent: int) -> tuple[np.ndarray, ...]:
+    """2^exponent as a product of 0-d float32 powers of two: exact factors of any float."""
     factors = []
     while abs(exponent) > 126:
         step = 126 if exponent > 0 else -126
-        factors.append(2.0**step)
+        factors.append(np.array(2.0**step, np.float32))
         exponent -= step
-    return (*factors, 2.0**exponent)
+    return (*factors, np.array(2.0**exponent, np.float32))
 
 
 def exact_slot_sum(slots: np.ndarray, world: World) -> float:
