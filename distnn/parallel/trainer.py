@@ -133,7 +133,8 @@ class Trainer:
         One piece: rows [lo, hi) of the batch. Stacked virtual shards: one block of
         ⌈B/V⌉ rows per shard; a shorter shard's extra rows are zeros, listed in the
         padding as (index in the stack, real rows). One ``take`` when the rank's shards
-        are equal and fill their blocks (every full batch when V divides B).
+        are equal and fill their blocks (every full batch when V divides B). The indices
+        are in range, so mode="clip" changes nothing but spares ``take`` a temporary copy.
         """
         data = self.data
         layout = self._layouts.get(len(batch))
@@ -141,12 +142,12 @@ class Trainer:
             layout = self._layouts[len(batch)] = self._layout(len(batch))
         lo, hi, x, y, rows_x, rows_y, pieces, padding = layout
         if pieces is None:  # one contiguous block of rows
-            data.x.take(batch[lo:hi], axis=0, out=rows_x)
-            data.y.take(batch[lo:hi], axis=0, out=rows_y)
+            data.x.take(batch[lo:hi], axis=0, out=rows_x, mode="clip")
+            data.y.take(batch[lo:hi], axis=0, out=rows_y, mode="clip")
             return x, y, padding
         for i, (p_lo, p_hi) in enumerate(pieces):
-            data.x.take(batch[p_lo:p_hi], axis=0, out=x[i, : p_hi - p_lo])
-            data.y.take(batch[p_lo:p_hi], axis=0, out=y[i, : p_hi - p_lo])
+            data.x.take(batch[p_lo:p_hi], axis=0, out=x[i, : p_hi - p_lo], mode="clip")
+            data.y.take(batch[p_lo:p_hi], axis=0, out=y[i, : p_hi - p_lo], mode="clip")
             x[i, p_hi - p_lo :], y[i, p_hi - p_lo :] = 0.0, 0.0
         return x, y, padding
 
