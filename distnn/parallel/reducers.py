@@ -107,15 +107,18 @@ class ExactSum:
        associative. A rank's shards are scaled, truncated and summed block by block
        while the block is in cache.
     3. One Allreduce SUM of the int64 partial sums, which also carries each shard's
-       loss (below) and the votes; g = Σ_v q_v / s, converted to float32 once.
+       loss (below) and the votes; g = Σ_v q_v / s: the integer is rounded once to
+       float32, then multiplied by 2^-k, exactly (a power of two).
 
     Rounding: truncation loses less than 1/s per shard and element, so
     |g − Σ_v g_v| < V/s = V·2^(c+e−62) ≤ 2^(2c+1−62)·m: below 2^-57·m for the default
     V = 4 (c = 2), below 2^-53·m for V ≤ 16, so at least 29 binary orders under
-    float32's resolution of the gradient's largest entry (2^-24·m). The conversion of
-    Σ_v q_v through float64 adds at most 2^-53 of it; the final rounding to float32 is
-    the one any float32 gradient has. So the fixed point changes nothing float32 can
-    represent beyond what that final rounding does anyway.
+    float32's resolution of the gradient's largest entry (2^-24·m). The one rounding
+    to float32 is the one any float32 gradient has (an entry below float32's normal
+    range, 2^-126, is rounded again to a subnormal: the same bits on every rank). So
+    the fixed point changes nothing float32 can represent beyond what that final
+    rounding does anyway. Each power of two is applied as float32 factors 2^j with
+    |j| ≤ 126, so scaling is exact whatever e is.
 
     The shard losses use a simpler exact tool: each shard owns one slot holding its
     float64 loss's bit pattern, zero elsewhere; the integer sum x + 0 + … + 0 is x, and
