@@ -35,6 +35,7 @@ from distnn.io.outputs import atomic_write, check_no_clash, check_output_path, c
 from distnn.parallel.memory import check_memory
 from distnn.parallel.trainer import Trainer, make_reducer
 from distnn.parallel.world import World, check_launch
+from distnn.timeline import Timeline, parse_steps
 
 
 @dataclass
@@ -177,7 +178,10 @@ def prepare_run(
         schedule = make_schedule(config.schedule, lr)
     V = config.virtual_shards if config.deterministic else None
     reducer = make_reducer(net, world, overlap=config.overlap, virtual_shards=V)
-    trainer = Trainer(net, schedule, data, world, config.batch_size, reducer, seed=config.seed)
+    timeline = Timeline(world, config.trace, parse_steps(config.trace_steps))
+    trainer = Trainer(
+        net, schedule, data, world, config.batch_size, reducer, config.seed, timeline
+    )
     if config.deterministic and world.size > config.virtual_shards:
         notes += (
             f"{world.size - config.virtual_shards} rank(s) idle: --deterministic "

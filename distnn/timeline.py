@@ -7,9 +7,13 @@ one Chrome trace-event file (``chrome://tracing``, https://ui.perfetto.dev): one
 process lane per rank, named ``rank R``, events ``data``, ``compute``, ``allreduce``,
 ``update``, ``evaluate`` and ``checkpoint``, in microseconds.
 
-The ranks' clocks are aligned at the start: every rank leaves one Allreduce at nearly
-the same moment and reads its clock right after it, so event times are comparable
-across ranks to within that collective's skew (microseconds on one node).
+The ranks' clocks are put on one time line through the system's wall clock: each rank
+measures, once, the offset between its monotonic step clock and ``time.time()``, and
+events are placed at wall-clock time minus rank 0's start. On one node every process
+reads the same kernel clock, so lanes line up exactly; across nodes they line up as
+well as the nodes' clocks are synchronised (NTP or PTP: typically well under a
+millisecond). An Allreduce-based alignment was tried first and is off by a rank's
+scheduling delay when ranks share cores.
 """
 
 from __future__ import annotations
@@ -34,7 +38,9 @@ def parse_steps(spec: str | None) -> range:
     """``A:B`` (steps A..B-1, 1-based like the step counter), ``:B`` or ``A:``."""
     if not spec:
         return range(1, 1 + MAX_EVENTS // 8)
-    first, _, last = spec.partition(":")
+    first, colon, last = spec.partition(":")
+    if not colon:
+        raise ValueError(f"--trace-steps must be A:B (step numbers), got {spec!r}")
     try:
         lo = int(first) if first else 1
         hi = int(last) if last else lo + MAX_EVENTS // 8
@@ -58,9 +64,11 @@ class Timeline:
         self.origin = time.perf_counter()
 
     def align_clocks(self) -> None:
-        """Start every rank's clock together (a collective: call on every rank)."""
-        self.world.allreduce_sum(np.zeros(1))  # every rank leaves it at about the same moment
-        self.origin = time.perf_counter()
+        """Put every rank's events on rank 0's time line (a collective: every rank calls)."""
+        start = np.array([time.time()])
+        self.world.bcast(start)  # rank 0's wall-clock start
+        # origin, in this rank's perf_counter: rank 0's start on the shared wall clock
+        self.origin = float(start[0]) - (time.time() - time.perf_counter())
 
     def covers(self, step: int) -> bool:
         """Whether step ``step`` (1-based) is traced."""

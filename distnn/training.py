@@ -84,6 +84,8 @@ def fit(
     progress: str = "auto",
     log_every: int = 0,
     tensorboard: str | None = None,
+    trace: str | None = None,
+    trace_steps: str | None = None,
     world: World | None = None,
 ) -> History:
     """Train ``net`` in place, data-parallel over every rank of ``world`` (default: all).
@@ -136,6 +138,8 @@ def fit(
         progress=progress,
         log_every=log_every,
         tensorboard=tensorboard,
+        trace=trace,
+        trace_steps=trace_steps,
     )
     arrays = None if spec != "arrays" else {"x": x, "y": y}
     if arrays is not None and test_data is not None:
@@ -181,6 +185,7 @@ def train_config(
         )
         world.bcast(run.net.params)  # rank 0's initialization becomes everyone's
         run.restore(world)
+        run.trainer.timeline.align_clocks()
         if run.data.class_names is not None:  # saved with the model, for predict/evaluate
             run.net.class_names = list(run.data.class_names)
         earlier = run.run_state.get("wall_s", 0.0)  # the run's earlier starts, if resumed
@@ -266,6 +271,7 @@ def _train(
                 if checkpoints:
                     checkpoints.after_step(trainer)
                 if trainer.votes[STOP_VOTE]:  # the same reduced votes on every rank
+                    trainer.timeline.write()  # every rank is here: the trace is gathered
                     if not checkpoints:
                         raise Interrupted(
                             f"stopped on request after step {trainer.step}; without "
@@ -285,6 +291,7 @@ def _train(
 
             # The epoch's end: its record, then what hangs off it, one line each.
             rate = (len(order) - first * B) / max(time.perf_counter() - epoch_start, 1e-9)
+            phases = _time_split(trainer, world)
             record = {
                 "epoch": trainer.epoch + 1,
                 "loss": trainer.end_epoch(),
@@ -297,6 +304,7 @@ def _train(
                 "ranks": world.size,
                 "batch_size": trainer.batch_size,
                 "wall_s": wall_clock(),
+                **phases,
             }
             if run.validation is not None:
                 record["val_loss"], record["val_accuracy"] = trainer.evaluate(*run.validation)
@@ -315,6 +323,7 @@ def _train(
                     f"best weights from epoch {early.best_epoch}"
                 )
 
+    trainer.timeline.write()
     best_restored = early is not None and early.restore_best(trainer.epoch)
     if history and not best_restored and history[-1]["epoch"] == trainer.epoch:
         history.final = history[-1]
@@ -323,6 +332,23 @@ def _train(
         history.final |= _test_metrics(trainer, data) | {"samples_per_sec": rate}
     run.write_outputs(world, checkpoints.last_path if checkpoints else None)
     return history
+
+
+PHASE_KEYS = ("data_s", "compute_s", "allreduce_s", "update_s")
+
+
+def _time_split(trainer: Trainer, world: World) -> dict:
+    """The epoch's seconds per phase on rank 0, and which rank computed longest.
+
+    One small collective per epoch (never per step): each rank's four sums in its own
+    row of a zero matrix, summed, so every rank's record holds the same numbers.
+    """
+    rows = np.zeros((world.size, len(PHASE_KEYS)))
+    rows[world.rank] = trainer.take_phase_times()
+    world.allreduce_sum(rows)
+    compute = rows[:, 1]
+    split = dict(zip(PHASE_KEYS, rows[0].tolist(), strict=True))
+    return split | {"compute_s_max": float(compute.max()), "slowest_rank": int(compute.argmax())}
 
 
 def _test_metrics(trainer: Trainer, data: Dataset) -> dict:

@@ -1,6 +1,7 @@
 """--deterministic: the same model to the last bit at 1, 2, 3 and 4 ranks, and across resumes."""
 
 import hashlib
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +12,10 @@ from mpi4py import MPI
 import distnn
 from distnn import Network
 from distnn.data.load import load_dataset
-from distnn.engine.schedules import SGD
+from distnn.engine.schedules import SGD, Adam
 from distnn.io.metrics_log import epoch_records
 from distnn.parallel.reducers import ExactSum
-from distnn.parallel.trainer import Trainer
+from distnn.parallel.trainer import Trainer, make_reducer
 from distnn.parallel.world import World
 
 # batch 50 splits unevenly over 3 and 4 ranks, and into 4 virtual shards of 12 or 13 rows
@@ -158,3 +159,27 @@ def test_deterministic_trainer_matches_one_rank_bitwise():
         return net.params.tobytes(), [(r["loss"], r["test_loss"], r["accuracy"]) for r in history]
 
     assert train(World()) == train(World(MPI.COMM_SELF))
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_steady_state_steps_allocate_nothing_that_grows(deterministic):
+    """Every buffer of a step exists after the first steps: full and short batches alike."""
+    data = load_dataset("synthetic:4000:64:10", seed=0)
+    peaks = []
+    for B in (64, 1024):
+        net = Network([64, 128, 64, 10], "relu", seed=0)
+        world = World(MPI.COMM_SELF)
+        reducer = make_reducer(net, world, virtual_shards=4 if deterministic else None)
+        trainer = Trainer(net, Adam(0.01), data, world, B, reducer)
+        batches = [np.arange(i * B, (i + 1) * B) for i in range(3)] + [np.arange(3 * B, 3 * B + 37)]
+        for batch in batches:  # warm up: each batch size seen once
+            trainer.train_step(batch, stop_requested=False, time_up=False)
+        tracemalloc.start()
+        for batch in batches * 2:
+            trainer.train_step(batch, stop_requested=False, time_up=False)
+        current, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert current < 4096, f"{current} B kept after steady-state steps"
+        peaks.append(peak)
+    # NumPy's casting buffers are fixed (8192 elements); a batch of rows is 256 KiB here.
+    assert peaks[0] < 96 * 1024 and peaks[1] < peaks[0] + 16 * 1024, peaks

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from distnn.cli.options import CliParser
+from distnn.cli.plot_trace import draw_trace, is_trace
 from distnn.errors import DistnnError
 from distnn.io.metrics_log import is_header
 from distnn.io.outputs import atomic_write, check_no_clash, check_output_path
@@ -140,8 +141,12 @@ def draw(
     ``path`` must not be one of the files in ``protect`` (the metrics read).
     """
     Figure, Line2D, FuncFormatter, MaxNLocator, PercentFormatter = _import_matplotlib()
-    fig = Figure(figsize=(15, 4.6), layout="constrained", dpi=100)
-    ax_loss, ax_acc, ax_speed = fig.subplots(1, 3)
+    split = next((r for _, r in runs if any("compute_s" in x for x in r)), None)
+    fig = Figure(figsize=(20 if split else 15, 4.6), layout="constrained", dpi=100)
+    axes = fig.subplots(1, 4 if split else 3)
+    ax_loss, ax_acc, ax_speed = axes[:3]
+    if split:
+        _draw_time_split(axes[3], split)
     drawn: dict[str, set[str]] = {"loss": set(), "accuracy": set()}
     for i, (_, records) in enumerate(runs):
         color = f"C{i % 10}"
@@ -203,6 +208,22 @@ def draw(
     atomic_write(path, lambda f: fig.savefig(f, format=fmt), protect)
 
 
+PHASE_COLORS = {"data_s": "C2", "compute_s": "C0", "allreduce_s": "C3", "update_s": "C1"}
+
+
+def _draw_time_split(ax, records: list[dict]) -> None:
+    """Rank 0's seconds per phase in each epoch, stacked (the first run that has them)."""
+    rows = [r for r in records if "compute_s" in r]
+    epochs = [r["epoch"] for r in rows]
+    bottom = [0.0] * len(rows)
+    for key, color in PHASE_COLORS.items():
+        values = [r.get(key, 0.0) for r in rows]
+        ax.bar(epochs, values, bottom=bottom, color=color, label=key[:-2], width=0.8)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    ax.set_title("step time per epoch on rank 0 (s)")
+    ax.legend(loc="best", fontsize="small")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = CliParser(
         prog="python -m distnn.plot",
@@ -210,7 +231,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--metrics' files; several files are compared on one figure. Needs matplotlib: "
         "pip install 'distnn[plot]'.",
     )
-    p.add_argument("metrics", nargs="+", help="JSON-lines files written by --metrics")
+    p.add_argument(
+        "metrics",
+        nargs="+",
+        help="JSON-lines files written by --metrics, or one trace file written by --trace",
+    )
     p.add_argument("-o", "--output", required=True, help="the image: .png, .svg or .pdf")
     p.add_argument("--labels", help="comma-separated legend names, one per file")
     p.add_argument("--title", help="a title above the panels")
@@ -231,6 +256,9 @@ def run(args: argparse.Namespace) -> str:
             )
     check_no_clash([("-o", args.output)], [("metrics file", p) for p in args.metrics])
     check_output_path(args.output, "-o")  # before reading and drawing
+    if len(args.metrics) == 1 and is_trace(args.metrics[0]):  # a --trace file
+        _import_matplotlib()
+        return draw_trace(args.metrics[0], args.output, args.title)
     runs = [(label, read_metrics(path)) for label, path in zip(labels, args.metrics, strict=True)]
     draw(runs, args.output, args.title, protect=args.metrics)
     epochs = ", ".join(str(len(records)) for _, records in runs)

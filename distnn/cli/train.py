@@ -27,7 +27,17 @@ from distnn.errors import (
     Preempted,
 )
 from distnn.parallel.world import World, install_abort_on_error
-from distnn.training import History, train_config
+from distnn.training import PHASE_KEYS, History, train_config
+
+
+def time_split(history: list[dict]) -> str:
+    """Where rank 0's step time went over the run, in percent, e.g. 'compute 71%, …'."""
+    totals = [sum(r.get(key, 0.0) for r in history) for key in PHASE_KEYS]
+    whole = sum(totals)
+    if not whole:
+        return ""
+    parts = (f"{key[:-2]} {t / whole:.0%}" for key, t in zip(PHASE_KEYS, totals, strict=True))
+    return " | step time: " + ", ".join(parts)
 
 
 def summary_line(record: dict, ranks: int, total_s: float) -> str:
@@ -80,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         # so that the summary comes after the last epoch line in any log.
         if history.stop_reason and not config.quiet:
             print(f"stopped early: {history.stop_reason}")
-        print(summary_line(history.final, world.size, time.perf_counter() - start), flush=True)
+        line = summary_line(history.final, world.size, time.perf_counter() - start)
+        print(line + time_split(history), flush=True)
     return 0
 
 

@@ -17,6 +17,12 @@ from __future__ import annotations
 
 import numpy as np
 
+# Exact constants as 0-d arrays: a ufunc takes them in about half the time of a Python
+# float, and float32 0.5, 1, 2 promote to a float64 network's dtype unchanged.
+HALF, ONE, TWO = (np.array(v, np.float32) for v in (0.5, 1.0, 2.0))
+for _constant in (HALF, ONE, TWO):
+    _constant.flags.writeable = False
+
 
 class Activation:
     """σ and σ̇ for one name."""
@@ -40,15 +46,15 @@ class Sigmoid(Activation):
 
     def apply(self, z, out):
         # 0.5·(1 + tanh(z/2)) is the sigmoid without overflow for large |z|.
-        np.multiply(z, 0.5, out=out)
+        np.multiply(z, HALF, out=out)
         np.tanh(out, out=out)
-        out += 1.0
-        out *= 0.5
+        np.add(out, ONE, out=out)
+        np.multiply(out, HALF, out=out)
 
     def scale_by_derivative(self, delta, z, a, scratch):
-        np.subtract(1.0, a, out=scratch)
-        scratch *= a
-        delta *= scratch
+        np.subtract(ONE, a, out=scratch)
+        np.multiply(scratch, a, out=scratch)
+        np.multiply(delta, scratch, out=delta)
 
 
 class Tanh(Activation):
@@ -61,8 +67,8 @@ class Tanh(Activation):
 
     def scale_by_derivative(self, delta, z, a, scratch):
         np.multiply(a, a, out=scratch)
-        np.subtract(1.0, scratch, out=scratch)
-        delta *= scratch
+        np.subtract(ONE, scratch, out=scratch)
+        np.multiply(delta, scratch, out=delta)
 
 
 class ReLU(Activation):
@@ -131,9 +137,9 @@ class Softmax(Activation):
 
     def apply(self, z, out):
         # Subtracting the row maximum leaves softmax unchanged and keeps exp finite.
-        np.subtract(z, z.max(axis=1, keepdims=True), out=out)
+        np.subtract(z, z.max(axis=-1, keepdims=True), out=out)
         np.exp(out, out=out)
-        out /= out.sum(axis=1, keepdims=True)
+        out /= out.sum(axis=-1, keepdims=True)
 
     def scale_by_derivative(self, delta, z, a, scratch):
         raise TypeError("softmax has no elementwise derivative; use loss='cross-entropy'")

@@ -7,16 +7,48 @@ gradient is that of the mean over the global batch, whatever the number of ranks
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from distnn.engine.activations import Activation
 
 
+@lru_cache(maxsize=64)
+def constant(value: float, dtype: np.dtype) -> np.ndarray:
+    """``value`` as a read-only 0-d array of ``dtype``: a ufunc takes it faster than a float.
+
+    The same scale (1/B) comes back every step, so this allocates once per batch size.
+    """
+    c = np.array(value, dtype)
+    c.flags.writeable = False
+    return c
+
+
+def dot_sums(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> float | np.ndarray:
+    """Σ x ⊙ y over a block of rows: a float; for stacked pieces (3-D), one per piece.
+
+    Per piece, the rows are flattened and dotted by one BLAS call with that piece's
+    length, so each piece's sum is the same bits whichever stack it is computed in.
+    """
+    if x.ndim == 2:
+        return float(np.vdot(x, y))
+    k = x.shape[0]
+    np.matmul(x.reshape(k, 1, -1), y.reshape(k, -1, 1), out=out[:k])
+    return out[:k]
+
+
 class Loss:
     name: str
 
-    def value(self, a: np.ndarray, y: np.ndarray, scratch: np.ndarray) -> float:
-        """Σ_k C_k for outputs ``a`` = a(L) and targets ``y``; may overwrite ``scratch``."""
+    def value(
+        self, a: np.ndarray, y: np.ndarray, scratch: np.ndarray, sums: np.ndarray | None = None
+    ) -> float | np.ndarray:
+        """Σ_k C_k for outputs ``a`` = a(L) and targets ``y``; may overwrite ``scratch``.
+
+        For stacked pieces (3-D blocks) one sum per piece, written to ``sums`` (see
+        :func:`dot_sums`).
+        """
         raise NotImplementedError
 
     def output_delta(
@@ -27,8 +59,10 @@ class Loss:
         sigma: Activation,
         delta: np.ndarray,
         scratch: np.ndarray,
-    ) -> float:
-        """Write ∂C_k/∂z(L) of every row k into ``delta``; return Σ_k C_k."""
+        scale: float = 1.0,
+        sums: np.ndarray | None = None,
+    ) -> float | np.ndarray:
+        """Write ``scale`` · ∂C_k/∂z(L) of every row k into ``delta``; return Σ_k C_k."""
         raise NotImplementedError
 
 
@@ -37,14 +71,15 @@ class SquaredLoss(Loss):
 
     name = "squared"
 
-    def value(self, a, y, scratch):
+    def value(self, a, y, scratch, sums=None):
         np.subtract(a, y, out=scratch)
-        return float(np.vdot(scratch, scratch))
+        return dot_sums(scratch, scratch, sums)
 
-    def output_delta(self, a, y, z, sigma, delta, scratch):
+    def output_delta(self, a, y, z, sigma, delta, scratch, scale=1.0, sums=None):
         np.subtract(a, y, out=delta)
-        total = float(np.vdot(delta, delta))
-        delta *= 2.0
+        total = dot_sums(delta, delta, sums)
+        # 2·scale in one pass: exactly (2Δ)·scale, 2 being a power of two
+        np.multiply(delta, constant(2.0 * scale, delta.dtype), out=delta)
         sigma.scale_by_derivative(delta, z, a, scratch)  # ∂C/∂z = σ̇(z) ⊙ ∂C/∂a
         return total
 
@@ -59,14 +94,20 @@ class CrossEntropyLoss(Loss):
     name = "cross-entropy"
     _floor = 1e-30  # log(0) would turn a confident mistake into inf, 0·log 0 into NaN
 
-    def value(self, a, y, scratch):
+    def value(self, a, y, scratch, sums=None):
         np.maximum(a, self._floor, out=scratch)
         np.log(scratch, out=scratch)
-        return -float(np.vdot(y, scratch))
+        total = dot_sums(y, scratch, sums)
+        if isinstance(total, float):
+            return -total
+        np.negative(total, out=total)
+        return total
 
-    def output_delta(self, a, y, z, sigma, delta, scratch):
+    def output_delta(self, a, y, z, sigma, delta, scratch, scale=1.0, sums=None):
         np.subtract(a, y, out=delta)
-        return self.value(a, y, scratch)
+        if scale != 1.0:
+            np.multiply(delta, constant(scale, delta.dtype), out=delta)
+        return self.value(a, y, scratch, sums)
 
 
 LOSSES: dict[str, Loss] = {cls.name: cls() for cls in (SquaredLoss, CrossEntropyLoss)}

@@ -19,24 +19,9 @@ import numpy as np
 from distnn.engine.activations import Activation, get_activation
 from distnn.engine.losses import Loss, get_loss
 from distnn.engine.model_arrays import check_model_arrays
+from distnn.engine.workspace import Workspace
 from distnn.errors import DistnnError
 from distnn.io.outputs import atomic_savez
-
-
-class Workspace:
-    """Preallocated per-layer buffers for up to ``max_rows`` samples.
-
-    ``Z[ℓ]``, ``A[ℓ]`` and ``D[ℓ]`` (= ∂C/∂z(ℓ), the Δ(ℓ) of MATH.md) are
-    ``max_rows × n_ℓ`` for ℓ = 1..L; index 0 is unused (A(0) is the input itself).
-    A step on fewer rows uses leading-row views, which are contiguous.
-    """
-
-    def __init__(self, sizes: Sequence[int], max_rows: int, dtype: np.dtype) -> None:
-        self.max_rows = max_rows
-        self.Z = [None] + [np.empty((max_rows, n), dtype) for n in sizes[1:]]
-        self.A = [None] + [np.empty((max_rows, n), dtype) for n in sizes[1:]]
-        self.D = [None] + [np.empty((max_rows, n), dtype) for n in sizes[1:]]
-        self.ones = np.ones(max_rows, dtype)  # column sums as a matrix-vector product
 
 
 class Network:
@@ -66,6 +51,8 @@ class Network:
 
         self.params = np.zeros(self.num_params, self.dtype)
         self.weights, self.biases = self.views(self.params)
+        self._cached_views: tuple | None = None
+        self._weights_T = [W.T for W in self.weights]  # views, as up to date as params
         self._initialize(seed)
         # Set by training and saved with the model, for ``predict`` on raw inputs:
         # x ↦ (x − input_mean) / input_std, and whether outputs are class scores.
@@ -98,14 +85,24 @@ class Network:
         return names
 
     def views(self, flat: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Per-layer (W, b) views into any flat buffer laid out like ``params``."""
-        weights, biases, start = [], [], 0
+        """Per-layer (W, b) views into any buffer laid out like ``params``.
+
+        A ``k × num_params`` stack (one row per piece) gives ``k × n × m`` and ``k × n``.
+        """
+        weights, biases, start, lead = [], [], 0, flat.shape[:-1]
         for m, n in zip(self.sizes[:-1], self.sizes[1:], strict=True):
-            weights.append(flat[start : start + n * m].reshape(n, m))
+            weights.append(flat[..., start : start + n * m].reshape(*lead, n, m))
             start += n * m
-            biases.append(flat[start : start + n])
+            biases.append(flat[..., start : start + n])
             start += n
         return weights, biases
+
+    def _grad_views(self, grad: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """``views(grad)``, made once for the buffer the training loop reuses every step."""
+        cached = self._cached_views
+        if cached is None or cached[0] is not grad:
+            cached = self._cached_views = (grad, self.views(grad))
+        return cached[1]
 
     def _initialize(self, seed: int) -> None:
         """Glorot uniform for saturating σ, He normal for the ReLU family; zero biases.
@@ -137,20 +134,24 @@ class Network:
             start += n * (m + 1)
         return slices
 
-    def workspace(self, max_rows: int) -> Workspace:
-        return Workspace(self.sizes, max_rows, self.dtype)
+    def workspace(self, max_rows: int, pieces: int | None = None) -> Workspace:
+        return Workspace(self.sizes, max_rows, self.dtype, pieces)
 
     # --- the hot path -------------------------------------------------------------
 
     def feed_forward(self, X: np.ndarray, ws: Workspace) -> np.ndarray:
-        """a(L) for the rows of X, keeping every Z(ℓ), A(ℓ) in ``ws`` for backprop."""
-        n = X.shape[0]
+        """a(L) for the rows of X, keeping every Z(ℓ), A(ℓ) in ``ws`` for backprop.
+
+        X is ``rows × n_0``, or a stack ``pieces × rows × n_0`` for a stacked workspace.
+        """
+        Z, A, _, _ = ws.rows(X.shape[-2])
+        product = np.dot if X.ndim == 2 else np.matmul  # dot: the same BLAS call, less overhead
         a = X
         for ell in range(1, self.num_layers + 1):
-            z = ws.Z[ell][:n]
-            np.matmul(a, self.weights[ell - 1].T, out=z)  # z(ℓ) = W(ℓ) a(ℓ-1) + b(ℓ)
+            z = Z[ell]
+            product(a, self._weights_T[ell - 1], out=z)  # z(ℓ) = W(ℓ) a(ℓ-1) + b(ℓ)
             z += self.biases[ell - 1]
-            a = ws.A[ell][:n]
+            a = A[ell]
             self.sigma[ell - 1].apply(z, out=a)  # a(ℓ) = σ(ℓ)(z(ℓ))
         return a
 
@@ -162,7 +163,8 @@ class Network:
         ws: Workspace,
         scale: float = 1.0,
         layer_done: Callable[[int], None] | None = None,
-    ) -> float:
+        padding: Sequence[tuple[int, int]] = (),
+    ) -> float | np.ndarray:
         """Write ``scale`` · Σ_k ∇C_k over the rows of (X, Y) into ``grad``; return Σ_k C_k.
 
         The trainer passes scale = 1/(global batch size), so the shard gradients sum to
@@ -176,33 +178,41 @@ class Network:
         Z(ℓ) is dead once σ̇(ℓ) has been taken, so it serves as that layer's scratch.
         ``layer_done(ℓ)``, if given, is called as soon as layer ℓ's gradients are final,
         so their communication can start while layers ℓ-1..1 are still computed.
+
+        Stacked pieces (a stacked workspace): X is ``k × rows × n_0``, Y ``k × rows × n_L``,
+        ``grad`` ``k × num_params``, and the result is each piece's Σ_k C_k (``ws.sums``,
+        ``k × 1 × 1``). Every product runs once per piece with the piece's shape, so a
+        piece's bits do not depend on the other pieces in the stack. A piece shorter than
+        ``rows`` lists ``(index, real rows)`` in ``padding``: its rows beyond are zeros in
+        Y and get a(L) = 0, hence Δ(L) = 0 and no share of the loss or the gradient.
         """
-        n, L = X.shape[0], self.num_layers
-        if n == 0:  # an empty shard still joins the Allreduce(s), with zeros
+        n, L = X.shape[-2], self.num_layers
+        if X.size == 0:  # an empty shard still joins the Allreduce(s), with zeros
             grad.fill(0.0)
             for ell in range(L, 0, -1):
                 if layer_done is not None:
                     layer_done(ell)
             return 0.0
-        grad_W, grad_b = self.views(grad)
+        grad_W, grad_b = self._grad_views(grad)
         a_L = self.feed_forward(X, ws)
-        Z, A, D = ws.Z, ws.A, ws.D
+        Z, A, D, ones = ws.rows(n)
+        for piece, rows in padding:
+            a_L[piece, rows:] = 0.0
         total = self.loss_fn.output_delta(
-            a_L, Y, Z[L][:n], self.sigma[L - 1], D[L][:n], scratch=Z[L][:n]
+            a_L, Y, Z[L], self.sigma[L - 1], D[L], Z[L], scale, ws.sums
         )
-        if scale != 1.0:
-            D[L][:n] *= scale
+        product = np.dot if X.ndim == 2 else np.matmul
         for ell in range(L, 0, -1):
-            delta = D[ell][:n]
-            a_prev = X if ell == 1 else A[ell - 1][:n]
-            np.matmul(delta.T, a_prev, out=grad_W[ell - 1])
-            np.matmul(ws.ones[:n], delta, out=grad_b[ell - 1])  # column sums of Δ(ℓ)
+            delta = D[ell]
+            a_prev = X if ell == 1 else A[ell - 1]
+            product(delta.swapaxes(-1, -2), a_prev, out=grad_W[ell - 1])
+            product(ones, delta, out=grad_b[ell - 1])  # column sums of Δ(ℓ)
             if layer_done is not None:
                 layer_done(ell)
             if ell > 1:
-                delta_prev = D[ell - 1][:n]
-                np.matmul(delta, self.weights[ell - 1], out=delta_prev)  # ∂C/∂a(ℓ-1)
-                z_prev = Z[ell - 1][:n]
+                delta_prev = D[ell - 1]
+                product(delta, self.weights[ell - 1], out=delta_prev)  # ∂C/∂a(ℓ-1)
+                z_prev = Z[ell - 1]
                 self.sigma[ell - 2].scale_by_derivative(delta_prev, z_prev, a_prev, z_prev)
         return total
 

@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import re
+import time
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ import numpy as np
 
 from distnn.errors import DistnnError
 from distnn.io.outputs import atomic_savez
+from distnn.timeline import CHECKPOINT
 
 FORMAT_VERSION = 2  # 2: run_state (early stopping, wall time); full fingerprint
 _NAME = re.compile(r"^checkpoint-(\d+)\.npz$")
@@ -252,6 +254,7 @@ class Checkpointer:
         if position == self.last_saved:
             return
         self.last_saved = position
+        t0 = time.perf_counter()
         trainer.check_params(f"the checkpoint of step {trainer.step}")
         ckpt = Checkpoint(
             trainer.net.params,
@@ -262,6 +265,8 @@ class Checkpointer:
             *self.run_state(),
         )
         self.last_path = self.world.on_root(lambda: self._write(ckpt))
+        if trainer.timeline.covers(trainer.step):
+            trainer.timeline.add(CHECKPOINT, t0, time.perf_counter())
 
     def _write(self, ckpt: Checkpoint) -> str:
         try:

@@ -17,7 +17,8 @@ from typing import NamedTuple
 import numpy as np
 
 from distnn.engine.metrics import macro_average, per_class
-from distnn.engine.network import Network, Workspace
+from distnn.engine.network import Network
+from distnn.engine.workspace import Workspace
 from distnn.errors import DistnnError
 from distnn.parallel.reducers import shard_bounds
 from distnn.parallel.world import World

@@ -14,6 +14,9 @@ world's answer in ``votes``.
 
 from __future__ import annotations
 
+import math
+from time import perf_counter
+
 import numpy as np
 
 from distnn.data.dataset import Dataset
@@ -22,13 +25,13 @@ from distnn.engine.schedules import GradientUpdateSchedule
 from distnn.errors import DivergenceError, ScheduleError
 from distnn.parallel.evaluation import EVAL_CHUNK, evaluate_sharded
 from distnn.parallel.reducers import (
-    NUM_VOTES,
     ExactSum,
     FusedAllreduce,
     OverlappedAllreduce,
     shard_bounds,
 )
 from distnn.parallel.world import World
+from distnn.timeline import EVALUATE, Timeline
 
 STOP_VOTE, TIME_VOTE = 0, 1  # indices into ``votes``
 
@@ -79,6 +82,7 @@ class Trainer:
         batch_size: int,
         reducer: FusedAllreduce | OverlappedAllreduce | ExactSum,
         seed: int = 0,
+        timeline: Timeline | None = None,
     ) -> None:
         self.net, self.schedule, self.data, self.world = net, schedule, data, world
         self.reducer = reducer
@@ -89,13 +93,24 @@ class Trainer:
         self.batch_in_epoch = 0  # batches done in the epoch under way
         self.epoch_loss_sum = 0.0  # Σ batch loss × batch size so far in that epoch
         self.step = 0  # updates since the start of training
-        self.votes = np.zeros(NUM_VOTES, np.float64)  # the world's sums after each step
+        self.votes = reducer.votes  # this rank's votes, then the world's sums after each step
+        # Where this rank's time goes, summed since the last ``take_phase_times``; plain
+        # floats, so measuring allocates nothing and costs a few clock reads a step.
+        self.data_s = self.compute_s = self.allreduce_s = self.update_s = 0.0
+        self.timeline = timeline if timeline is not None else Timeline(world, None, range(0))
 
+        # This rank's rows of a batch: one block, or a stack of one block per virtual shard.
         piece_rows = -(-self.batch_size // reducer.num_pieces)
-        self.ws = net.workspace(max(piece_rows, EVAL_CHUNK))
-        self.x_piece = np.empty((piece_rows, net.sizes[0]), net.dtype)
-        self.y_piece = np.empty((piece_rows, net.sizes[-1]), net.dtype)
-        self.piece_losses = np.zeros(len(reducer.my_pieces), np.float64)
+        if reducer.stacked:
+            lead = (len(reducer.my_pieces), piece_rows)
+            self.ws = net.workspace(piece_rows, pieces=len(reducer.my_pieces))
+            self.eval_ws = net.workspace(EVAL_CHUNK)
+        else:
+            lead = (piece_rows,)
+            self.ws = self.eval_ws = net.workspace(max(piece_rows, EVAL_CHUNK))
+        self.x_piece = np.zeros((*lead, net.sizes[0]), net.dtype)
+        self.y_piece = np.zeros((*lead, net.sizes[-1]), net.dtype)
+        self._layouts: dict[int, tuple] = {}
 
     def batches_per_epoch(self) -> int:
         return -(-len(self.data.x) // self.batch_size)
@@ -111,22 +126,24 @@ class Trainer:
         holds their sums over the world, the same on every rank.
         """
         reducer, B = self.reducer, len(batch)
-        scale = 1.0 / B  # backprop gives this piece's share of ∇ of the batch mean (MATH.md)
-        for i, piece in enumerate(reducer.my_pieces):
-            # Shard: the piece's rows, gathered into preallocated buffers.
-            lo, hi = shard_bounds(B, piece, reducer.num_pieces)
-            x, y = self.x_piece[: hi - lo], self.y_piece[: hi - lo]
-            np.take(self.data.x, batch[lo:hi], axis=0, out=x)
-            np.take(self.data.y, batch[lo:hi], axis=0, out=y)
-            # Backprop, born in the buffer the reducer sends.
-            g = reducer.piece_grads[i]
-            loss = self.net.backprop(x, y, g, self.ws, scale, reducer.layer_done)
-            self.piece_losses[i] = loss * scale
+        scale = 1.0 / B  # backprop gives this rank's share of ∇ of the batch mean (MATH.md)
+        t0 = perf_counter()
+
+        # Shard: this rank's piece(s) of the batch, gathered into preallocated buffers.
+        x, y, padding = self.gather(batch)
+        t1 = perf_counter()
+
+        # Backprop over every piece in one call, born in the buffers the reducer sends.
+        reducer.piece_losses[...] = self.net.backprop(
+            x, y, reducer.piece_grads, self.ws, scale, reducer.layer_done, padding
+        )
+        t2 = perf_counter()
 
         # Reduce: the global batch's gradient, loss and votes, identical on every rank.
         self.votes[STOP_VOTE], self.votes[TIME_VOTE] = stop_requested, time_up
-        loss = reducer.reduce(self.piece_losses, self.votes)
-        if not np.isfinite(loss):
+        loss = reducer.reduce() * scale
+        t3 = perf_counter()
+        if not math.isfinite(loss):
             raise DivergenceError(
                 f"the loss or gradient became non-finite at step {self.step + 1} (epoch "
                 f"{self.epoch + 1}): training diverged; is the learning rate too high?"
@@ -137,10 +154,64 @@ class Trainer:
         if self.step == 0:  # a user schedule's bad step: one line, not a NumPy traceback
             check_schedule_step(step, self.net.params, type(self.schedule).__name__)
         self.net.params -= step
+        t4 = perf_counter()
         self.step += 1
         self.batch_in_epoch += 1
         self.epoch_loss_sum += loss * B
+        self.data_s += t1 - t0
+        self.compute_s += t2 - t1
+        self.allreduce_s += t3 - t2  # with the wait for slower ranks: a straggler shows here
+        self.update_s += t4 - t3
+        if self.timeline.covers(self.step):
+            self.timeline.add_step(t0, t1, t2, t3, t4)
         return loss
+
+    def take_phase_times(self) -> tuple[float, float, float, float]:
+        """This rank's (data, compute, allreduce, update) seconds since the last call."""
+        times = (self.data_s, self.compute_s, self.allreduce_s, self.update_s)
+        self.data_s = self.compute_s = self.allreduce_s = self.update_s = 0.0
+        return times
+
+    def gather(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, list]:
+        """This rank's rows of ``batch`` as backprop takes them, and the stack's padding.
+
+        One piece: rows [lo, hi) of the batch. Stacked virtual shards: one block of
+        ⌈B/V⌉ rows per shard; a shorter shard's extra rows are zeros, listed in the
+        padding as (index in the stack, real rows). One ``take`` when the rank's shards
+        are equal and fill their blocks (every full batch when V divides B). The indices
+        are in range, so mode="clip" changes nothing but spares ``take`` a temporary copy.
+        """
+        data = self.data
+        layout = self._layouts.get(len(batch))
+        if layout is None:
+            layout = self._layouts[len(batch)] = self._layout(len(batch))
+        lo, hi, x, y, rows_x, rows_y, pieces, padding = layout
+        if pieces is None:  # one contiguous block of rows
+            data.x.take(batch[lo:hi], axis=0, out=rows_x, mode="clip")
+            data.y.take(batch[lo:hi], axis=0, out=rows_y, mode="clip")
+            return x, y, padding
+        for i, (p_lo, p_hi) in enumerate(pieces):
+            data.x.take(batch[p_lo:p_hi], axis=0, out=x[i, : p_hi - p_lo], mode="clip")
+            data.y.take(batch[p_lo:p_hi], axis=0, out=y[i, : p_hi - p_lo], mode="clip")
+            x[i, p_hi - p_lo :], y[i, p_hi - p_lo :] = 0.0, 0.0
+        return x, y, padding
+
+    def _layout(self, B: int) -> tuple:
+        """For batches of ``B`` rows: (lo, hi, x, y, x and y as 2-D rows, per-piece bounds
+        or None for one contiguous take, padding)."""
+        reducer = self.reducer
+        bounds = [shard_bounds(B, v, reducer.num_pieces) for v in reducer.my_pieces]
+        lo, hi = (bounds[0][0], bounds[-1][1]) if bounds else (0, 0)
+        if not reducer.stacked:
+            x, y = self.x_piece[: hi - lo], self.y_piece[: hi - lo]
+            return lo, hi, x, y, x, y, None, ()
+        rows = -(-B // reducer.num_pieces)
+        x, y = self.x_piece[:, :rows], self.y_piece[:, :rows]
+        padding = [(i, b - a) for i, (a, b) in enumerate(bounds) if b - a < rows]
+        if not padding and rows == self.x_piece.shape[1]:  # contiguous: one take
+            rows_x, rows_y = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
+            return lo, hi, x, y, rows_x, rows_y, None, ()
+        return lo, hi, x, y, None, None, bounds, padding
 
     def end_epoch(self) -> float:
         """Close the epoch under way; its mean training loss."""
@@ -182,5 +253,8 @@ class Trainer:
         self, x: np.ndarray, y: np.ndarray, labels: np.ndarray | None
     ) -> tuple[float, float | None]:
         """Mean loss and accuracy (None for regression), the same bits at any world size."""
-        result = evaluate_sharded(self.net, [(x, y, labels)], self.world, self.ws)
+        t0 = perf_counter()
+        result = evaluate_sharded(self.net, [(x, y, labels)], self.world, self.eval_ws)
+        if self.timeline.covers(self.step):
+            self.timeline.add(EVALUATE, t0, perf_counter())
         return result.loss, result.accuracy
