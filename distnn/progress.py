@@ -38,10 +38,8 @@ class Progress:
         self._epoch, self._epoch_start = epoch, time.perf_counter()
 
     def step(self, done: int, total: int, loss: float) -> None:
-        if not self.live:  # called every step: nothing else to do off a terminal
-            return
         now = time.perf_counter()
-        if now - self._last_draw < 0.1 and done < total:
+        if not self.live or (now - self._last_draw < 0.1 and done < total):
             return
         self._last_draw = now
         rate = done * self.batch_size / max(now - self._epoch_start, 1e-9)
