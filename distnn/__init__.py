@@ -18,7 +18,7 @@ _WHERE = {
     "Network": "distnn.engine.network",
     "GradientUpdateSchedule": "distnn.engine.schedules",
     "DistnnError": "distnn.errors",
-    "fit": "distnn.training",
+    "fit": "distnn.api",
     "History": "distnn.training",
     "evaluate": "distnn.parallel.evaluation",
     "World": "distnn.parallel.world",

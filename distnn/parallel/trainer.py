@@ -8,7 +8,7 @@ the same step, so the replicas never drift apart (MATH.md, Data parallelism).
 
 The Trainer holds the position in the data (what a checkpoint needs besides the
 parameters and the schedule's state). It does not decide when to stop: the owner of
-the run (:func:`distnn.training.fit`) passes each step its votes and reads the
+the run (:func:`distnn.training.train_config`) passes each step its votes and reads the
 world's answer in ``votes``.
 """
 
