@@ -191,7 +191,8 @@ def prepare_run(
     fingerprint = run_fingerprint(config, net, data_hash, len(data.x))
     run = Run(config, data, net, trainer, fingerprint, validation, notes=notes)
     if world.is_root:  # find out now, not after hours of training, that an output can't land
-        for path, what in ((config.save, "--save"), (config.metrics, "--metrics")):
+        files = ((config.save, "--save"), (config.metrics, "--metrics"), (config.trace, "--trace"))
+        for path, what in files:
             if path:
                 check_output_path(path, what)
         if config.checkpoint_dir:
