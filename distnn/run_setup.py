@@ -88,8 +88,7 @@ class Run:
                 except (DistnnError, OSError) as e:
                     where = newest_checkpoint or rescue_copy(self.net)
                     raise SaveFailed(
-                        f"--save {config.save}: {_reason(e)}; the trained parameters are in "
-                        f"{where}"
+                        f"--save {config.save}: {_reason(e)}; the trained parameters are in {where}"
                     ) from None
             write_config_beside(config, [config.save, config.metrics])
 
@@ -179,9 +178,7 @@ def prepare_run(
     V = config.virtual_shards if config.deterministic else None
     reducer = make_reducer(net, world, overlap=config.overlap, virtual_shards=V)
     timeline = Timeline(world, config.trace, parse_steps(config.trace_steps))
-    trainer = Trainer(
-        net, schedule, data, world, config.batch_size, reducer, config.seed, timeline
-    )
+    trainer = Trainer(net, schedule, data, world, config.batch_size, reducer, config.seed, timeline)
     if config.deterministic and world.size > config.virtual_shards:
         notes += (
             f"{world.size - config.virtual_shards} rank(s) idle: --deterministic "
@@ -215,8 +212,7 @@ def warm_start(net: Network, path: str) -> None:
     model = load_model(path)
     if model.sizes != net.sizes or model.activation_names != net.activation_names:
         raise DistnnError(
-            f"--init-from {path}: the model is {model.describe()}, this run trains "
-            f"{net.describe()}"
+            f"--init-from {path}: the model is {model.describe()}, this run trains {net.describe()}"
         )
     net.params[...] = model.params
 

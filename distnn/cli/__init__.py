@@ -11,7 +11,8 @@ import os
 import signal
 import sys
 
-EXIT_INTERRUPTED = 130  # as distnn.errors.EXIT_INTERRUPTED; that module is not loaded yet
+from distnn.errors import EXIT_INTERRUPTED  # a module without imports: loads nothing heavy
+
 # Where launchers put a process's rank, read before MPI is started.
 _RANK_VARIABLES = ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID")
 

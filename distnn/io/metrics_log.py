@@ -29,12 +29,6 @@ class MetricsLog:
         if self.file is not None:
             self.file.close()
 
-    def __enter__(self) -> MetricsLog:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
 
 def is_header(record: object) -> bool:
     """True for a header record (what produced the run), False for an epoch's record."""

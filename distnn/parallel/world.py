@@ -220,6 +220,15 @@ def check_launch(world: World) -> None:
             )
 
 
+_REAL_EXIT = os._exit
+
+
+def _rank_failed(world: World, exc_type, exc, tb) -> None:
+    """One rank's unexpected exception: its traceback once, then the whole job ends."""
+    details = "".join(traceback.format_exception(exc_type, exc, tb))
+    world.say_and_abort(f"distnn: rank {world.rank} failed, aborting the job:\n{details}", 1)
+
+
 @contextmanager
 def failures_end_the_job(world: World) -> Iterator[None]:
     """Inside: an exception that not every rank raises together ends the whole job.
@@ -229,7 +238,7 @@ def failures_end_the_job(world: World) -> Iterator[None]:
     error, SystemExit, KeyboardInterrupt) would leave the others waiting in their next
     collective forever: it is printed once, naming the rank, and the world is aborted.
     """
-    real_exit, pid = os._exit, os.getpid()
+    real_exit, pid = _REAL_EXIT, os.getpid()  # the real one even if contexts nest
 
     def exit_ends_the_job(status: int) -> None:
         if os.getpid() != pid:  # a forked child (multiprocessing) leaving as it should
@@ -255,8 +264,7 @@ def failures_end_the_job(world: World) -> Iterator[None]:
     except BaseException as e:
         if world.size == 1:
             raise
-        details = "".join(traceback.format_exception(type(e), e, e.__traceback__))
-        world.say_and_abort(f"distnn: rank {world.rank} failed, aborting the job:\n{details}", 1)
+        _rank_failed(world, type(e), e, e.__traceback__)
     finally:
         os._exit = real_exit
 
@@ -270,8 +278,4 @@ def install_abort_on_error(world: World) -> None:
     if world.size == 1:
         return
 
-    def hook(exc_type, exc, tb):
-        details = "".join(traceback.format_exception(exc_type, exc, tb))
-        world.say_and_abort(f"distnn: rank {world.rank} failed, aborting the job:\n{details}", 1)
-
-    sys.excepthook = hook
+    sys.excepthook = lambda exc_type, exc, tb: _rank_failed(world, exc_type, exc, tb)
