@@ -3,11 +3,17 @@
     python scripts/bench.py                          # both workloads, 1 thread, all peers found
     python scripts/bench.py --threads 1,2 --ranks 1,2,4 --json runs/bench.json
     python scripts/bench.py --busy 1                 # a busy core elsewhere: the thread policy
+    python scripts/bench.py --repeat 3               # medians of 3 interleaved rounds
 
 Each measurement runs in a fresh process (under ``mpiexec -n R`` for R ranks) so thread
 settings and peak memory do not leak between them. Peers that are not installed
 (``pip install .[bench]``) are reported as missing, not faked. The ceiling ("blas") is
 the best GFLOP/s of the matrix products of one training step, timed alone.
+
+On a shared machine a neighbour's burst can slow one measurement: with ``--repeat N``
+every row is measured in each of N rounds (round by round, so a burst hits one round
+of every engine rather than every round of one), and the table shows each row's
+median with its range; ratios are between medians of the same run.
 """
 
 from __future__ import annotations
@@ -138,6 +144,47 @@ def refuse_unknown(prog: str, kind: str, names: Iterable[str], known: Iterable[s
             sys.exit(2)
 
 
+def measure_row(row: tuple, round_: int, rounds: int) -> dict:
+    """One measurement of one row of the plan, labelled for the table."""
+    engine, workload, threads, ranks, env = row
+    if importlib.util.find_spec(MODULES.get(engine, "distnn")) is None:
+        r = {"error": f"{engine} not installed (pip install .[bench])"}
+    else:
+        r = measure(engine, workload, threads, ranks, env)
+    notes = [NOTES.get(engine, ""), r.get("note", "")]
+    r.update(
+        engine=engine,
+        workload=workload,
+        threads_asked=threads,
+        ranks=r.get("ranks", ranks),
+        note="; ".join(n for n in notes if n),
+    )
+    if "error" not in r:
+        r["gflops"] = r["samples_per_sec"] * WORKLOADS[workload].flops_per_sample() / 1e9
+    label = f" (round {round_ + 1}/{rounds})" if rounds > 1 else ""
+    print(
+        f"measured {engine} {workload} threads={threads} ranks={ranks}{label}: "
+        f"{r.get('samples_per_sec', r.get('error'))}",
+        file=sys.stderr,
+    )
+    return r
+
+
+def median_of(runs: tuple[dict, ...]) -> dict:
+    """The run with the median samples/s (the lower middle of an even count), its range
+    in the note; the first error if any run failed."""
+    failed = [r for r in runs if "error" in r]
+    if failed or len(runs) == 1:
+        return failed[0] if failed else runs[0]
+    ordered = sorted(runs, key=lambda r: r["samples_per_sec"])
+    median = dict(ordered[(len(ordered) - 1) // 2])
+    low, high = ordered[0]["samples_per_sec"], ordered[-1]["samples_per_sec"]
+    spread = f"median of {len(runs)}, range {low:,.0f}–{high:,.0f}"
+    median["note"] = "; ".join(n for n in (spread, median.get("note", "")) if n)
+    median["samples_per_sec_runs"] = [r["samples_per_sec"] for r in runs]
+    return median
+
+
 def busy_loop(cores: int) -> list[subprocess.Popen]:
     return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cores)]
 
@@ -169,6 +216,12 @@ def main() -> None:
         help="ranks for distnn (and torch DDP); batch per rank stays fixed",
     )
     p.add_argument("--busy", type=int, default=0, help="keep N cores busy meanwhile")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="measure every row in N interleaved rounds; report the median (default 1)",
+    )
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--workload", help=argparse.SUPPRESS)
@@ -185,34 +238,18 @@ def main() -> None:
     # cores start and before the first (possibly long) measurement.
     refuse_unknown(p.prog, "workload", args.workloads, WORKLOADS)
     refuse_unknown(p.prog, "engine", args.engines, ENGINES)
+    if args.repeat < 1:
+        print(f"{p.prog}: error: --repeat must be at least 1, got {args.repeat}", file=sys.stderr)
+        sys.exit(2)
     hogs = busy_loop(args.busy)
-    results = []
+    rounds: list[list[dict]] = []
     try:
-        for engine, workload, threads, ranks, env in plan(args):
-            if importlib.util.find_spec(MODULES.get(engine, "distnn")) is None:
-                r = {"error": f"{engine} not installed (pip install .[bench])"}
-            else:
-                r = measure(engine, workload, threads, ranks, env)
-            w = WORKLOADS[workload]
-            notes = [NOTES.get(engine, ""), r.get("note", "")]
-            r.update(
-                engine=engine,
-                workload=workload,
-                threads_asked=threads,
-                ranks=r.get("ranks", ranks),
-                note="; ".join(n for n in notes if n),
-            )
-            if "error" not in r:
-                r["gflops"] = r["samples_per_sec"] * w.flops_per_sample() / 1e9
-            results.append(r)
-            print(
-                f"measured {engine} {workload} threads={threads} ranks={ranks}: "
-                f"{r.get('samples_per_sec', r.get('error'))}",
-                file=sys.stderr,
-            )
+        for round_ in range(args.repeat):
+            rounds.append([measure_row(row, round_, args.repeat) for row in plan(args)])
     finally:
         for hog in hogs:
             hog.kill()
+    results = [median_of(runs) for runs in zip(*rounds, strict=True)]
     busy = f", {args.busy} core(s) kept busy" if args.busy else ""
     print(
         f"# {os.cpu_count()} cores{busy}; batch per rank: "

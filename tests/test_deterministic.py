@@ -14,7 +14,7 @@ from distnn import Network
 from distnn.data.load import load_dataset
 from distnn.engine.schedules import SGD, Adam
 from distnn.io.metrics_log import epoch_records
-from distnn.parallel.reducers import ExactSum
+from distnn.parallel.reducers import OrderedSum
 from distnn.parallel.trainer import Trainer, make_reducer
 from distnn.parallel.world import World
 
@@ -119,24 +119,39 @@ def test_default_mode_is_not_bitwise_across_world_sizes(tmp_path):
     assert 0 < diff < 1e-3
 
 
-def test_fixed_point_sum_is_within_float32_resolution():
+@pytest.mark.parametrize("virtual_shards", [1, 3, 4, 5, 8])
+def test_ordered_sum_is_the_pairwise_tree_over_shards_and_within_its_bound(virtual_shards):
+    """The global gradient is, bit for bit, the documented tree over separately computed
+    shard gradients, and within Higham's bound γ_h·Σ|g_v| of their exact sum."""
+    V, B = virtual_shards, 64
     data = load_dataset("synthetic:200:6:3", seed=3)
     net = Network([6, 9, 3], "tanh", seed=1)
     world = World(MPI.COMM_SELF)
-    reducer = ExactSum(net.num_params, net.dtype, world, virtual_shards=4)
-    trainer = Trainer(net, SGD(0.1), data, world, 64, reducer)
+    reducer = OrderedSum(net.num_params, net.dtype, world, virtual_shards=V)
+    trainer = Trainer(net, SGD(0.1), data, world, B, reducer)
     order = np.arange(200)
     for step in range(3):
-        batch = order[step * 64 : (step + 1) * 64]
-        exact = np.zeros(net.num_params)
-        for lo, hi in [(0, 16), (16, 32), (32, 48), (48, 64)]:  # the 4 virtual shards
+        batch = order[step * B : (step + 1) * B]
+        shards = []
+        for v in range(V):  # each shard alone, in a workspace of its own
+            lo, hi = v * B // V, (v + 1) * B // V
             g = np.empty_like(net.params)
-            net.backprop(data.x[batch[lo:hi]], data.y[batch[lo:hi]], g, net.workspace(16), 1 / 64)
-            exact += g
+            net.backprop(
+                data.x[batch[lo:hi]], data.y[batch[lo:hi]], g, net.workspace(hi - lo), 1 / B
+            )
+            shards.append(g)
         trainer.train_step(batch, stop_requested=False, time_up=False)
-        largest = np.abs(exact).max()
-        error = np.abs(reducer.grad - exact).max()
-        assert error <= largest * 2.0**-24, f"step {step}: error {error:.3g} of {largest:.3g}"
+        tree, stride = [g.copy() for g in shards], 1
+        while stride < V:
+            for i in range(0, V - stride, 2 * stride):
+                tree[i] = tree[i] + tree[i + stride]
+            stride *= 2
+        assert reducer.grad.tobytes() == tree[0].tobytes(), f"step {step}: not the tree's bits"
+        exact = np.sum([g.astype(np.float64) for g in shards], axis=0)
+        h = max(1, (V - 1).bit_length())
+        u = 2.0**-24
+        bound = h * u / (1 - h * u) * np.sum([np.abs(g.astype(np.float64)) for g in shards], axis=0)
+        assert (np.abs(reducer.grad - exact) <= bound).all(), f"step {step}: outside the bound"
 
 
 @pytest.mark.mpi(min_size=2)

@@ -47,7 +47,8 @@ def base(tmp_path_factory) -> Path:
     x, y = rng.standard_normal((40, 4)).astype(np.float32), np.arange(40) % 3
     np.savez(root / "data.npz", x=x, y=y)
     (root / "data.csv").write_text(
-        "a,b,c,d,label\n" + "".join(f"{r[0]},{r[1]},{r[2]},{r[3]},{k}\n" for r, k in zip(x, y, strict=True))
+        "a,b,c,d,label\n"
+        + "".join(f"{r[0]},{r[1]},{r[2]},{r[3]},{k}\n" for r, k in zip(x, y, strict=True))
     )
     (root / "npydir").mkdir()
     np.save(root / "npydir" / "x.npy", x)

@@ -218,8 +218,8 @@ def build_parser(rank: int = 0) -> argparse.ArgumentParser:
     p.add_argument(
         "--deterministic",
         action="store_true",
-        help="the same model to the last bit at any number of ranks: exact fixed-point "
-        "gradient sums over --virtual-shards, one BLAS thread per rank",
+        help="the same model to the last bit at any number of ranks: --virtual-shards "
+        "gradients added in one fixed order on every rank, one BLAS thread per rank",
     )
     p.add_argument(
         "--virtual-shards",

@@ -16,15 +16,15 @@ def check_memory(config: TrainConfig, sizes: list[int], ranks_on_node: int, rank
     """Refuse, before allocating, a network that cannot fit in this node's memory.
 
     Per rank: the parameters, the gradient buffer, the schedule's state (at most three
-    more buffers, Adam's), early stopping's best copy, --deterministic's shard gradients
-    and int64 sum; and the workspace of three rows × Σ widths buffers for the largest
+    more buffers, Adam's), early stopping's best copy, --deterministic's V gathered shard
+    gradients; and the workspace of three rows × Σ widths buffers for the largest
     piece of a batch (or an evaluation chunk). Every rank on the node holds its own.
     """
     itemsize = 4 if config.dtype == "float32" else 8
     params = sum(n * (m + 1) for m, n in itertools.pairwise(sizes))
     copies = 5 + (1 if config.patience else 0)
     if config.deterministic:
-        copies += -(-config.virtual_shards // ranks) + 8 // itemsize
+        copies += config.virtual_shards
     pieces = config.virtual_shards if config.deterministic else ranks
     rows = max(-(-config.batch_size // pieces), 256)
     need = itemsize * (copies * params + 3 * rows * sum(sizes[1:])) * ranks_on_node

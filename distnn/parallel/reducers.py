@@ -11,10 +11,10 @@ stop votes are summed across the world:
 - :class:`OverlappedAllreduce` (``--overlap``): the same piece, but each layer's
   gradient starts its own non-blocking Iallreduce as soon as backprop finishes it,
   while the layers below are still computed (as DDP's buckets).
-- :class:`ExactSum` (``--deterministic``): the batch is cut into V *virtual shards*
-  that do not depend on the world size, and their gradients are added exactly as
-  int64 fixed-point numbers, so the result is the same bits at any number of ranks.
-  The proof is below, in the class's docstring.
+- :class:`OrderedSum` (``--deterministic``): the batch is cut into V *virtual shards*
+  that do not depend on the world size; one Allgather gives every rank all V shard
+  gradients, and every rank adds them in one fixed order, so the result is the same
+  bits at any number of ranks. The argument is below, in the class's docstring.
 
 Backprop writes into the reducer's own buffers: the pieces' gradients into
 ``piece_grads`` and their loss sums Σ_k C_k into ``piece_losses``; the trainer writes
@@ -25,7 +25,6 @@ returns the global batch's loss sum: identical on every rank, so every rank deci
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import numpy as np
@@ -81,11 +80,7 @@ class OverlappedAllreduce(FusedAllreduce):
         return float(self.piece_losses[0])
 
 
-INT_BITS = 62  # headroom under int64's 63 value bits
-BLOCK = 1 << 15  # elements of each piece quantized at a time: scaled, converted, summed in cache
-
-
-class ExactSum:
+class OrderedSum:
     """Bit-for-bit the same global gradient at any number of ranks (``--deterministic``).
 
     Floating-point addition is not associative, so with an ordinary Allreduce the last
@@ -99,119 +94,72 @@ class ExactSum:
        contribute exact zeros): every product runs once per shard with the same shape,
        one BLAS thread, so shard v's gradient g_v is the same bits on any rank of any
        world size, whichever other shards share its stack (MATH.md, Backpropagation).
-    2. The g_v become integers with one scale shared by all ranks:
-       m = max_v ‖g_v‖_∞ (one small Allreduce MAX, none on one rank), s = 2^k with
-       k = 62 − c − e, c = ⌈log₂ V⌉, e = ⌈log₂ m⌉. Then q_v = trunc(s·g_v) is exact
-       (s·g_v is a float32 times a power of two), |q_v| ≤ 2^(62−c), and
-       Σ_v q_v ≤ V·2^(62−c) ≤ 2^62 fits an int64 in any order: integer addition is
-       associative. A rank's shards are scaled, truncated and summed block by block
-       while the block is in cache.
-    3. One Allreduce SUM of the int64 partial sums, which also carries each shard's
-       loss (below) and the votes; g = Σ_v q_v / s: the integer is rounded once to
-       float32, then multiplied by 2^-k, exactly (a power of two).
+    2. One Allgather gives every rank every shard's g_v and loss, and every rank's
+       votes: moving bytes changes no bit.
+    3. Every rank adds the V gradients in one fixed order that depends on V alone, a
+       pairwise tree over the shard index: g_i += g_(i+s) for s = 1, 2, 4, … and i a
+       multiple of 2s, so g = (g_0 + g_1) + (g_2 + g_3) for the default V = 4. The same
+       operands in the same order give the same bits on every rank of every world size.
+       The shard losses are added in shard order likewise.
 
-    Rounding: truncation loses less than 1/s per shard and element, so
-    |g − Σ_v g_v| < V/s = V·2^(c+e−62) ≤ 2^(2c+1−62)·m: below 2^-57·m for the default
-    V = 4 (c = 2), below 2^-53·m for V ≤ 16, so at least 29 binary orders under
-    float32's resolution of the gradient's largest entry (2^-24·m). The one rounding
-    to float32 is the one any float32 gradient has (an entry below float32's normal
-    range, 2^-126, is rounded again to a subnormal: the same bits on every rank). So
-    the fixed point changes nothing float32 can represent beyond what that final
-    rounding does anyway. Each power of two is applied as float32 factors 2^j with
-    |j| ≤ 126, so scaling is exact whatever e is.
+    Rounding: each element of g is a pairwise sum of V floating-point numbers, whose
+    tree is h = ⌈log₂ V⌉ additions deep, each rounding once by at most a relative u
+    (2^-24 for float32, 2^-53 for float64). So (Higham, *Accuracy and Stability of
+    Numerical Algorithms*, 2nd ed., §4.2, eq. 4.6)
 
-    The shard losses use a simpler exact tool: each shard owns one slot holding its
-    float64 loss's bit pattern, zero elsewhere; the integer sum x + 0 + … + 0 is x, and
-    the slots are then added in index order on every rank (as :func:`exact_slot_sum`).
+        |g − Σ_v g_v| ≤ γ_h · Σ_v |g_v|,   γ_h = h·u / (1 − h·u),
+
+    at most 2.0000003·u·Σ_v |g_v| for the default V = 4: two roundings, the error of
+    the default mode's float Allreduce over two ranks, whose order MPI does not fix.
+    Nothing is converted and nothing can overflow that the gradient itself does not.
+
+    Cost: V − 1 additions of the gradient on every rank, no conversion, one collective
+    that receives (V − V/P)·n numbers per rank; the fused Allreduce moves about 2n. So
+    the traffic grows with V: pick V near the largest number of ranks you will use.
     """
 
     stacked = True  # backprop writes a stack of this rank's shard gradients
 
     def __init__(self, num_params: int, dtype: np.dtype, world: World, virtual_shards: int) -> None:
-        self.world, V = world, virtual_shards
-        self.num_pieces, self.my_pieces = V, range(*shard_bounds(V, world.rank, world.size))
-        k = len(self.my_pieces)
-        self.grad = np.zeros(num_params, dtype)
-        # One float gradient per local shard: the scale needs every shard's max first.
-        self.piece_grads = np.zeros((k, num_params), dtype)
+        self.world, n, V = world, num_params, virtual_shards
+        owned = [range(*shard_bounds(V, r, world.size)) for r in range(world.size)]
+        self.num_pieces, self.my_pieces = V, owned[world.rank]
         self.layer_done = None
-        self.largest = np.zeros(1, np.float64)
-        # [Σ q_v | one loss slot per shard (float64 bits) | votes]: one collective.
-        self.int_buffer = np.zeros(num_params + V + NUM_VOTES, np.int64)
-        self.int_sum = self.int_buffer[:num_params]
-        self.loss_slots = self.int_buffer[num_params : num_params + V].view(np.float64)
-        own = self.loss_slots[self.my_pieces.start : self.my_pieces.stop]
-        self.piece_losses = own.reshape(k, 1, 1)  # as backprop returns the shards' losses
-        self.votes = self.int_buffer[num_params + V :]
-        self.bits = math.ceil(math.log2(V)) if V > 1 else 0
-        # The blocks of step 2, as views made once: shards' floats, their integers, Σ.
-        quantized = np.empty((k, BLOCK), np.int64)
-        self.blocks = []
-        for start in range(0, num_params, BLOCK):
-            g = self.piece_grads[:, start : start + BLOCK]
-            total = self.int_sum[start : start + BLOCK]
-            q = quantized[:, : total.size]
-            self.blocks.append((g, list(g), q, list(q), total))
-        self._scales: dict[int, tuple] = {}
+        # One segment per rank, in rank order: [its shards' g_v | their losses | its votes];
+        # the Allgather fills the other ranks' segments around this rank's own.
+        self.counts = [len(shards) * (n + 1) + NUM_VOTES for shards in owned]
+        self.buffer = np.zeros(sum(self.counts), dtype)
+        self.shard_grads, self.shard_losses, rank_votes = [], [], []
+        start = 0
+        for rank, shards in enumerate(owned):
+            k = len(shards)
+            grads = self.buffer[start : start + k * n].reshape(k, n)
+            losses = self.buffer[start + k * n : start + k * (n + 1)]
+            if rank == world.rank:  # where backprop and the trainer write
+                self.piece_grads, self.piece_losses = grads, losses.reshape(k, 1, 1)
+            self.shard_grads += list(grads)
+            self.shard_losses += list(losses.reshape(k, 1))
+            rank_votes.append(self.buffer[start + k * (n + 1) : start + self.counts[rank]])
+            start += self.counts[rank]
+        self.votes = rank_votes[world.rank]
+        self.others_votes = [v for r, v in enumerate(rank_votes) if r != world.rank]
+        self.grad = np.zeros(n, dtype)
+        # Step 3's tree as (into, from) pairs, level by level; the root adds into ``grad``.
+        self.pairs, stride = [], 1
+        while stride < V:
+            self.pairs += [(i, i + stride) for i in range(0, V - stride, 2 * stride)]
+            stride *= 2
 
     def reduce(self) -> float:
-        # One scale for all ranks from the largest entry of any shard's gradient.
-        # A non-finite one ends the step on every rank alike.
-        G = self.piece_grads
-        largest = max(float(G.max()), -float(G.min())) if G.size else 0.0
-        self.largest[0] = largest if math.isfinite(largest) else math.inf
-        self.world.allreduce_max(self.largest)
-        largest = float(self.largest[0])
-        if not math.isfinite(largest):
-            self.loss_slots.fill(0.0)
-            return math.nan  # the caller stops every rank: training diverged
-        exponent = INT_BITS - self.bits - (math.ceil(math.log2(largest)) if largest else 0)
-        up, down = self._power_of_two(exponent)
-
-        # Fixed point: integer sums are exact in any order, across shards and ranks.
-        for g, g_rows, q, q_rows, total in self.blocks:
-            for factor in up:
-                np.multiply(g, factor, out=g)  # exact: a power of two
-            if len(g_rows) == 1:
-                np.copyto(total, g_rows[0], casting="unsafe")  # truncation toward 0
-            elif not g_rows:
-                total.fill(0)  # a rank beyond V: zeros in the sum
-            else:
-                np.copyto(q, g, casting="unsafe")
-                np.add(q_rows[0], q_rows[1], out=total)
-                for row in q_rows[2:]:
-                    np.add(total, row, out=total)
-        self.world.allreduce_sum(self.int_buffer)
-        loss = float(sum(self.loss_slots.tolist()))  # in shard order: the same bits anywhere
-        self.loss_slots.fill(0.0)  # the slots of the next step's other shards are zeros
-        np.copyto(self.grad, self.int_sum, casting="unsafe")  # Σ q, rounded once
-        for factor in down:
-            np.multiply(self.grad, factor, out=self.grad)  # / s: exact, a power of two
-        return loss
-
-    def _power_of_two(self, exponent: int) -> tuple[tuple, tuple]:
-        """2^exponent and 2^-exponent, each as float32 factors (|exponents| ≤ 126)."""
-        scales = self._scales.get(exponent)
-        if scales is None:
-            scales = self._scales[exponent] = (_factors(exponent), _factors(-exponent))
-        return scales
-
-
-def _factors(exponent: int) -> tuple[np.ndarray, ...]:
-    """2^exponent as a product of 0-d float32 powers of two: exact factors of any float."""
-    factors = []
-    while abs(exponent) > 126:
-        step = 126 if exponent > 0 else -126
-        factors.append(np.array(2.0**step, np.float32))
-        exponent -= step
-    return (*factors, np.array(2.0**exponent, np.float32))
-
-
-def exact_slot_sum(slots: np.ndarray, world: World) -> float:
-    """Σ of per-owner float64 slots (one rank writes each, the rest hold 0), in index order.
-
-    x + 0 + … + 0 is exact in any order, so the Allreduce gives every rank the same
-    slots; adding them in index order then gives the same bits at any world size.
-    """
-    world.allreduce_sum(slots)
-    return float(sum(slots.tolist()))
+        self.world.allgather(self.buffer, self.counts)
+        for votes in self.others_votes:  # the world's sums, where the trainer reads them
+            np.add(self.votes, votes, out=self.votes)
+        g = self.shard_grads
+        if not self.pairs:  # V = 1
+            np.copyto(self.grad, g[0])
+        for into, source in self.pairs[:-1]:
+            np.add(g[into], g[source], out=g[into])
+        if self.pairs:
+            into, source = self.pairs[-1]
+            np.add(g[into], g[source], out=self.grad)
+        return float(sum(float(loss[0]) for loss in self.shard_losses))  # in shard order

@@ -25,8 +25,8 @@ from distnn.engine.schedules import GradientUpdateSchedule
 from distnn.errors import DivergenceError, ScheduleError
 from distnn.parallel.evaluation import EVAL_CHUNK, evaluate_sharded
 from distnn.parallel.reducers import (
-    ExactSum,
     FusedAllreduce,
+    OrderedSum,
     OverlappedAllreduce,
     shard_bounds,
 )
@@ -61,10 +61,10 @@ def check_schedule_step(step: object, params: np.ndarray, name: str) -> None:
 
 def make_reducer(
     net: Network, world: World, overlap: bool = False, virtual_shards: int | None = None
-) -> FusedAllreduce | OverlappedAllreduce | ExactSum:
+) -> FusedAllreduce | OverlappedAllreduce | OrderedSum:
     """The reducer for a run: exact with ``virtual_shards``, overlapped, or fused."""
     if virtual_shards is not None:
-        return ExactSum(net.num_params, net.dtype, world, virtual_shards)
+        return OrderedSum(net.num_params, net.dtype, world, virtual_shards)
     if overlap and world.size > 1:
         return OverlappedAllreduce(net.num_params, net.dtype, world, net.layer_slices())
     return FusedAllreduce(net.num_params, net.dtype, world)
@@ -80,7 +80,7 @@ class Trainer:
         data: Dataset,
         world: World,
         batch_size: int,
-        reducer: FusedAllreduce | OverlappedAllreduce | ExactSum,
+        reducer: FusedAllreduce | OverlappedAllreduce | OrderedSum,
         seed: int = 0,
         timeline: Timeline | None = None,
     ) -> None:
