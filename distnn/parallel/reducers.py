@@ -125,22 +125,22 @@ class OrderedSum:
         owned = [range(*shard_bounds(V, r, world.size)) for r in range(world.size)]
         self.num_pieces, self.my_pieces = V, owned[world.rank]
         self.layer_done = None
-        # One segment per rank, in rank order: [its shards' g_v | their losses | its votes];
+        # One segment per rank, in rank order: [its shards' g_v | their losses | its votes],
+        # all as long as the longest (MPICH's Allgather beats its Allgatherv 3× here);
         # the Allgather fills the other ranks' segments around this rank's own.
-        self.counts = [len(shards) * (n + 1) + NUM_VOTES for shards in owned]
-        self.buffer = np.zeros(sum(self.counts), dtype)
+        most = max(len(shards) for shards in owned)
+        segment = most * (n + 1) + NUM_VOTES
+        self.buffer = np.zeros(world.size * segment, dtype)
         self.shard_grads, self.shard_losses, rank_votes = [], [], []
-        start = 0
         for rank, shards in enumerate(owned):
-            k = len(shards)
+            k, start = len(shards), rank * segment
             grads = self.buffer[start : start + k * n].reshape(k, n)
-            losses = self.buffer[start + k * n : start + k * (n + 1)]
+            losses = self.buffer[start + most * n : start + most * n + k]
             if rank == world.rank:  # where backprop and the trainer write
                 self.piece_grads, self.piece_losses = grads, losses.reshape(k, 1, 1)
             self.shard_grads += list(grads)
             self.shard_losses += list(losses.reshape(k, 1))
-            rank_votes.append(self.buffer[start + k * (n + 1) : start + self.counts[rank]])
-            start += self.counts[rank]
+            rank_votes.append(self.buffer[start + segment - NUM_VOTES : start + segment])
         self.votes = rank_votes[world.rank]
         self.others_votes = [v for r, v in enumerate(rank_votes) if r != world.rank]
         self.grad = np.zeros(n, dtype)
@@ -151,7 +151,7 @@ class OrderedSum:
             stride *= 2
 
     def reduce(self) -> float:
-        self.world.allgather(self.buffer, self.counts)
+        self.world.allgather(self.buffer)
         for votes in self.others_votes:  # the world's sums, where the trainer reads them
             np.add(self.votes, votes, out=self.votes)
         g = self.shard_grads

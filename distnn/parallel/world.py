@@ -72,14 +72,14 @@ class World:
         MPI.Request.Waitall(pending)
         pending.clear()
 
-    def allgather(self, buf: np.ndarray, counts: list[int]) -> None:
+    def allgather(self, buf: np.ndarray) -> None:
         """Every rank's segment of ``buf`` on every rank, in place.
 
-        Rank r's segment is ``counts[r]`` elements, the segments in rank order; each
-        rank has already written its own, and receives the others around it.
+        ``buf`` is ``size`` equal segments in rank order; each rank has already
+        written its own, and receives the others around it.
         """
         if self.size > 1:
-            self.comm.Allgatherv(MPI.IN_PLACE, [buf, counts])
+            self.comm.Allgather(MPI.IN_PLACE, buf)
 
     def allreduce_max(self, buf: np.ndarray) -> None:
         """The element-wise maximum of ``buf`` over all ranks, in place."""
