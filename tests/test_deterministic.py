@@ -14,7 +14,7 @@ from distnn import Network
 from distnn.data.load import load_dataset
 from distnn.engine.schedules import SGD, Adam
 from distnn.io.metrics_log import epoch_records
-from distnn.parallel.reducers import OrderedSum
+from distnn.parallel.ordered_sum import OrderedSum, run, tree_cover
 from distnn.parallel.trainer import Trainer, make_reducer
 from distnn.parallel.world import World
 
@@ -141,17 +141,60 @@ def test_ordered_sum_is_the_pairwise_tree_over_shards_and_within_its_bound(virtu
             )
             shards.append(g)
         trainer.train_step(batch, stop_requested=False, time_up=False)
-        tree, stride = [g.copy() for g in shards], 1
-        while stride < V:
-            for i in range(0, V - stride, 2 * stride):
-                tree[i] = tree[i] + tree[i + stride]
-            stride *= 2
-        assert reducer.grad.tobytes() == tree[0].tobytes(), f"step {step}: not the tree's bits"
+        want = reference_tree(shards).tobytes()
+        assert reducer.grad.tobytes() == want, f"step {step}: not the tree's bits"
         exact = np.sum([g.astype(np.float64) for g in shards], axis=0)
         h = max(1, (V - 1).bit_length())
         u = 2.0**-24
         bound = h * u / (1 - h * u) * np.sum([np.abs(g.astype(np.float64)) for g in shards], axis=0)
         assert (np.abs(reducer.grad - exact) <= bound).all(), f"step {step}: outside the bound"
+
+
+class FakeRank:
+    """One rank of a simulated world: OrderedSum's plans, without MPI."""
+
+    def __init__(self, rank: int, size: int) -> None:
+        self.rank, self.size = rank, size
+
+    def allgather(self, send, received) -> None:
+        raise AssertionError("the simulation gathers by hand")
+
+
+def reference_tree(shards: list[np.ndarray]) -> np.ndarray:
+    """The documented pairwise tree, written out plainly: g_i += g_(i+s), s = 1, 2, 4, …"""
+    tree, stride = [g.copy() for g in shards], 1
+    while stride < len(tree):
+        for i in range(0, len(tree) - stride, 2 * stride):
+            tree[i] = tree[i] + tree[i + stride]
+        stride *= 2
+    return tree[0]
+
+
+@pytest.mark.parametrize("V", range(1, 10))
+def test_every_world_size_computes_the_same_tree(V):
+    """For every P (up to V + 2: ranks without shards), the subtree covers partition the
+    shards, and local sums + gather + the rest of the tree give the reference's bits."""
+    rng = np.random.default_rng(V)
+    n = 37
+    scales = 10.0 ** rng.integers(-6, 6, V)  # shards of very different sizes
+    shards = [(rng.standard_normal(n) * c).astype(np.float32) for c in scales]
+    want = reference_tree(shards).tobytes()
+    for P in range(1, V + 3):
+        ranks = [OrderedSum(n, np.dtype(np.float32), FakeRank(r, P), V) for r in range(P)]
+        covered = sorted(v for r in ranks for v in r.my_pieces)
+        assert covered == list(range(V))
+        for r in ranks:
+            own = r.my_pieces
+            cover = tree_cover(own.start, own.stop, V)
+            spans = [range(i, min(i + (1 << s), V)) for i, s in cover]
+            assert [v for span in spans for v in span] == list(own), f"V={V} P={P}: {cover}"
+            r.piece_grads[...] = np.reshape(shards[own.start : own.stop], (-1, n))
+            run(r.local_ops)
+        for r in ranks:
+            if P > 1:
+                r.received.reshape(P, -1)[...] = [other.send for other in ranks]
+            run(r.global_ops)
+            assert r.grad.tobytes() == want, f"V={V} P={P} rank {r.world.rank}"
 
 
 @pytest.mark.mpi(min_size=2)

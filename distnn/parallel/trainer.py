@@ -24,9 +24,9 @@ from distnn.engine.network import Network
 from distnn.engine.schedules import GradientUpdateSchedule
 from distnn.errors import DivergenceError, ScheduleError
 from distnn.parallel.evaluation import EVAL_CHUNK, evaluate_sharded
+from distnn.parallel.ordered_sum import OrderedSum
 from distnn.parallel.reducers import (
     FusedAllreduce,
-    OrderedSum,
     OverlappedAllreduce,
     shard_bounds,
 )
