@@ -10,21 +10,26 @@ import itertools
 
 from distnn.config import TrainConfig
 from distnn.errors import DistnnError
+from distnn.parallel.ordered_sum import tree_cover
+from distnn.parallel.reducers import shard_bounds
 
 
 def check_memory(config: TrainConfig, sizes: list[int], ranks_on_node: int, ranks: int) -> None:
     """Refuse, before allocating, a network that cannot fit in this node's memory.
 
     Per rank: the parameters, the gradient buffer, the schedule's state (at most three
-    more buffers, Adam's), early stopping's best copy, --deterministic's V gathered shard
-    gradients; and the workspace of three rows × Σ widths buffers for the largest
-    piece of a batch (or an evaluation chunk). Every rank on the node holds its own.
+    more buffers, Adam's), early stopping's best copy, --deterministic's shard gradients,
+    the subtree sums it sends and every rank's it receives; and the workspace of three
+    rows × Σ widths buffers for the largest piece of a batch (or an evaluation chunk).
+    Every rank on the node holds its own.
     """
     itemsize = 4 if config.dtype == "float32" else 8
     params = sum(n * (m + 1) for m, n in itertools.pairwise(sizes))
     copies = 5 + (1 if config.patience else 0)
     if config.deterministic:
-        copies += config.virtual_shards
+        V = config.virtual_shards
+        sums = max(len(tree_cover(*shard_bounds(V, r, ranks), V)) for r in range(ranks))
+        copies += -(-V // ranks) + (ranks + 1) * sums
     pieces = config.virtual_shards if config.deterministic else ranks
     rows = max(-(-config.batch_size // pieces), 256)
     need = itemsize * (copies * params + 3 * rows * sum(sizes[1:])) * ranks_on_node
