@@ -86,17 +86,17 @@ class OrderedSum:
         self.grad = np.zeros(n, dtype)
         self.piece_grads = np.zeros((len(self.my_pieces), n), dtype)  # this rank's leaves
 
-        # What each rank sends: [its subtree sums | its shards' losses | its votes], all
-        # segments as long as the longest (MPICH's Allgather beats its Allgatherv 3×).
+        # Each rank's segment of the Allgather: [its subtree sums | its shards' losses |
+        # its votes], all as long as the longest (MPICH's Allgather beats its Allgatherv
+        # 3×); a rank writes its own in place, and the Allgather fills in the others.
         rows, most = max(len(c) for c in covers), max(len(s) for s in owned)
         segment = rows * n + most + NUM_VOTES
-        self.send = np.zeros(segment, dtype)
-        sums = self.send[: rows * n].reshape(rows, n)
-        losses = self.send[rows * n : rows * n + most]
-        self.piece_losses = losses[: len(self.my_pieces)].reshape(-1, 1, 1)
-        self.votes = self.send[segment - NUM_VOTES :]  # the trainer's, then the world's sums
-        received = np.zeros((P, segment), dtype) if P > 1 else self.send.reshape(1, -1)
+        received = np.zeros((P, segment), dtype)
         self.received = received.reshape(-1)
+        own = received[world.rank]
+        sums = own[: rows * n].reshape(rows, n)
+        self.piece_losses = own[rows * n : rows * n + len(self.my_pieces)].reshape(-1, 1, 1)
+        self.votes = own[segment - NUM_VOTES :]  # the trainer's, then the world's sums
         self.received_votes = received[:, segment - NUM_VOTES :]
         self.received_losses = received[:, rows * n : rows * n + most]
         self.loss_order = [(r, v - owned[r].start) for r in range(P) for v in owned[r]]
@@ -118,7 +118,7 @@ class OrderedSum:
 
     def reduce(self) -> float:
         run(self.local_ops)
-        self.world.allgather(self.send, self.received)
+        self.world.allgather(self.received)
         run(self.global_ops)
         if self.world.size > 1:  # the world's sum of each vote, where the trainer reads it
             np.add.reduce(self.received_votes, axis=0, out=self.votes)

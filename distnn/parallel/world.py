@@ -72,10 +72,14 @@ class World:
         MPI.Request.Waitall(pending)
         pending.clear()
 
-    def allgather(self, send: np.ndarray, received: np.ndarray) -> None:
-        """Every rank's ``send`` on every rank: ``received`` is them in rank order."""
+    def allgather(self, buf: np.ndarray) -> None:
+        """Every rank's segment of ``buf`` on every rank, in place.
+
+        ``buf`` is ``size`` equal segments in rank order; each rank has already written
+        its own, and receives the others around it.
+        """
         if self.size > 1:
-            self.comm.Allgather(send, received)
+            self.comm.Allgather(MPI.IN_PLACE, buf)
 
     def allreduce_max(self, buf: np.ndarray) -> None:
         """The element-wise maximum of ``buf`` over all ranks, in place."""
