@@ -97,7 +97,8 @@ class OrderedSum:
         sums = own[: rows * n].reshape(rows, n)
         self.piece_losses = own[rows * n : rows * n + len(self.my_pieces)].reshape(-1, 1, 1)
         self.votes = own[segment - NUM_VOTES :]  # the trainer's, then the world's sums
-        self.received_votes = received[:, segment - NUM_VOTES :]
+        others = [r for r in range(P) if r != world.rank]
+        self.others_votes = [received[r, segment - NUM_VOTES :] for r in others]
         self.received_losses = received[:, rows * n : rows * n + most]
         self.loss_order = [(r, v - owned[r].start) for r in range(P) for v in owned[r]]
 
@@ -120,8 +121,8 @@ class OrderedSum:
         run(self.local_ops)
         self.world.allgather(self.received)
         run(self.global_ops)
-        if self.world.size > 1:  # the world's sum of each vote, where the trainer reads it
-            np.add.reduce(self.received_votes, axis=0, out=self.votes)
+        for votes in self.others_votes:  # the world's sums, where the trainer reads them
+            np.add(self.votes, votes, out=self.votes)
         losses = self.received_losses.tolist()
         return float(sum(losses[r][j] for r, j in self.loss_order))  # in shard order
 
