@@ -170,17 +170,20 @@ def reference_tree(shards: list[np.ndarray]) -> np.ndarray:
     return tree[0]
 
 
+@pytest.mark.parametrize("scatter", [False, True], ids=["allgather", "alltoall"])
 @pytest.mark.parametrize("V", range(1, 10))
-def test_every_world_size_computes_the_same_tree(V):
-    """For every P (up to V + 2: ranks without shards), the subtree covers partition the
-    shards, and local sums + gather + the rest of the tree give the reference's bits."""
+def test_every_world_size_computes_the_same_tree(V, scatter):
+    """For every P (up to V + 2: ranks without shards) and either transport, the subtree
+    covers partition the shards, and local sums + exchange + the rest of the tree give
+    the reference's bits on every rank."""
     rng = np.random.default_rng(V)
     n = 37
     scales = 10.0 ** rng.integers(-6, 6, V)  # shards of very different sizes
     shards = [(rng.standard_normal(n) * c).astype(np.float32) for c in scales]
     want = reference_tree(shards).tobytes()
     for P in range(1, V + 3):
-        ranks = [OrderedSum(n, np.dtype(np.float32), FakeRank(r, P), V) for r in range(P)]
+        dtype = np.dtype(np.float32)
+        ranks = [OrderedSum(n, dtype, FakeRank(r, P), V, scatter) for r in range(P)]
         covered = sorted(v for r in ranks for v in r.my_pieces)
         assert covered == list(range(V))
         for r in ranks:
@@ -189,12 +192,59 @@ def test_every_world_size_computes_the_same_tree(V):
             spans = [range(i, min(i + (1 << s), V)) for i, s in cover]
             assert [v for span in spans for v in span] == list(own), f"V={V} P={P}: {cover}"
             r.piece_grads[...] = np.reshape(shards[own.start : own.stop], (-1, n))
+            r.votes[...] = [r.world.rank, 1]
             run(r.local_ops)
+        exchange(ranks)
+        for r in ranks:
+            assert r.grad.tobytes() == want, f"V={V} P={P} rank {r.world.rank}"
+            assert r.votes.tolist() == [P * (P - 1) / 2, P], "votes not summed over ranks"
+
+
+def exchange(ranks: list[OrderedSum]) -> None:
+    """What ``reduce`` does between the local and the global additions, by hand."""
+    P = len(ranks)
+    if P == 1:
+        run(ranks[0].global_ops)
+    elif ranks[0].scatter:
+        for r in ranks:
+            np.copyto(*r.send_extras)
+        for q, r in enumerate(ranks):  # the Alltoall: rank q gets every rank's q-th chunk
+            r.received.reshape(P, -1)[...] = [other.send[q] for other in ranks]
+        for r in ranks:
+            run(r.global_ops)
+        m = ranks[0].full_grad.size // P
+        slices = [r.full_grad[q * m : (q + 1) * m].copy() for q, r in enumerate(ranks)]
+        for r in ranks:  # the Allgather of the slices
+            r.full_grad[...] = np.concatenate(slices)
+    else:
         sent = [r.received.reshape(P, -1)[q].copy() for q, r in enumerate(ranks)]
         for r in ranks:
-            r.received.reshape(P, -1)[...] = sent  # what the Allgather does
+            r.received.reshape(P, -1)[...] = sent  # the Allgather
             run(r.global_ops)
-            assert r.grad.tobytes() == want, f"V={V} P={P} rank {r.world.rank}"
+    for r in ranks:
+        for votes in r.others_votes:
+            np.add(r.votes, votes, out=r.votes)
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("scatter", [False, True], ids=["allgather", "alltoall"])
+def test_both_transports_give_one_ranks_bits_and_sum_the_votes(scatter):
+    data = load_dataset("synthetic:300:12:3", seed=2)
+
+    def train(world: World, scatter: bool) -> tuple[bytes, list]:
+        net = Network([12, 10, 3], "tanh", seed=4)
+        reducer = OrderedSum(net.num_params, net.dtype, world, 5, scatter)
+        trainer = Trainer(net, SGD(0.1), data, world, 37, reducer)
+        order, votes = trainer.epoch_order(), []
+        for step, lo in enumerate(range(0, 300, 37)):
+            trainer.train_step(order[lo : lo + 37], world.rank == 0, step % 2 == 1)
+            votes.append(reducer.votes.tolist())
+        return net.params.tobytes(), votes
+
+    world = World()
+    params, votes = train(world, scatter)
+    assert params == train(World(MPI.COMM_SELF), False)[0]
+    assert votes == [[1, world.size * (step % 2)] for step in range(len(votes))]
 
 
 @pytest.mark.mpi(min_size=2)

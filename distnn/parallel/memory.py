@@ -10,7 +10,7 @@ import itertools
 
 from distnn.config import TrainConfig
 from distnn.errors import DistnnError
-from distnn.parallel.ordered_sum import tree_cover
+from distnn.parallel.ordered_sum import SCATTER_ABOVE, tree_cover
 from distnn.parallel.reducers import shard_bounds
 
 
@@ -29,7 +29,8 @@ def check_memory(config: TrainConfig, sizes: list[int], ranks_on_node: int, rank
     if config.deterministic:
         V = config.virtual_shards
         sums = max(len(tree_cover(*shard_bounds(V, r, ranks), V)) for r in range(ranks))
-        copies += -(-V // ranks) + (ranks + 1) * sums
+        received = 2 if ranks > SCATTER_ABOVE else ranks + 1  # sums sent and received
+        copies += -(-V // ranks) + received * sums + 1
     pieces = config.virtual_shards if config.deterministic else ranks
     rows = max(-(-config.batch_size // pieces), 256)
     need = itemsize * (copies * params + 3 * rows * sum(sizes[1:])) * ranks_on_node

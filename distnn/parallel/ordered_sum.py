@@ -38,6 +38,9 @@ def tree_cover(lo: int, hi: int, V: int) -> list[Node]:
     return nodes
 
 
+SCATTER_ABOVE = 4  # ranks: beyond this many, the Alltoall transport moves fewer bytes
+
+
 class OrderedSum:
     """Bit-for-bit the same global gradient at any number of ranks.
 
@@ -52,11 +55,19 @@ class OrderedSum:
        depends on V alone: node (i, s) = node (i, s−1) + node (i + 2^(s−1), s−1), a
        leaf is g_i, and g is the root, so g = (g_0 + g_1) + (g_2 + g_3) for V = 4.
        Each rank adds the largest subtrees that lie within its own shards
-       (:func:`tree_cover`: one node when V/P is a power of two), one Allgather gives
-       every rank every rank's subtree sums, shard losses and votes (moving bytes
-       changes no bit), and every rank adds the rest of the tree. Every node is the sum
-       of the same two operands, in the same order, wherever it is computed: the same
-       bits on every rank of every world size. The losses are added in shard order.
+       (:func:`tree_cover`: one node when V/P is a power of two); the ranks exchange
+       those sums, the shard losses and the votes (moving bytes changes no bit); the
+       rest of the tree is added from the exchanged sums. Every node is the sum of the
+       same two operands, in the same order, wherever it is computed, element by
+       element: the same bits on every rank of every world size, whichever transport
+       carried the sums. The losses are added in shard order.
+
+    Transports, chosen by P (they give the same bits): up to 4 ranks, one Allgather of
+    every rank's subtree sums, after which every rank adds the rest of the tree (one
+    collective, (P − 1)·c·n numbers into each rank, c the most subtrees a rank holds);
+    beyond, an Alltoall gives each rank its 1/P slice of every rank's subtree sums, it
+    adds the rest of the tree for that slice, and an Allgather of the slices completes
+    g (two collectives, about (c + 1)·n numbers per rank, as an Allreduce's 2n).
 
     Rounding: each element of g is a pairwise sum of V floating-point numbers, a tree
     h = ⌈log₂ V⌉ additions deep, each rounding once by at most a relative u (2^-24 for
@@ -68,59 +79,86 @@ class OrderedSum:
     at most 2.0000003·u·Σ_v |g_v| for the default V = 4: two roundings, as in the
     default mode's Allreduce over two ranks (whose order MPI does not fix). Nothing is
     converted, and nothing overflows that the gradient itself does not.
-
-    Cost: V − 1 additions of the gradient, spread over the ranks where the tree allows,
-    and one Allgather of (P − 1)·c·n numbers into each rank, c the largest number of
-    subtrees a rank holds (c = 1 when V/P is a power of two); the fused Allreduce moves
-    about 2n. Traffic grows with P, so this mode suits a handful of ranks, not hundreds.
     """
 
     stacked = True  # backprop writes a stack of this rank's shard gradients
 
-    def __init__(self, num_params: int, dtype: np.dtype, world: World, virtual_shards: int) -> None:
+    def __init__(
+        self,
+        num_params: int,
+        dtype: np.dtype,
+        world: World,
+        virtual_shards: int,
+        scatter: bool | None = None,
+    ) -> None:
         self.world, n, V, P = world, num_params, virtual_shards, world.size
         owned = [range(*shard_bounds(V, r, P)) for r in range(P)]
         covers = [tree_cover(shards.start, shards.stop, V) for shards in owned]
         self.num_pieces, self.my_pieces = V, owned[world.rank]
         self.layer_done = None
-        self.grad = np.zeros(n, dtype)
-        self.piece_grads = np.zeros((len(self.my_pieces), n), dtype)  # this rank's leaves
+        self.scatter = P > 1 and (P > SCATTER_ABOVE if scatter is None else scatter)
+        # Scattering cuts every gradient into P slices of m; the padding stays zero.
+        m = -(-n // P) if self.scatter else n
+        width = P * m if self.scatter else n
+        self.full_grad = np.zeros(width, dtype)
+        self.grad = self.full_grad[:n]
+        leaves = np.zeros((len(self.my_pieces), width), dtype)
+        self.piece_grads = leaves[:, :n]  # where backprop writes this rank's g_v
 
-        # Each rank's segment of the Allgather: [its subtree sums | its shards' losses |
-        # its votes], all as long as the longest (MPICH's Allgather beats its Allgatherv
-        # 3×); a rank writes its own in place, and the Allgather fills in the others.
+        # What a rank sends each other rank: [its subtree sums, whole or the receiver's
+        # slice | its shards' losses | its votes], all as long as the longest (MPICH's
+        # Allgather beats its Allgatherv 3×). ``received[r]`` is rank r's.
         rows, most = max(len(c) for c in covers), max(len(s) for s in owned)
-        segment = rows * n + most + NUM_VOTES
+        sums_size = rows * (m if self.scatter else n)
+        segment = sums_size + most + NUM_VOTES
         received = np.zeros((P, segment), dtype)
         self.received = received.reshape(-1)
-        own = received[world.rank]
-        sums = own[: rows * n].reshape(rows, n)
-        self.piece_losses = own[rows * n : rows * n + len(self.my_pieces)].reshape(-1, 1, 1)
-        self.votes = own[segment - NUM_VOTES :]  # the trainer's, then the world's sums
+        if self.scatter:  # the extras go to every rank: written once, copied to each
+            self.send = np.zeros((P, segment), dtype)
+            extras = np.zeros(segment - sums_size, dtype)
+            self.send_extras = (self.send[:, sums_size:], extras)
+            losses = extras[:most]
+        else:  # one segment for all, written in place into ``received``
+            self.send = received[world.rank]
+            losses = self.send[sums_size : sums_size + most]
+        self.piece_losses = losses[: len(self.my_pieces)].reshape(-1, 1, 1)
+        self.votes = (extras if self.scatter else self.send)[-NUM_VOTES:]
         others = [r for r in range(P) if r != world.rank]
         self.others_votes = [received[r, segment - NUM_VOTES :] for r in others]
-        self.received_losses = received[:, rows * n : rows * n + most]
+        self.received_losses = received[:, sums_size : sums_size + most]
         self.loss_order = [(r, v - owned[r].start) for r in range(P) for v in owned[r]]
 
+        # The tree's additions: this rank's subtrees, then the rest from every rank's.
         root = (0, tree_height(V))
-        my_leaves = {(v, 0): self.piece_grads[v - self.my_pieces.start] for v in self.my_pieces}
-        if P == 1:  # the whole tree is local: no subtree sums to send
+        lay = (lambda a: a.reshape(P, m)) if self.scatter else (lambda a: a)
+        my_leaves = {(v, 0): lay(leaves[v - self.my_pieces.start]) for v in self.my_pieces}
+        if P == 1:  # the whole tree is local: nothing to exchange
             self.local_ops, self.global_ops = plan_tree_sum(root, V, my_leaves, self.grad), []
             return
+        size = m if self.scatter else n  # of one subtree sum in a message
         self.local_ops = []
         for j, node in enumerate(covers[world.rank]):
-            self.local_ops += plan_tree_sum(node, V, my_leaves, sums[j])
+            cols = slice(j * size, (j + 1) * size)
+            into = self.send[:, cols] if self.scatter else self.send[cols]
+            self.local_ops += plan_tree_sum(node, V, my_leaves, into)
         gathered = {
-            node: received[r, j * n : (j + 1) * n]
+            node: received[r, j * size : (j + 1) * size]
             for r, cover in enumerate(covers)
             for j, node in enumerate(cover)
         }
-        self.global_ops = plan_tree_sum(root, V, gathered, self.grad)
+        mine = self.full_grad[world.rank * m : (world.rank + 1) * m] if self.scatter else self.grad
+        self.global_ops = plan_tree_sum(root, V, gathered, mine)
 
     def reduce(self) -> float:
         run(self.local_ops)
-        self.world.allgather(self.received)
-        run(self.global_ops)
+        if self.scatter:
+            np.copyto(*self.send_extras)
+            self.world.alltoall(self.send, self.received)
+            run(self.global_ops)  # this rank's slice of g
+            self.world.allgather(self.full_grad)
+        else:
+            self.world.allgather(self.received)
+            run(self.global_ops)
         for votes in self.others_votes:  # the world's sums, where the trainer reads them
             np.add(self.votes, votes, out=self.votes)
         losses = self.received_losses.tolist()

@@ -81,6 +81,13 @@ class World:
         if self.size > 1:
             self.comm.Allgather(MPI.IN_PLACE, buf)
 
+    def alltoall(self, send: np.ndarray, received: np.ndarray) -> None:
+        """``send[q]`` to rank q, for every q; ``received[r]`` is what rank r sent here."""
+        if self.size > 1:
+            self.comm.Alltoall(send, received)
+        else:
+            np.copyto(received, send)
+
     def allreduce_max(self, buf: np.ndarray) -> None:
         """The element-wise maximum of ``buf`` over all ranks, in place."""
         if self.size > 1:
