@@ -256,6 +256,11 @@ def test_absurd_networks_are_refused_before_allocating(capsys, hidden):
     refused(capsys, code, "needs about")
 
 
+def test_absurd_virtual_shard_counts_are_refused_before_allocating(capsys):
+    code = train_cli.main(["--deterministic", "--virtual-shards", "1000000000", "--quiet"])
+    refused(capsys, code, "fewer --virtual-shards")
+
+
 BAD_STEPS = {
     "shape": "return out[:-1]",
     "dtype": "return out.astype(np.float64 if out.dtype == np.float32 else np.float32)",

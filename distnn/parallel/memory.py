@@ -36,10 +36,12 @@ def check_memory(config: TrainConfig, sizes: list[int], ranks_on_node: int, rank
     need = itemsize * (copies * params + 3 * rows * sum(sizes[1:])) * ranks_on_node
     available = available_memory()
     if available is not None and need > available:
+        shards = ", fewer --virtual-shards" if config.deterministic else ""
         raise DistnnError(
             f"network {' → '.join(map(str, sizes))} ({params:,} parameters) needs about "
             f"{_gib(need)} for {ranks_on_node} rank(s) on this node, but {_gib(available)} is "
-            "available: choose smaller --hidden widths or --batch-size, or fewer ranks per node"
+            f"available: choose smaller --hidden widths or --batch-size{shards}, or fewer "
+            "ranks per node"
         )
 
 
