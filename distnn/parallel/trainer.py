@@ -62,7 +62,7 @@ def check_schedule_step(step: object, params: np.ndarray, name: str) -> None:
 def make_reducer(
     net: Network, world: World, overlap: bool = False, virtual_shards: int | None = None
 ) -> FusedAllreduce | OverlappedAllreduce | OrderedSum:
-    """The reducer for a run: exact with ``virtual_shards``, overlapped, or fused."""
+    """The reducer for a run: shard-ordered with ``virtual_shards``, overlapped, or fused."""
     if virtual_shards is not None:
         return OrderedSum(net.num_params, net.dtype, world, virtual_shards)
     if overlap and world.size > 1:
