@@ -143,7 +143,10 @@ def _train(
     history, rate, start = History(), 0.0, time.perf_counter()
     history.header = head
     stop.start_clock(config.max_time, world.is_root)
-    with RunLog(config, world, append=run.resumed) as log:
+    # Overflow and NaN are caught by the loss, parameter and state checks, identically on
+    # every rank; NumPy's own warnings would only print the same news once per rank.
+    quiet_numpy = np.errstate(over="ignore", invalid="ignore", divide="ignore")
+    with RunLog(config, world, append=run.resumed) as log, quiet_numpy:
         log.write_header(head)
         progress.start(trainer.step, config.epochs * trainer.batches_per_epoch())
         while trainer.epoch < config.epochs and not history.stop_reason:

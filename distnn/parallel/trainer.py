@@ -221,7 +221,8 @@ class Trainer:
         return loss
 
     def check_params(self, where: str) -> None:
-        """Once an epoch and before each checkpoint: replicas equal, parameters finite.
+        """Once an epoch and before each checkpoint: replicas equal, parameters and the
+        schedule's state finite.
 
         A non-finite gradient shows as a non-finite loss one step later; this check
         makes sure no checkpoint ever holds such parameters.
@@ -231,6 +232,13 @@ class Trainer:
                 f"the parameters became non-finite by step {self.step} ({where}): "
                 "training diverged; is the learning rate too high?"
             )
+        for name in self.schedule.state_arrays:  # e.g. Adam's v = Σ g²: inf freezes a weight
+            state = getattr(self.schedule, name)
+            if state is not None and not np.isfinite(state).all():
+                raise DivergenceError(
+                    f"the gradient overflowed the schedule's state {name!r} by step "
+                    f"{self.step} ({where}): training diverged; is the learning rate too high?"
+                )
         self.world.check_in_sync(self.net.params, f"at {where}")
 
     def position(self) -> dict:
