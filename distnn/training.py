@@ -138,7 +138,12 @@ def _train(
             world,
             run_state,
         )
-    if run.resumed:
+    if run.resumed and trainer.epoch >= config.epochs:
+        progress.say(
+            f"the checkpoint is at step {trainer.step}, past --epochs {config.epochs}: "
+            "nothing to train"
+        )
+    elif run.resumed:
         progress.say(f"resuming at epoch {trainer.epoch + 1}, step {trainer.step}")
     history, rate, start = History(), 0.0, time.perf_counter()
     history.header = head

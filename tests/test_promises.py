@@ -204,6 +204,18 @@ def test_resume_may_change_epochs_time_cadence_outputs(work, capsys, monkeypatch
     assert (work / "later.npz").exists()
 
 
+def test_resuming_a_finished_run_says_so_and_still_writes_the_model(work, capsys, monkeypatch):
+    monkeypatch.chdir(work)
+    assert train_cli.main(FIRST) == 0
+    capsys.readouterr()
+    loud = [arg for arg in FIRST if arg != "--quiet"]
+    assert train_cli.main([*loud, "--epochs", "1", "--resume", "--save", "m.npz"]) == 0
+    out = capsys.readouterr().out
+    assert "past --epochs 1: nothing to train" in out, out
+    assert "no steps taken" in out and "0 samples/s" not in out, out
+    assert (work / "m.npz").exists()
+
+
 def epoch_records(path: Path) -> list[dict]:
     """A metrics file's epoch records (each start of the run also writes a header)."""
     records = [json.loads(line) for line in path.read_text().splitlines()]

@@ -45,9 +45,11 @@ def summary_line(record: dict, ranks: int, total_s: float) -> str:
     accuracy = f"test accuracy {acc:.2%}" if acc is not None else "test accuracy n/a"
     test_loss = record.get("test_loss")
     test = f", test loss {test_loss:.4f}" if test_loss is not None else ""
+    rate = record["samples_per_sec"]
+    speed = f"{rate:,.0f} samples/s" if rate else "no steps taken"
     return (
         f"done: {accuracy}, final loss {record['loss']:.4f}{test}, "
-        f"{record['samples_per_sec']:,.0f} samples/s on {ranks} rank(s), {total_s:.1f} s"
+        f"{speed} on {ranks} rank(s), {total_s:.1f} s"
     )
 
 
