@@ -207,7 +207,7 @@ def exchange(ranks: list[OrderedSum]) -> None:
         run(ranks[0].global_ops)
     elif ranks[0].scatter:
         for r in ranks:
-            np.copyto(*r.send_extras)
+            np.copyto(r.extras_in_messages, r.extras)
         for q, r in enumerate(ranks):  # the Alltoall: rank q gets every rank's q-th chunk
             r.received.reshape(P, -1)[...] = [other.send[q] for other in ranks]
         for r in ranks:

@@ -29,8 +29,8 @@ def check_memory(config: TrainConfig, sizes: list[int], ranks_on_node: int, rank
     if config.deterministic:
         V = config.virtual_shards
         sums = max(len(tree_cover(*shard_bounds(V, r, ranks), V)) for r in range(ranks))
-        received = 2 if ranks > SCATTER_ABOVE else ranks + 1  # sums sent and received
-        copies += -(-V // ranks) + received * sums + 1
+        exchanged = 2 if ranks > SCATTER_ABOVE else ranks  # sent + received, in sums
+        copies += -(-V // ranks) + exchanged * sums + 1
     pieces = config.virtual_shards if config.deterministic else ranks
     rows = max(-(-config.batch_size // pieces), 256)
     need = itemsize * (copies * params + 3 * rows * sum(sizes[1:])) * ranks_on_node

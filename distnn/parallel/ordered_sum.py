@@ -113,16 +113,16 @@ class OrderedSum:
         segment = sums_size + most + NUM_VOTES
         received = np.zeros((P, segment), dtype)
         self.received = received.reshape(-1)
-        if self.scatter:  # the extras go to every rank: written once, copied to each
+        if self.scatter:  # one message per rank; losses and votes copied into each
             self.send = np.zeros((P, segment), dtype)
-            extras = np.zeros(segment - sums_size, dtype)
-            self.send_extras = (self.send[:, sums_size:], extras)
-            losses = extras[:most]
+            self.extras = np.zeros(segment - sums_size, dtype)
+            self.extras_in_messages = self.send[:, sums_size:]
+            extras = self.extras
         else:  # one segment for all, written in place into ``received``
             self.send = received[world.rank]
-            losses = self.send[sums_size : sums_size + most]
-        self.piece_losses = losses[: len(self.my_pieces)].reshape(-1, 1, 1)
-        self.votes = (extras if self.scatter else self.send)[-NUM_VOTES:]
+            extras = self.send[sums_size:]
+        self.piece_losses = extras[: len(self.my_pieces)].reshape(-1, 1, 1)
+        self.votes = extras[-NUM_VOTES:]  # the trainer's, then the world's sums
         others = [r for r in range(P) if r != world.rank]
         self.others_votes = [received[r, segment - NUM_VOTES :] for r in others]
         self.received_losses = received[:, sums_size : sums_size + most]
@@ -152,7 +152,7 @@ class OrderedSum:
     def reduce(self) -> float:
         run(self.local_ops)
         if self.scatter:
-            np.copyto(*self.send_extras)
+            np.copyto(self.extras_in_messages, self.extras)  # to every rank
             self.world.alltoall(self.send, self.received)
             run(self.global_ops)  # this rank's slice of g
             self.world.allgather(self.full_grad)
@@ -198,6 +198,7 @@ def plan_tree_sum(node: Node, V: int, known: dict[Node, np.ndarray], into: np.nd
 
 
 def run(ops: list[Op]) -> None:
+    """Carry out a plan of :func:`plan_tree_sum`, in its order."""
     for into, a, b in ops:
         if b is None:
             np.copyto(into, a)
