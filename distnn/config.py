@@ -38,7 +38,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     resume: bool = False
     overlap: bool = False  # per-layer Iallreduce during backprop instead of one Allreduce
-    deterministic: bool = False  # the same bits at any number of ranks (deterministic.py)
+    deterministic: bool = False  # the same bits at any number of ranks (ordered_sum.py)
     virtual_shards: int = 4
     label_column: str | None = None  # CSV data: the column holding the class
     standardize: bool = False  # scale features by the training split's mean and std
@@ -95,6 +95,10 @@ class TrainConfig:
             raise DistnnError(f"--virtual-shards must be at least 1, got {self.virtual_shards}")
         if self.deterministic and self.overlap:
             raise DistnnError("--deterministic and --overlap cannot be combined")
+        if not self.deterministic and self.virtual_shards != TrainConfig.virtual_shards:
+            raise DistnnError(
+                f"--virtual-shards {self.virtual_shards} has no effect without --deterministic"
+            )
         if self.keep_checkpoints < 1:
             raise DistnnError(f"--keep-checkpoints must be at least 1, got {self.keep_checkpoints}")
         if self.trace_steps is not None:

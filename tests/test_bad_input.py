@@ -86,6 +86,8 @@ CASES = [
     (["--resume"], "--checkpoint-dir"),
     (["--hidden", "0"], "--hidden"),
     (["--dtype", "float16"], "float16"),
+    (["--virtual-shards", "8"], "without --deterministic"),
+    (["--deterministic", "--overlap"], "cannot be combined"),
     # data files
     (["--dataset", "absent.npz"], "absent.npz"),
     (["--dataset", "text.npz"], "text.npz"),
