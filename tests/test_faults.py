@@ -247,8 +247,8 @@ def test_divergence_stops_with_a_clear_error_and_keeps_good_checkpoints(tmp_path
 
 
 def test_a_gradient_that_overflows_adams_state_is_divergence_without_numpy_warnings(tmp_path):
-    """Adam's v = Σ g² turns inf while the weights stay finite (each frozen step is m/∞ = 0):
-    once an exit 0 with a saturated model and a NumPy warning from every rank."""
+    """Adam's v (an average of g²) turns inf while the weights stay finite (each step is then
+    m/∞ = 0): once an exit 0 with a frozen model and a NumPy warning from every rank."""
     args = ["--activation", "relu", "--schedule", "adam", "--lr", "1e6", "--epochs", "3"]
     result = launch([*args, "--quiet"], ranks=2, cwd=tmp_path)
     assert result.returncode == 3, result.stderr

@@ -232,7 +232,7 @@ class Trainer:
                 f"the parameters became non-finite by step {self.step} ({where}): "
                 "training diverged; is the learning rate too high?"
             )
-        for name in self.schedule.state_arrays:  # e.g. Adam's v = Σ g²: inf freezes a weight
+        for name in self.schedule.state_arrays:  # Adam's v, an average of g²: inf freezes a weight
             state = getattr(self.schedule, name)
             if state is not None and not np.isfinite(state).all():
                 raise DivergenceError(
