@@ -1,6 +1,7 @@
 """--deterministic: the same model to the last bit at 1, 2, 3 and 4 ranks, and across resumes."""
 
 import hashlib
+import threading
 import tracemalloc
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from distnn import Network
 from distnn.data.load import load_dataset
 from distnn.engine.schedules import SGD, Adam
 from distnn.io.metrics_log import epoch_records
-from distnn.parallel.ordered_sum import OrderedSum, run, tree_cover
+from distnn.parallel.ordered_sum import OrderedSum, tree_cover
 from distnn.parallel.trainer import Trainer, make_reducer
 from distnn.parallel.world import World
 
@@ -150,14 +151,45 @@ def test_ordered_sum_is_the_pairwise_tree_over_shards_and_within_its_bound(virtu
         assert (np.abs(reducer.grad - exact) <= bound).all(), f"step {step}: outside the bound"
 
 
-class FakeRank:
-    """One rank of a simulated world: OrderedSum's plans, without MPI."""
+class ThreadRank:
+    """One rank of a world of threads: the two collectives OrderedSum uses, through
+    shared memory, so the simulation runs the reducer's own ``reduce``."""
 
-    def __init__(self, rank: int, size: int) -> None:
-        self.rank, self.size = rank, size
+    def __init__(self, rank: int, size: int, posted: list, barrier: threading.Barrier) -> None:
+        self.rank, self.size, self.posted, self.barrier = rank, size, posted, barrier
 
-    def allgather(self, send, received) -> None:
-        raise AssertionError("the simulation gathers by hand")
+    def allgather(self, buf: np.ndarray) -> None:
+        segments = buf.reshape(self.size, -1)
+        self.posted[self.rank] = segments[self.rank].copy()
+        self.barrier.wait()
+        segments[...] = self.posted
+        self.barrier.wait()  # nobody posts again before everyone has read
+
+    def alltoall(self, send: np.ndarray, received: np.ndarray) -> None:
+        self.posted[self.rank] = send.reshape(self.size, -1).copy()  # one chunk per rank
+        self.barrier.wait()
+        received.reshape(self.size, -1)[...] = [message[self.rank] for message in self.posted]
+        self.barrier.wait()
+
+
+def run_threads(works: list) -> None:
+    """Each of ``works`` on a thread of its own, all at once; the first failure is raised."""
+    errors = []
+
+    def guarded(work):
+        try:
+            work()
+        except BaseException as e:  # re-raised below, in the test's thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=guarded, args=(work,)) for work in works]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "a simulated rank hung"
+    if errors:
+        raise errors[0]
 
 
 def reference_tree(shards: list[np.ndarray]) -> np.ndarray:
@@ -174,16 +206,16 @@ def reference_tree(shards: list[np.ndarray]) -> np.ndarray:
 @pytest.mark.parametrize("V", range(1, 10))
 def test_every_world_size_computes_the_same_tree(V, scatter):
     """For every P (up to V + 2: ranks without shards) and either transport, the subtree
-    covers partition the shards, and local sums + exchange + the rest of the tree give
-    the reference's bits on every rank."""
+    covers partition the shards, and ``reduce`` gives the reference's bits on every rank."""
     rng = np.random.default_rng(V)
     n = 37
     scales = 10.0 ** rng.integers(-6, 6, V)  # shards of very different sizes
     shards = [(rng.standard_normal(n) * c).astype(np.float32) for c in scales]
     want = reference_tree(shards).tobytes()
     for P in range(1, V + 3):
-        dtype = np.dtype(np.float32)
-        ranks = [OrderedSum(n, dtype, FakeRank(r, P), V, scatter) for r in range(P)]
+        posted, barrier = [None] * P, threading.Barrier(P, timeout=30)
+        worlds = [ThreadRank(r, P, posted, barrier) for r in range(P)]
+        ranks = [OrderedSum(n, np.dtype(np.float32), w, V, scatter) for w in worlds]
         covered = sorted(v for r in ranks for v in r.my_pieces)
         assert covered == list(range(V))
         for r in ranks:
@@ -193,37 +225,10 @@ def test_every_world_size_computes_the_same_tree(V, scatter):
             assert [v for span in spans for v in span] == list(own), f"V={V} P={P}: {cover}"
             r.piece_grads[...] = np.reshape(shards[own.start : own.stop], (-1, n))
             r.votes[...] = [r.world.rank, 1]
-            run(r.local_ops)
-        exchange(ranks)
+        run_threads([r.reduce for r in ranks])
         for r in ranks:
             assert r.grad.tobytes() == want, f"V={V} P={P} rank {r.world.rank}"
             assert r.votes.tolist() == [P * (P - 1) / 2, P], "votes not summed over ranks"
-
-
-def exchange(ranks: list[OrderedSum]) -> None:
-    """What ``reduce`` does between the local and the global additions, by hand."""
-    P = len(ranks)
-    if P == 1:
-        run(ranks[0].global_ops)
-    elif ranks[0].scatter:
-        for r in ranks:
-            np.copyto(r.extras_in_messages, r.extras)
-        for q, r in enumerate(ranks):  # the Alltoall: rank q gets every rank's q-th chunk
-            r.received.reshape(P, -1)[...] = [other.send[q] for other in ranks]
-        for r in ranks:
-            run(r.global_ops)
-        m = ranks[0].full_grad.size // P
-        slices = [r.full_grad[q * m : (q + 1) * m].copy() for q, r in enumerate(ranks)]
-        for r in ranks:  # the Allgather of the slices
-            r.full_grad[...] = np.concatenate(slices)
-    else:
-        sent = [r.received.reshape(P, -1)[q].copy() for q, r in enumerate(ranks)]
-        for r in ranks:
-            r.received.reshape(P, -1)[...] = sent  # the Allgather
-            run(r.global_ops)
-    for r in ranks:
-        for votes in r.others_votes:
-            np.add(r.votes, votes, out=r.votes)
 
 
 @pytest.mark.mpi(min_size=2)

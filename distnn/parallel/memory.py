@@ -10,8 +10,7 @@ import itertools
 
 from distnn.config import TrainConfig
 from distnn.errors import DistnnError
-from distnn.parallel.ordered_sum import SCATTER_ABOVE, tree_cover
-from distnn.parallel.reducers import shard_bounds
+from distnn.parallel.ordered_sum import gradients_held
 
 
 def check_memory(config: TrainConfig, sizes: list[int], ranks_on_node: int, ranks: int) -> None:
@@ -27,10 +26,7 @@ def check_memory(config: TrainConfig, sizes: list[int], ranks_on_node: int, rank
     params = sum(n * (m + 1) for m, n in itertools.pairwise(sizes))
     copies = 5 + (1 if config.patience else 0)
     if config.deterministic:
-        V = config.virtual_shards
-        sums = max(len(tree_cover(*shard_bounds(V, r, ranks), V)) for r in range(ranks))
-        exchanged = 2 if ranks > SCATTER_ABOVE else ranks  # sent + received, in sums
-        copies += -(-V // ranks) + exchanged * sums + 1
+        copies += gradients_held(config.virtual_shards, ranks)
     pieces = config.virtual_shards if config.deterministic else ranks
     rows = max(-(-config.batch_size // pieces), 256)
     need = itemsize * (copies * params + 3 * rows * sum(sizes[1:])) * ranks_on_node

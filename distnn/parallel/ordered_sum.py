@@ -41,6 +41,21 @@ def tree_cover(lo: int, hi: int, V: int) -> list[Node]:
 SCATTER_ABOVE = 4  # ranks: beyond this many, the Alltoall transport moves fewer bytes
 
 
+def shards_and_covers(V: int, P: int) -> tuple[list[range], list[list[Node]]]:
+    """Each rank's shards, and the subtrees (:func:`tree_cover`) it adds before exchanging."""
+    owned = [range(*shard_bounds(V, r, P)) for r in range(P)]
+    return owned, [tree_cover(shards.start, shards.stop, V) for shards in owned]
+
+
+def gradients_held(V: int, P: int) -> int:
+    """Gradient-sized arrays an :class:`OrderedSum` holds on a rank, for memory estimates:
+    its leaves, the subtree sums it sends and receives, and g."""
+    owned, covers = shards_and_covers(V, P)
+    rows = max(len(c) for c in covers)
+    exchanged = 2 if P > SCATTER_ABOVE else P  # sent + received, in subtree sums
+    return max(len(s) for s in owned) + exchanged * rows + 1
+
+
 class OrderedSum:
     """Bit-for-bit the same global gradient at any number of ranks.
 
@@ -92,24 +107,26 @@ class OrderedSum:
         scatter: bool | None = None,
     ) -> None:
         self.world, n, V, P = world, num_params, virtual_shards, world.size
-        owned = [range(*shard_bounds(V, r, P)) for r in range(P)]
-        covers = [tree_cover(shards.start, shards.stop, V) for shards in owned]
+        owned, covers = shards_and_covers(V, P)
         self.num_pieces, self.my_pieces = V, owned[world.rank]
         self.layer_done = None
         self.scatter = P > 1 and (P > SCATTER_ABOVE if scatter is None else scatter)
-        # Scattering cuts every gradient into P slices of m; the padding stays zero.
+        # A subtree sum in a message is m long: the whole gradient, or (scattering) one
+        # of P slices of it, the padding beyond n staying zero.
         m = -(-n // P) if self.scatter else n
         width = P * m if self.scatter else n
         self.full_grad = np.zeros(width, dtype)
         self.grad = self.full_grad[:n]
         leaves = np.zeros((len(self.my_pieces), width), dtype)
         self.piece_grads = leaves[:, :n]  # where backprop writes this rank's g_v
+        if self.scatter:
+            leaves = leaves.reshape(len(self.my_pieces), P, m)  # by the rank that sums it
 
         # What a rank sends each other rank: [its subtree sums, whole or the receiver's
         # slice | its shards' losses | its votes], all as long as the longest (MPICH's
         # Allgather beats its Allgatherv 3×). ``received[r]`` is rank r's.
         rows, most = max(len(c) for c in covers), max(len(s) for s in owned)
-        sums_size = rows * (m if self.scatter else n)
+        sums_size = rows * m
         segment = sums_size + most + NUM_VOTES
         received = np.zeros((P, segment), dtype)
         self.received = received.reshape(-1)
@@ -130,19 +147,17 @@ class OrderedSum:
 
         # The tree's additions: this rank's subtrees, then the rest from every rank's.
         root = (0, tree_height(V))
-        lay = (lambda a: a.reshape(P, m)) if self.scatter else (lambda a: a)
-        my_leaves = {(v, 0): lay(leaves[v - self.my_pieces.start]) for v in self.my_pieces}
+        my_leaves = {(v, 0): leaves[v - self.my_pieces.start] for v in self.my_pieces}
         if P == 1:  # the whole tree is local: nothing to exchange
             self.local_ops, self.global_ops = plan_tree_sum(root, V, my_leaves, self.grad), []
             return
-        size = m if self.scatter else n  # of one subtree sum in a message
         self.local_ops = []
         for j, node in enumerate(covers[world.rank]):
-            cols = slice(j * size, (j + 1) * size)
+            cols = slice(j * m, (j + 1) * m)
             into = self.send[:, cols] if self.scatter else self.send[cols]
             self.local_ops += plan_tree_sum(node, V, my_leaves, into)
         gathered = {
-            node: received[r, j * size : (j + 1) * size]
+            node: received[r, j * m : (j + 1) * m]
             for r, cover in enumerate(covers)
             for j, node in enumerate(cover)
         }
