@@ -19,7 +19,7 @@ _WHERE = {
     "GradientUpdateSchedule": "distnn.engine.schedules",
     "DistnnError": "distnn.errors",
     "fit": "distnn.api",
-    "History": "distnn.training",
+    "History": "distnn.run.loop",
     "evaluate": "distnn.parallel.evaluation",
     "World": "distnn.parallel.world",
 }

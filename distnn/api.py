@@ -3,24 +3,35 @@
     net = distnn.Network([64, 32, 10], activations="sigmoid", seed=0)
     history = distnn.fit(net, "digits", epochs=10)
 
-``fit`` turns its keyword arguments into the one :class:`~distnn.config.TrainConfig`
-the CLI builds from its options, and runs :func:`distnn.training.train_config`, the
-CLI's code path: the same options and seed give the same bytes either way.
+``fit``'s options are the run's declared options (:mod:`distnn.run.options`) that are
+not the network's own: the same names, defaults (but ``epochs``) and checks as the
+CLI's flags, with messages that name them as keywords. It builds the one
+:class:`~distnn.run.options.TrainConfig` the CLI builds from its flags and runs
+:func:`distnn.run.loop.train_config`, the CLI's code path: the same options and seed
+give the same bytes either way.
 """
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from distnn.config import TrainConfig
 from distnn.engine.network import Network
 from distnn.engine.schedules import GradientUpdateSchedule
 from distnn.parallel.world import World
-from distnn.training import History, train_config
+from distnn.run.loop import History, train_config
+from distnn.run.options import TrainConfig, declared, fit_default_of
+
+# fit's keyword options: every declared option but the network's shape and the CLI's
+# own, with its default.
+OPTIONS: dict[str, Any] = {
+    f.name: fit_default_of(f, opt) for f, opt in declared() if not opt.cli_only
+}
 
 
 def fit(
@@ -28,50 +39,33 @@ def fit(
     x: np.ndarray | str,
     y: np.ndarray | None = None,
     *,
-    schedule: str | GradientUpdateSchedule = "adam",
-    lr: float = 0.01,
-    lr_schedule: str = "constant",
-    batch_size: int = 32,
-    epochs: int = 10,
-    seed: int = 0,
     test_data: tuple[np.ndarray, np.ndarray] | None = None,
     validation_data: tuple[np.ndarray, np.ndarray] | None = None,
-    val_fraction: float = 0.0,
-    standardize: bool = False,
-    label_column: str | None = None,
-    target_loss: float | None = None,
-    max_time: float | None = None,
-    patience: int | None = None,
-    checkpoint_dir: str | None = None,
-    checkpoint_every: int = 0,
-    keep_checkpoints: int = 3,
-    resume: bool = False,
-    deterministic: bool = False,
-    virtual_shards: int = 4,
-    overlap: bool = False,
-    save: str | None = None,
-    metrics: str | None = None,
     callbacks: Sequence[Any] = (),
     verbose: int = 1,
-    progress: str = "auto",
-    log_every: int = 0,
-    tensorboard: str | None = None,
-    trace: str | None = None,
-    trace_steps: str | None = None,
     world: World | None = None,
+    **options: Any,
 ) -> History:
     """Train ``net`` in place, data-parallel over every rank of ``world`` (default: all).
 
     ``x`` is an array of rows (memory-mapped welcome) with ``y`` integer class labels
     (1-D) or target rows (2-D), or a data set spec as ``--dataset`` takes it
-    ("digits", "synthetic:N:F:C", a file or folder), with ``y`` None. The options mean
-    what the CLI's options of the same names mean (``python -m distnn.train --help``);
-    ``schedule`` may also be a :class:`GradientUpdateSchedule` instance. ``callbacks``
+    ("digits", "synthetic:N:F:C", a file or folder), with ``y`` None. ``callbacks``
     are objects with ``on_epoch_end(record)`` and optionally ``on_step(step, loss)``,
-    called on every rank. ``verbose``: 0 silent, 1 progress on rank 0, 2 every rank;
-    ``progress`` ("auto", "bar", "lines", "none") and ``log_every`` say how rank 0
-    shows progress within an epoch (on stdout). Returns the :class:`History`.
+    called on every rank. ``verbose``: 0 silent, 1 progress on rank 0, 2 every rank.
+    Every rank calls ``fit`` with the same arguments (checked). Returns the
+    :class:`History`. The options below mean what the CLI's flags of the same names
+    mean; ``schedule`` may also be a :class:`GradientUpdateSchedule` instance.
     """
+    unknown = sorted(options.keys() - OPTIONS.keys())
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], OPTIONS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise TypeError(f"fit() got an unexpected keyword argument {unknown[0]!r}{hint}")
+    options = OPTIONS | options
+    schedule = options["schedule"]
+    if isinstance(schedule, GradientUpdateSchedule):
+        options["schedule"] = f"{type(schedule).__module__}:{type(schedule).__qualname__}"
     world = World() if world is None else world
     spec = x if isinstance(x, str | os.PathLike) else "arrays"
     names = list(net.activation_names)
@@ -83,35 +77,12 @@ def fit(
         activation=names[0],
         activations=tuple(names) if len(set(names)) > 1 else None,
         loss=net.loss_fn.name,
-        schedule=schedule if isinstance(schedule, str) else _class_path(schedule),
-        lr=lr,
-        lr_schedule=lr_schedule,
-        batch_size=batch_size,
-        epochs=epochs,
-        seed=seed,
         dtype=net.dtype.name,
-        save=save,
-        metrics=metrics,
         quiet=verbose == 0,
         verbose=verbose >= 2,
-        checkpoint_dir=checkpoint_dir,
-        checkpoint_every=checkpoint_every,
-        keep_checkpoints=keep_checkpoints,
-        resume=resume,
-        overlap=overlap,
-        deterministic=deterministic,
-        virtual_shards=virtual_shards,
-        label_column=label_column,
-        standardize=standardize,
-        val_fraction=val_fraction,
-        patience=patience,
-        target_loss=target_loss,
-        max_time=max_time,
-        progress=progress,
-        log_every=log_every,
-        tensorboard=tensorboard,
-        trace=trace,
-        trace_steps=trace_steps,
+        spelling="fit",
+        validation_given=validation_data is not None,
+        **options,
     )
     arrays = None if spec != "arrays" else {"x": x, "y": y}
     if arrays is not None and test_data is not None:
@@ -122,14 +93,28 @@ def fit(
         net=net,
         arrays=arrays,
         validation_data=validation_data,
-        schedule=None if isinstance(schedule, str) else schedule,
+        schedule=schedule if isinstance(schedule, GradientUpdateSchedule) else None,
         callbacks=callbacks,
     )
 
 
-def _class_path(obj: object) -> str:
-    return f"{type(obj).__module__}:{type(obj).__qualname__}"
+def _options_help() -> str:
+    lines = ["", "Options (keyword only; the CLI's flag of the same name says more):"]
+    for f, opt in declared():
+        if f.name in OPTIONS:
+            text = opt.help.replace("%(default)s", repr(OPTIONS[f.name]))
+            lines.append(f"    {f.name}={OPTIONS[f.name]!r}: {text}")
+    return "\n".join(lines) + "\n"
 
 
-def _class_path(obj: object) -> str:
-    return f"{type(obj).__module__}:{type(obj).__qualname__}"
+# help(distnn.fit) and editors show every option with its default, read off the declaration.
+fit.__signature__ = inspect.signature(fit).replace(
+    parameters=[
+        *(p for p in inspect.signature(fit).parameters.values() if p.kind != p.VAR_KEYWORD),
+        *(
+            inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v)
+            for k, v in OPTIONS.items()
+        ),
+    ]
+)
+fit.__doc__ = (fit.__doc__ or "") + _options_help()

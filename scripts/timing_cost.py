@@ -13,7 +13,7 @@ from time import perf_counter
 import numpy as np
 
 import distnn
-from distnn.timeline import Timeline
+from distnn.parallel.timeline import Timeline
 
 
 class Sums:

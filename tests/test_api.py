@@ -141,7 +141,7 @@ def test_fit_takes_a_schedule_instance_and_leaves_signal_handlers_alone():
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda net, x, y: distnn.fit(net, x, y, batch_size=0), "--batch-size"),
+        (lambda net, x, y: distnn.fit(net, x, y, batch_size=0), "^batch_size must be at least 1"),
         (lambda net, x, y: distnn.fit(net, x[:, :4], y), "4 features per row"),
         (lambda net, x, y: distnn.fit(net, x, y + 5), "network has only 3 outputs"),
         (lambda net, x, y: distnn.fit(net, x, y[:10]), "rows"),

@@ -355,16 +355,16 @@ def test_broken_model_files_are_one_line(tmp_path, capsys, monkeypatch, case, co
 def test_a_failed_final_save_keeps_the_parameters(tmp_path, capsys, monkeypatch, with_checkpoints):
     import errno
 
-    import distnn.run_setup as run_setup
+    import distnn.run.outputs as run_outputs
 
-    real_save = run_setup.save_model
+    real_save = run_outputs.save_model
 
     def disk_full(net, path):
         if os.path.basename(path) == "m.npz":
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_save(net, path)
 
-    monkeypatch.setattr(run_setup, "save_model", disk_full)
+    monkeypatch.setattr(run_outputs, "save_model", disk_full)
     monkeypatch.chdir(tmp_path)
     extra = ["--checkpoint-dir", "ck"] if with_checkpoints else []
     code = train_cli.main([*SMALL, "--save", "m.npz", *extra])

@@ -11,7 +11,7 @@ import os
 
 from distnn.errors import DistnnError
 from distnn.io.outputs import atomic_write
-from distnn.timeline import PHASES
+from distnn.parallel.timeline import PHASES
 
 COLORS = dict(zip(PHASES, ("C2", "C0", "C3", "C1", "C4", "C5"), strict=True))
 

@@ -3,7 +3,7 @@
     mpirun -n 4 python -m distnn.train              # embedded digits, default network
     python -m distnn.train --dataset data.npz --hidden 128,64 --save model.npz
 
-A thin layer over :func:`distnn.training.train_config`, the code path of
+A thin layer over :func:`distnn.run.loop.train_config`, the code path of
 ``distnn.fit``: parse the options, run, and turn the outcome into an exit status.
 Bad input is one line from rank 0 and status 2 on every rank; an error every rank
 sees at the same step (divergence, replicas out of sync, a stop request) ends all
@@ -21,13 +21,12 @@ from distnn.cli.options import parse_config
 from distnn.errors import (
     EXIT_INTERRUPTED,
     EXIT_PREEMPTED,
-    CollectiveError,
     DistnnError,
     Interrupted,
     Preempted,
 )
 from distnn.parallel.world import World, install_abort_on_error
-from distnn.training import PHASE_KEYS, History, train_config
+from distnn.run.loop import PHASE_KEYS, History, train_config
 
 
 def time_split(history: list[dict]) -> str:
@@ -80,15 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # a second Ctrl-C in a world of one
         print("distnn: interrupted again: stopped at once", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except CollectiveError as e:  # raised on every rank alike
+    except DistnnError as e:  # a CollectiveError: raised on every rank alike
         if world.is_root:
             print(f"distnn: error: {e}", file=sys.stderr)
         return e.exit_code
-    except DistnnError as e:  # a world of one: nobody else to agree with
-        print(f"distnn: error: {e}", file=sys.stderr)
-        return e.exit_code
     if world.is_root:
-        # stdout, the stream of every human-readable line of the run (distnn.progress),
+        # stdout, the stream of every human-readable line of the run (distnn.run.progress),
         # so that the summary comes after the last epoch line in any log.
         if history.stop_reason and not config.quiet:
             print(f"stopped early: {history.stop_reason}")

@@ -21,16 +21,14 @@ import hashlib
 import json
 import os
 import re
-import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from distnn.errors import DistnnError
 from distnn.io.outputs import atomic_savez
-from distnn.timeline import CHECKPOINT
 
 FORMAT_VERSION = 2  # 2: run_state (early stopping, wall time); full fingerprint
 _NAME = re.compile(r"^checkpoint-(\d+)\.npz$")
@@ -87,8 +85,14 @@ def save_checkpoint(directory: str, ckpt: Checkpoint, keep: int) -> str:
     return path
 
 
-def load_checkpoint(path: str, expected: dict) -> Checkpoint:
-    """Read and check one checkpoint; DistnnError naming ``path`` if it cannot be used."""
+def load_checkpoint(
+    path: str, expected: dict, names: Mapping[str, str] | None = None
+) -> Checkpoint:
+    """Read and check one checkpoint; DistnnError naming ``path`` if it cannot be used.
+
+    ``expected`` is this run's fingerprint; a difference is named as ``names`` says
+    (the option that sets each entry), else by its key.
+    """
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {key: f[key] for key in f.files}
@@ -129,7 +133,7 @@ def load_checkpoint(path: str, expected: dict) -> Checkpoint:
     except (TypeError, ValueError) as e:
         raise DistnnError(f"{path}: damaged checkpoint ({e})") from None
     differences = [
-        f"{_OPTION_NAMES.get(key, key)} {fingerprint[key]} there, {want} here"
+        f"{(names or {}).get(key, key)} {fingerprint[key]} there, {want} here"
         for key, want in expected.items()
         if key in fingerprint and fingerprint[key] != want  # format 1 lacks some keys
     ]
@@ -142,53 +146,6 @@ def load_checkpoint(path: str, expected: dict) -> Checkpoint:
     if ckpt.params.ndim != 1 or ckpt.params.size != expected.get("num_params", -1):
         raise DistnnError(f"{path}: damaged checkpoint (parameter buffer of {ckpt.params.size})")
     return ckpt
-
-
-# How messages name fingerprint entries: the option that sets each.
-_OPTION_NAMES = {
-    "sizes": "network sizes",
-    "activations": "activations",
-    "loss": "--loss",
-    "schedule": "--schedule",
-    "lr": "--lr",
-    "lr_schedule": "--lr-schedule",
-    "batch_size": "--batch-size",
-    "seed": "--seed",
-    "dtype": "--dtype",
-    "virtual_shards": "--deterministic/--virtual-shards",
-    "standardize": "--standardize",
-    "val_fraction": "--val-fraction",
-    "label_column": "--label-column",
-    "train_samples": "training samples",
-    "data": "training data (content hash)",
-    "num_params": "parameters",
-}
-
-
-def run_fingerprint(config, net, data_hash: str, train_samples: int) -> dict:
-    """Everything that determines a run's result, as JSON values, for ``--resume`` to match.
-
-    What may change on resume is left out: epochs, time limit, checkpoint cadence,
-    output paths, verbosity, --overlap, and the number of ranks.
-    """
-    return {
-        "sizes": list(net.sizes),
-        "activations": list(net.activation_names),
-        "loss": net.loss_fn.name,
-        "schedule": config.schedule,
-        "lr": config.lr,
-        "lr_schedule": config.lr_schedule,
-        "batch_size": config.batch_size,
-        "seed": config.seed,
-        "dtype": net.dtype.name,
-        "virtual_shards": config.virtual_shards if config.deterministic else None,
-        "standardize": config.standardize,
-        "val_fraction": config.val_fraction,
-        "label_column": config.label_column,
-        "train_samples": train_samples,
-        "data": data_hash,
-        "num_params": net.num_params,
-    }
 
 
 def content_hash(*arrays: np.ndarray | None, block_bytes: int = 1 << 26) -> str:
@@ -206,7 +163,7 @@ def content_hash(*arrays: np.ndarray | None, block_bytes: int = 1 << 26) -> str:
 
 
 def newest_valid_checkpoint(
-    directory: str, expected: dict
+    directory: str, expected: dict, names: Mapping[str, str] | None = None
 ) -> tuple[Checkpoint | None, str | None, list[str]]:
     """The newest checkpoint in ``directory`` that loads and fits this run.
 
@@ -216,62 +173,9 @@ def newest_valid_checkpoint(
     skipped = []
     for path in list_checkpoints(directory):
         try:
-            return load_checkpoint(path, expected), path, skipped
+            return load_checkpoint(path, expected, names), path, skipped
         except DistnnError as e:
             skipped.append(str(e))
     if skipped:
         raise DistnnError("no usable checkpoint: " + "; ".join(skipped))
     return None, None, skipped
-
-
-class Checkpointer:
-    """When to checkpoint: every ``every`` steps (0: never mid-epoch), at every epoch
-    end, at the end and on preemption. Decided from the step count, the same on every
-    rank; only rank 0 writes, and a failure to write stops every rank alike."""
-
-    def __init__(
-        self,
-        directory: str,
-        every: int,
-        keep: int,
-        config: dict,
-        fingerprint: dict,
-        world,
-        run_state: Callable[[], tuple[dict, dict]],
-    ) -> None:
-        self.directory, self.every, self.keep = directory, every, keep
-        self.config, self.fingerprint, self.world = config, fingerprint, world
-        self.run_state = run_state  # the run's own (state, arrays) at this moment
-        self.last_saved: tuple[int, int] | None = None  # (step, epoch) of the newest
-        self.last_path: str | None = None
-
-    def after_step(self, trainer) -> None:
-        if self.every and trainer.step % self.every == 0:
-            self.save(trainer)
-
-    def save(self, trainer) -> None:
-        position = (trainer.step, trainer.epoch)  # an epoch end moves on without a step
-        if position == self.last_saved:
-            return
-        self.last_saved = position
-        t0 = time.perf_counter()
-        trainer.check_params(f"the checkpoint of step {trainer.step}")
-        ckpt = Checkpoint(
-            trainer.net.params,
-            trainer.schedule.state_dict(),
-            trainer.position(),
-            self.config,
-            self.fingerprint,
-            *self.run_state(),
-        )
-        self.last_path = self.world.on_root(lambda: self._write(ckpt))
-        if trainer.timeline.covers(trainer.step):
-            trainer.timeline.add(CHECKPOINT, t0, time.perf_counter())
-
-    def _write(self, ckpt: Checkpoint) -> str:
-        try:
-            return save_checkpoint(self.directory, ckpt, self.keep)
-        except OSError as e:
-            raise DistnnError(
-                f"cannot write a checkpoint in {self.directory} ({e.strerror or e})"
-            ) from None

@@ -8,7 +8,7 @@ the same step, so the replicas never drift apart (MATH.md, Data parallelism).
 
 The Trainer holds the position in the data (what a checkpoint needs besides the
 parameters and the schedule's state). It does not decide when to stop: the owner of
-the run (:func:`distnn.training.train_config`) passes each step its votes and reads the
+the run (:func:`distnn.run.loop.train_config`) passes each step its votes and reads the
 world's answer in ``votes``.
 """
 
@@ -30,8 +30,8 @@ from distnn.parallel.reducers import (
     OverlappedAllreduce,
     shard_bounds,
 )
+from distnn.parallel.timeline import EVALUATE, Timeline
 from distnn.parallel.world import World
-from distnn.timeline import EVALUATE, Timeline
 
 STOP_VOTE, TIME_VOTE = 0, 1  # indices into ``votes``
 

@@ -19,19 +19,20 @@ from typing import Any
 
 import numpy as np
 
-from distnn.config import TrainConfig
 from distnn.data import Dataset
 from distnn.engine.network import Network
 from distnn.engine.schedules import GradientUpdateSchedule
 from distnn.errors import Interrupted, Preempted
-from distnn.io.checkpoints import Checkpointer
 from distnn.parallel.threads import configure_blas_threads, usable_cores
 from distnn.parallel.trainer import STOP_VOTE, TIME_VOTE, Trainer
 from distnn.parallel.world import World, failures_end_the_job
-from distnn.progress import Progress
-from distnn.run_log import RunLog, header_record, header_text
-from distnn.run_setup import prepare_run
-from distnn.stopping import EarlyStopping, StopRequests
+from distnn.run.checkpointing import Checkpointer
+from distnn.run.log import RunLog, header_record, header_text
+from distnn.run.options import TrainConfig
+from distnn.run.outputs import write_outputs
+from distnn.run.progress import Progress
+from distnn.run.setup import Run, check_same_on_every_rank, prepare_run
+from distnn.run.stopping import EarlyStopping, StopRequests
 
 
 class History(list):
@@ -72,6 +73,7 @@ def train_config(
                 config, world, ranks_on_node, net, arrays, validation_data, schedule
             )
         )
+        check_same_on_every_rank(run, world)
         world.bcast(run.net.params)  # rank 0's initialization becomes everyone's
         run.restore(world)
         run.trainer.timeline.align_clocks()
@@ -107,7 +109,7 @@ def train_config(
 
 
 def _train(
-    run,
+    run: Run,
     world: World,
     progress: Progress,
     stop: StopRequests,
@@ -140,7 +142,8 @@ def _train(
         )
     if run.resumed and trainer.epoch >= config.epochs:
         progress.say(
-            f"the checkpoint is at step {trainer.step}, past --epochs {config.epochs}: "
+            f"the checkpoint is at step {trainer.step}, past {config.name('epochs')} "
+            f"{config.epochs}: "
             "nothing to train"
         )
     elif run.resumed:
@@ -172,13 +175,14 @@ def _train(
                     if not checkpoints:
                         raise Interrupted(
                             f"stopped on request after step {trainer.step}; without "
-                            "--checkpoint-dir there is nothing to resume from"
+                            f"{config.name('checkpoint_dir')} there is nothing to resume from"
                         )
                     checkpoints.save(trainer)
                     raise Preempted(f"stopped on request after step {trainer.step}")
                 if trainer.votes[TIME_VOTE]:
                     history.stop_reason = (
-                        f"--max-time {config.max_time:g} s reached at step {trainer.step}"
+                        f"{config.name('max_time')} {config.max_time:g} s reached at step "
+                        f"{trainer.step}"
                     )
                     break
             if history.stop_reason:
@@ -213,7 +217,9 @@ def _train(
             if checkpoints:
                 checkpoints.save(trainer)
             if config.target_loss is not None and record["loss"] <= config.target_loss:
-                history.stop_reason = f"training loss reached --target-loss {config.target_loss}"
+                history.stop_reason = (
+                    f"training loss reached {config.name('target_loss')} {config.target_loss}"
+                )
             elif early and early.should_stop(record["val_loss"], trainer.epoch):
                 history.stop_reason = (
                     f"val_loss did not improve for {config.patience} epochs; "
@@ -227,7 +233,7 @@ def _train(
     else:  # the weights kept are not those the last record describes
         history.final = {"epoch": trainer.epoch, "loss": trainer.evaluate(data.x, data.y, None)[0]}
         history.final |= _test_metrics(trainer, data) | {"samples_per_sec": rate}
-    run.write_outputs(world, checkpoints.last_path if checkpoints else None)
+    write_outputs(config, run.net, world, checkpoints.last_path if checkpoints else None)
     return history
 
 

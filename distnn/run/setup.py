@@ -9,33 +9,33 @@ from; :meth:`Run.restore` then gives every rank that checkpoint.
 
 from __future__ import annotations
 
-import os
-import tempfile
+import hashlib
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from distnn.config import TrainConfig
 from distnn.data import Dataset, load_dataset
 from distnn.data.dataset import Source, classification, from_arrays
 from distnn.data.preprocess import Split, fit_standardization, split_validation, standardize
 from distnn.engine.lr_schedules import parse_lr_schedule
 from distnn.engine.network import Network
 from distnn.engine.schedules import GradientUpdateSchedule, make_schedule
-from distnn.errors import DistnnError, SaveFailed
+from distnn.errors import DistnnError
 from distnn.io.checkpoints import (
     Checkpoint,
     content_hash,
     list_checkpoints,
     newest_valid_checkpoint,
-    run_fingerprint,
 )
-from distnn.io.models import load_model, save_model
-from distnn.io.outputs import atomic_write, check_no_clash, check_output_path, check_writable_dir
+from distnn.io.models import load_model
 from distnn.parallel.memory import check_memory
+from distnn.parallel.timeline import Timeline, parse_steps
 from distnn.parallel.trainer import Trainer, make_reducer
 from distnn.parallel.world import World, check_launch
-from distnn.timeline import Timeline, parse_steps
+from distnn.run.checkpointing import fingerprint_names, run_fingerprint
+from distnn.run.options import TrainConfig
+from distnn.run.outputs import check_no_output_over_an_input, check_outputs_writable
 
 
 @dataclass
@@ -72,50 +72,6 @@ class Run:
         self.run_arrays = {k[4:]: v for k, v in arrays.items() if k.startswith("run/")}
         self.resumed = True
 
-    def write_outputs(self, world: World, newest_checkpoint: str | None) -> None:
-        """The model and the configuration beside each output, by rank 0.
-
-        If the model cannot be written (disk full, permissions), the trained parameters
-        are never left only in memory: the newest checkpoint holds them, or else a rescue
-        copy is written to the temporary folder; the error names where they are.
-        """
-        config = self.config
-
-        def write() -> None:
-            if config.save:
-                try:
-                    save_model(self.net, config.save)
-                except (DistnnError, OSError) as e:
-                    where = newest_checkpoint or rescue_copy(self.net)
-                    raise SaveFailed(
-                        f"--save {config.save}: {_reason(e)}; the trained parameters are in {where}"
-                    ) from None
-            write_config_beside(config, [config.save, config.metrics])
-
-        world.on_root(write)
-
-
-def _reason(e: Exception) -> str:
-    return e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-
-
-def rescue_copy(net: Network) -> str:
-    """The model written to a fresh file in the temporary folder; its path, or a reason."""
-    try:
-        fd, path = tempfile.mkstemp(prefix="distnn-rescued-", suffix=".npz")
-        os.close(fd)
-        save_model(net, path)
-        return path
-    except (DistnnError, OSError) as e:
-        return f"no file either: the rescue copy failed too ({_reason(e)})"
-
-
-def write_config_beside(config: TrainConfig, outputs: list[str | None]) -> None:
-    """The resolved configuration as TOML next to each output (model.npz → model.toml)."""
-    text = config.to_toml()
-    for path in {os.path.splitext(p)[0] + ".toml" for p in outputs if p}:
-        atomic_write(path, lambda f: f.write(text.encode()))
-
 
 def prepare_run(
     config: TrainConfig,
@@ -129,9 +85,10 @@ def prepare_run(
     """Everything before the first step, on every rank; DistnnError on bad input."""
     config.validate()
     check_launch(world)
-    inputs = config.inputs() if arrays is None else config.inputs()[1:]
-    inputs += [("memory-mapped x", getattr(a, "filename", None)) for a in (arrays or {}).values()]
-    check_no_clash(config.outputs(), inputs)  # before any work: inputs are never overwritten
+    mapped = [
+        (f"memory-mapped {k}", getattr(a, "filename", None)) for k, a in (arrays or {}).items()
+    ]
+    check_no_output_over_an_input(config, arrays, mapped)  # before any work
     if arrays is None:
         data = load_dataset(config.dataset, config.seed, config.dtype, config.label_column)
     else:
@@ -152,20 +109,30 @@ def prepare_run(
     elif config.val_fraction:
         data, validation = split_validation(data, config.val_fraction, config.seed)
     if config.loss == "cross-entropy" and not data.is_classification:
-        raise DistnnError("--loss cross-entropy needs class labels, but the targets are vectors")
+        raise DistnnError(
+            f"{config.name('loss')} cross-entropy needs class labels, but the targets are vectors"
+        )
     sizes = [data.n_features, *config.hidden, data.n_outputs] if net is None else net.sizes
-    check_memory(config, sizes, ranks_on_node, world.size)
+    V = config.virtual_shards if config.deterministic else None
+    names = {k: config.name(k) for k in ("hidden", "batch_size", "virtual_shards")}
+    check_memory(
+        sizes, np.dtype(config.dtype).itemsize, config.batch_size, V, config.patience is not None,
+        ranks_on_node, world.size, names,
+    )  # fmt: skip
     if net is None:
         net = Network(
             sizes, config.layer_activations(), loss=config.loss, seed=config.seed,
             dtype=config.dtype,
         )  # fmt: skip
     if config.init_from:
-        warm_start(net, config.init_from)
+        warm_start(net, config.init_from, config.name("init_from"))
     data, validation = _fit_to_network(data, validation, net)
     net.is_classifier = data.is_classification
-    if config.standardize:  # fitted on the training split only, saved with the model
+    if net.input_mean is not None:  # its weights were trained on inputs scaled so
+        notes += ("the network's saved standardization is applied to the inputs",)
+    elif config.standardize:  # fitted on the training split only, saved with the model
         net.input_mean, net.input_std = fit_standardization(data.x)
+    if net.input_mean is not None:
         data = standardize(data, net.input_mean, net.input_std)
         if validation is not None:
             x_val = (validation.x - net.input_mean) / net.input_std
@@ -175,46 +142,80 @@ def prepare_run(
     if schedule is None:
         lr = parse_lr_schedule(config.lr_schedule, config.lr, steps_per_epoch * config.epochs)
         schedule = make_schedule(config.schedule, lr)
-    V = config.virtual_shards if config.deterministic else None
     reducer = make_reducer(net, world, overlap=config.overlap, virtual_shards=V)
     timeline = Timeline(world, config.trace, parse_steps(config.trace_steps))
     trainer = Trainer(net, schedule, data, world, config.batch_size, reducer, config.seed, timeline)
     if config.deterministic and world.size > config.virtual_shards:
         notes += (
-            f"{world.size - config.virtual_shards} rank(s) idle: --deterministic "
+            f"{world.size - config.virtual_shards} rank(s) idle: {config.name('deterministic')} "
             f"splits each batch into {config.virtual_shards} virtual shards; raise "
-            "--virtual-shards to use them",
+            f"{config.name('virtual_shards')} to use them",
         )
     fingerprint = run_fingerprint(config, net, data_hash, len(data.x))
     run = Run(config, data, net, trainer, fingerprint, validation, notes=notes)
     if world.is_root:  # find out now, not after hours of training, that an output can't land
-        files = ((config.save, "--save"), (config.metrics, "--metrics"), (config.trace, "--trace"))
-        for path, what in files:
-            if path:
-                check_output_path(path, what)
-        if config.checkpoint_dir:
-            check_writable_dir(config.checkpoint_dir, "--checkpoint-dir", create=True)
-            if config.resume:
-                run.checkpoint, _, skipped = newest_valid_checkpoint(
-                    config.checkpoint_dir, fingerprint
-                )
-                run.notes += tuple(f"skipped {reason}" for reason in skipped)
-            elif list_checkpoints(config.checkpoint_dir):
-                raise DistnnError(
-                    f"{config.checkpoint_dir} already holds checkpoints: pass --resume to "
-                    "continue that run, or choose another --checkpoint-dir"
-                )
+        check_outputs_writable(config)
+        if config.checkpoint_dir and config.resume:
+            run.checkpoint, _, skipped = newest_valid_checkpoint(
+                config.checkpoint_dir, fingerprint, fingerprint_names(config)
+            )
+            run.notes += tuple(f"skipped {reason}" for reason in skipped)
+        elif config.checkpoint_dir and list_checkpoints(config.checkpoint_dir):
+            raise DistnnError(
+                f"{config.checkpoint_dir} already holds checkpoints: pass {config.name('resume')} "
+                f"to continue that run, or choose another {config.name('checkpoint_dir')}"
+            )
     return run
 
 
-def warm_start(net: Network, path: str) -> None:
-    """``net``'s parameters from a saved model of the same shape (``--init-from``)."""
+def check_same_on_every_rank(run: Run, world: World) -> None:
+    """Stop every rank, in one line, unless all were given the same options and data.
+
+    Under ``mpirun`` each rank calls ``fit`` (or reads ``--dataset``) for itself; given
+    other data on one rank, the run would train on a mix or die in a collective with a
+    truncated message. Compared: the options, and each array's shape, dtype and a
+    sample of its rows (a cheap hash: sampled rows, not every byte).
+    """
+    parts = {"options": json.dumps(run.config.to_dict(), sort_keys=True, default=str)}
+    data = run.data
+    named = {"x": data.x, "y": data.y, "test_data": data.x_test, "test labels": data.y_test}
+    if run.validation is not None:
+        named |= {"validation_data": run.validation.x, "validation targets": run.validation.y}
+    parts |= {name: _sample_hash(a) for name, a in named.items()}
+    everyone = world.gather_object(parts)
+
+    def compare() -> None:
+        for rank, theirs in enumerate(everyone or []):
+            differ = [name for name in parts if theirs[name] != parts[name]]
+            if differ:
+                raise DistnnError(
+                    f"rank {rank} was given other {', '.join(differ)} than rank 0: every rank "
+                    "must run with the same options and data"
+                )
+
+    world.on_root(compare)
+
+
+def _sample_hash(a: np.ndarray | None, rows: int = 64) -> str:
+    """Shape, dtype and ``rows`` evenly spaced rows of ``a``: cheap even for memory maps."""
+    if a is None:
+        return "none"
+    h = hashlib.blake2b(repr((a.shape, a.dtype.str)).encode(), digest_size=16)
+    if len(a):
+        h.update(np.ascontiguousarray(a[np.linspace(0, len(a) - 1, rows).astype(int)]).data)
+    return h.hexdigest()
+
+
+def warm_start(net: Network, path: str, what: str) -> None:
+    """``net``'s parameters, and the input standardization they were trained with, from
+    a saved model of the same shape (``--init-from``)."""
     model = load_model(path)
     if model.sizes != net.sizes or model.activation_names != net.activation_names:
         raise DistnnError(
-            f"--init-from {path}: the model is {model.describe()}, this run trains {net.describe()}"
+            f"{what} {path}: the model is {model.describe()}, this run trains {net.describe()}"
         )
     net.params[...] = model.params
+    net.input_mean, net.input_std = model.input_mean, model.input_std
 
 
 def _fit_to_network(

@@ -13,12 +13,12 @@ import json
 from typing import Any
 
 from distnn import __version__
-from distnn.config import TrainConfig
 from distnn.data import Dataset
 from distnn.engine.network import Network
 from distnn.io.metrics_log import MetricsLog
 from distnn.parallel.threads import blas_name
 from distnn.parallel.world import World
+from distnn.run.options import TrainConfig
 
 
 def header_text(

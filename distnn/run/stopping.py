@@ -1,6 +1,6 @@
 """What can end a run before its last epoch: a signal, the clock, and early stopping.
 
-Each rule only *asks*; :func:`distnn.training.train_config` decides, from values every rank
+Each rule only *asks*; :func:`distnn.run.loop.train_config` decides, from values every rank
 shares (the step's reduced votes, the epoch's losses), so all ranks stop together.
 """
 

@@ -69,11 +69,6 @@ class Progress:
         self._last_line, self._last_line_step, self._loss_sum, self._loss_n = 0.0, 0, 0.0, 0
         self._bar_drawn = False  # a bar is on screen without its newline
 
-    @property
-    def live(self) -> bool:
-        """True while a bar is drawn in place (an epoch line must clear it first)."""
-        return self.mode == "bar"
-
     def say(self, text: str) -> None:
         """Print ``text`` (one or more lines) if this rank speaks."""
         if self.enabled:

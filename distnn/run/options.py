@@ -1,0 +1,448 @@
+"""Every option of a run, declared once: :class:`TrainConfig`'s fields.
+
+Each field carries an :class:`Option` in its metadata: its help, bounds, choices (from
+the engine's own tables), whether ``--resume`` must match it (the fingerprint), whether
+it names a file the run reads or writes, and whether it is set on the command line
+only (the network's shape, which ``fit`` takes from the network it is given). The
+CLI's parser (:mod:`distnn.cli.options`), ``fit``'s keywords (:mod:`distnn.api`), the
+TOML files, the checkpoint fingerprint (:mod:`distnn.run.checkpointing`) and the path
+checks (:mod:`distnn.run.outputs`) are all read off these declarations.
+
+A config speaks its interface's language: ``spelling="cli"`` names options by flag
+(``--batch-size``), ``spelling="fit"`` by keyword (``batch_size``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from distnn.data.load import dataset_path
+from distnn.engine.activations import ACTIVATIONS
+from distnn.engine.losses import LOSSES
+from distnn.errors import DistnnError
+from distnn.parallel.timeline import parse_steps
+from distnn.run.progress import PROGRESS_MODES
+
+HIDDEN_ACTIVATIONS = tuple(a for a in ACTIVATIONS if a != "softmax")  # softmax: the loss's
+DTYPES = ("float32", "float64")
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A numeric option's range: ``holds(value)``, and how a message says it."""
+
+    holds: Callable[[float], bool]
+    says: str
+
+
+AT_LEAST_1 = Bound(lambda v: v >= 1, "must be at least 1")
+ZERO_OR_MORE = Bound(lambda v: v >= 0, "must be 0 or more")
+POSITIVE = Bound(lambda v: v > 0 and math.isfinite(v), "must be a positive number")
+POSITIVE_SECONDS = Bound(
+    lambda v: v > 0 and math.isfinite(v), "must be a positive number of seconds"
+)
+FRACTION = Bound(lambda v: 0 <= v < 1, "must be in [0, 1)")
+WIDTHS = Bound(lambda v: v >= 1, "widths must be positive")
+
+
+@dataclass(frozen=True)
+class Option:
+    """What one field of :class:`TrainConfig` is, beyond its name, type and default."""
+
+    help: str
+    metavar: str | None = None
+    choices: tuple[str, ...] = ()  # the allowed values (of each element, for a tuple)
+    bound: Bound | None = None  # the allowed range (of each element, for a tuple)
+    fingerprint: bool = False  # --resume continues only a run with the same value
+    path: str | None = None  # "input", "output" (a file) or "output folder"
+    cli_only: bool = False  # not a fit keyword (fit reads it off its network, or has its own)
+    fit_default: object = None  # fit's default, where it differs (see fit_default_of)
+    flag: str | None = None  # default: --name-with-dashes
+    in_toml: bool = True  # written to and read from a run's TOML file
+
+
+def option(default: object, help: str, **what: object) -> dataclasses.Field:
+    return field(default=default, metadata={"option": Option(help, **what)})
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = option(
+        "digits",
+        "digits (embedded, default) | synthetic:SAMPLES:FEATURES:CLASSES | an .npz with x, y "
+        "[, x_test, y_test] | a folder of .npy or IDX files | a .csv[.gz]",
+        path="input",
+        cli_only=True,  # fit: its x
+    )
+    hidden: tuple[int, ...] = option(
+        (32,),
+        "hidden layer widths (default: %(default)s); '' for none",
+        metavar="N,N,...",
+        bound=WIDTHS,
+        cli_only=True,
+    )
+    activation: str = option(
+        "sigmoid",
+        "σ of every layer: " + ", ".join(HIDDEN_ACTIVATIONS),
+        choices=HIDDEN_ACTIVATIONS,
+        cli_only=True,
+    )
+    activations: tuple[str, ...] | None = option(
+        None,
+        "σ per layer (hidden layers then output); overrides --activation",
+        metavar="A,A,...",
+        choices=HIDDEN_ACTIVATIONS,
+        cli_only=True,
+    )
+    loss: str = option(
+        "squared",
+        "squared (default) | cross-entropy (softmax output)",
+        choices=tuple(LOSSES),
+        cli_only=True,
+    )
+    schedule: str = option(
+        "adam",
+        "the update rule: normalized | sgd | momentum | nesterov | adagrad | rmsprop | adam | "
+        "package.module:ClassName (default: %(default)s)",
+        fingerprint=True,
+    )
+    lr: float = option(
+        0.01, "learning rate (default: %(default)s)", bound=POSITIVE, fingerprint=True
+    )
+    lr_schedule: str = option(
+        "constant",
+        "constant | step:EVERY:GAMMA | exp:GAMMA | inverse:K | cosine[:MIN_LR], "
+        "optionally +warmup:N",
+        fingerprint=True,
+    )
+    batch_size: int = option(
+        32,
+        "global batch size, split across ranks (default: %(default)s)",
+        bound=AT_LEAST_1,
+        fingerprint=True,
+    )
+    epochs: int = option(40, "default: %(default)s", bound=AT_LEAST_1, fit_default=10)
+    seed: int = option(0, "default: %(default)s", fingerprint=True)
+    dtype: str = option("float32", "float32 (default) | float64", choices=DTYPES, cli_only=True)
+    save: str | None = option(
+        None, "write the trained model here", metavar="MODEL.npz", path="output"
+    )
+    metrics: str | None = option(
+        None, "write one JSON line per epoch", metavar="FILE.jsonl", path="output"
+    )
+    quiet: bool = option(False, "print only the summary line", cli_only=True)  # fit: verbose
+    checkpoint_dir: str | None = option(
+        None, "write checkpoints here (rank 0)", metavar="DIR", path="output folder"
+    )
+    checkpoint_every: int = option(
+        0,
+        "also checkpoint every STEPS updates (default: only at epoch ends, the end, "
+        "and on SIGTERM/SIGINT)",
+        metavar="STEPS",
+        bound=ZERO_OR_MORE,
+    )
+    keep_checkpoints: int = option(
+        3, "keep the newest K checkpoints (default: %(default)s)", metavar="K", bound=AT_LEAST_1
+    )
+    resume: bool = option(
+        False,
+        "continue from the newest valid checkpoint in --checkpoint-dir (start afresh "
+        "if it holds none)",
+    )
+    overlap: bool = option(
+        False,
+        "sum each layer's gradient with its own non-blocking Iallreduce while backprop "
+        "continues below it (default: one Allreduce per step, faster on shared memory)",
+    )
+    deterministic: bool = option(
+        False,
+        "the same model to the last bit at any number of ranks: --virtual-shards "
+        "gradients added in one fixed order on every rank, one BLAS thread per rank",
+    )
+    virtual_shards: int = option(
+        4,
+        "with --deterministic: split each batch into V pieces, spread over the ranks "
+        "(default: %(default)s; use at most V ranks)",
+        metavar="V",
+        bound=AT_LEAST_1,
+        fingerprint=True,  # when --deterministic: see fingerprint_value
+    )
+    label_column: str | None = option(
+        None,
+        "CSV data: the column holding the class (default: label, y, target, or the last column)",
+        metavar="NAME|INDEX",
+        fingerprint=True,
+    )
+    standardize: bool = option(
+        False,
+        "scale features to mean 0, std 1 with the training split's statistics "
+        "(saved with the model, applied by predict)",
+        fingerprint=True,
+    )
+    val_fraction: float = option(
+        0.0,
+        "hold out this fraction of the training data for validation",
+        metavar="F",
+        bound=FRACTION,
+        fingerprint=True,
+    )
+    patience: int | None = option(
+        None,
+        "early stopping: stop after EPOCHS epochs without a better val_loss, "
+        "and keep the best weights (needs --val-fraction)",
+        metavar="EPOCHS",
+        bound=AT_LEAST_1,
+    )
+    target_loss: float | None = option(
+        None,
+        "stop once an epoch's training loss is at most LOSS",
+        metavar="LOSS",
+        bound=ZERO_OR_MORE,
+    )
+    max_time: float | None = option(
+        None,
+        "stop after this much training time (checkpoint and save as usual)",
+        metavar="SECONDS",
+        bound=POSITIVE_SECONDS,
+    )
+    verbose: bool = option(
+        False, "log from every rank, with details", cli_only=True
+    )  # fit: verbose=2
+    init_from: str | None = option(
+        None,
+        "warm start: begin from this saved model's parameters (same network shape); "
+        "a new run, unlike --resume",
+        metavar="MODEL.npz",
+        path="input",
+    )
+    config_file: str | None = option(
+        None,
+        "read options from a TOML file (options on the command line win); a run writes its "
+        "own beside its outputs",
+        metavar="RUN.toml",
+        path="input",
+        cli_only=True,
+        flag="--config",
+        in_toml=False,
+    )
+    progress: str = option(
+        "auto",
+        "progress within an epoch, on rank 0: a live bar, plain lines (for logs), or none; "
+        "auto: a bar on a terminal, else lines (default: %(default)s)",
+        choices=PROGRESS_MODES,
+    )
+    log_every: int = option(
+        0,
+        "with lines: one line every STEPS steps (default: every 10 s)",
+        metavar="STEPS",
+        bound=ZERO_OR_MORE,
+    )
+    tensorboard: str | None = option(
+        None,
+        "also write each epoch's metrics as TensorBoard scalars to DIR (rank 0; needs "
+        "pip install 'distnn[tensorboard]')",
+        metavar="DIR",
+        path="output folder",
+    )
+    trace: str | None = option(
+        None,
+        "write where each rank's time went (data, compute, allreduce, update, evaluate, "
+        "checkpoint) as a Chrome trace-event file for Perfetto or chrome://tracing",
+        metavar="FILE.json",
+        path="output",
+    )
+    trace_steps: str | None = option(
+        None, "with --trace: trace steps A..B-1 only (bounds the file's size)", metavar="A:B"
+    )
+    # Not options: how messages name options, and whether fit was given validation_data.
+    spelling: str = field(default="cli", compare=False)
+    validation_given: bool = field(default=False, compare=False)
+
+    def name(self, key: str) -> str:
+        """How this config's interface names option ``key``: ``--batch-size`` or ``batch_size``."""
+        return flag_of(key) if self.spelling == "cli" else key
+
+    def layer_activations(self) -> list[str]:
+        """σ's name for each of the L layers."""
+        n_layers = len(self.hidden) + 1
+        return list(self.activations) if self.activations else [self.activation] * n_layers
+
+    def validate(self) -> None:
+        """Raise DistnnError naming the first option out of its declared type, range or
+        choices, then the first broken rule between options."""
+        for f, opt in declared():
+            _check_value(self.name(f.name), getattr(self, f.name), f, opt)
+        name = self.name
+        if self.patience is not None and not (self.val_fraction or self.validation_given):
+            raise DistnnError(
+                f"{name('patience')} needs a validation split: give {name('val_fraction')} too"
+                + ("" if self.spelling == "cli" else " or validation_data")
+            )
+        if self.deterministic and self.overlap:
+            raise DistnnError(f"{name('deterministic')} and {name('overlap')} cannot be combined")
+        if not self.deterministic and self.virtual_shards != default_of("virtual_shards"):
+            raise DistnnError(
+                f"{name('virtual_shards')} {self.virtual_shards} has no effect without "
+                f"{name('deterministic')}"
+            )
+        if self.trace_steps is not None:
+            if not self.trace:
+                raise DistnnError(f"{name('trace_steps')} needs {name('trace')} FILE.json")
+            try:
+                parse_steps(self.trace_steps)
+            except ValueError as e:
+                raise DistnnError(str(e)) from None
+        if self.resume and self.init_from:
+            raise DistnnError(
+                f"{name('init_from')} starts a new run from a model; {name('resume')} continues "
+                "a stopped one: give one of them"
+            )
+        if self.resume and not self.checkpoint_dir:
+            raise DistnnError(f"{name('resume')} needs {name('checkpoint_dir')} DIR to resume from")
+        if len(self.layer_activations()) != len(self.hidden) + 1:
+            raise DistnnError(
+                f"{name('activations')} gives {len(self.activations or ())} names for "
+                f"{len(self.hidden) + 1} layers (hidden {','.join(map(str, self.hidden))} "
+                "plus the output layer)"
+            )
+
+    def paths(self, role: str) -> list[tuple[str, str | None]]:
+        """The declared paths of one role ("input", "output", "output folder"), as
+        (what a message calls it, path); a data set spec counts only if it is a file."""
+        found = [
+            (self.name(f.name), getattr(self, f.name)) for f, opt in declared() if opt.path == role
+        ]
+        return [
+            (what, dataset_path(p) if what == self.name("dataset") and p else p)
+            for what, p in found
+        ]
+
+    def outputs(self) -> list[tuple[str, str | None]]:
+        """Every path this run writes, as (what a message calls it, path)."""
+        files = self.paths("output")
+        return [*files, *self.paths("output folder"), *config_files_beside(self, files)]
+
+    def inputs(self) -> list[tuple[str, str | None]]:
+        """Every path this run reads, as (what a message calls it, path)."""
+        return self.paths("input")
+
+    def to_dict(self) -> dict:
+        """The options (the run's configuration, as a checkpoint and a metrics file keep it)."""
+        return {f.name: getattr(self, f.name) for f, _ in declared()}
+
+    def to_toml(self) -> str:
+        """The configuration as a TOML file ``--config`` reads back (unset options left out)."""
+        lines = ["# distnn run configuration: python -m distnn.train --config THIS_FILE"]
+        for f, opt in declared():
+            value = getattr(self, f.name)
+            if value is None or not opt.in_toml:
+                continue
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, (tuple, list)):
+                text = json.dumps(list(value))
+            else:  # JSON's strings and numbers are valid TOML
+                text = json.dumps(value)
+            lines.append(f"{f.name} = {text}")
+        return "\n".join(lines) + "\n"
+
+
+def declared() -> Iterator[tuple[dataclasses.Field, Option]]:
+    """Every option of a run, in declaration order, with its declaration."""
+    for f in dataclasses.fields(TrainConfig):
+        if "option" in f.metadata:
+            yield f, f.metadata["option"]
+
+
+def fit_default_of(f: dataclasses.Field, opt: Option) -> object:
+    """``fit``'s default for an option: the CLI's, unless declared otherwise."""
+    return f.default if opt.fit_default is None else opt.fit_default
+
+
+def flag_of(key: str) -> str:
+    opt = TrainConfig.__dataclass_fields__[key].metadata.get("option")
+    return (opt and opt.flag) or "--" + key.replace("_", "-")
+
+
+def default_of(key: str) -> object:
+    return TrainConfig.__dataclass_fields__[key].default
+
+
+def value_type(f: dataclasses.Field) -> tuple[type, type | None]:
+    """The field's type without ``None``: (int, None), or (tuple, int) for ``tuple[int, ...]``."""
+    hint = typing.get_type_hints(TrainConfig)[f.name]
+    if isinstance(hint, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    if typing.get_origin(hint) is tuple:
+        return tuple, typing.get_args(hint)[0]
+    return hint, None
+
+
+def _check_value(name: str, value: object, f: dataclasses.Field, opt: Option) -> None:
+    if value is None and f.default is None:
+        return
+    kind, element = value_type(f)
+    items = value if kind is tuple and isinstance(value, tuple) else (value,)
+    want = element or kind
+    wrong = kind is tuple and not isinstance(value, tuple)
+    for item in items:
+        if wrong or not _is_a(item, want):
+            what = f"a tuple of {want.__name__}" if kind is tuple else f"{_article(want)}"
+            raise DistnnError(f"{name} must be {what}, got {value!r}")
+        if opt.choices and item not in opt.choices:
+            raise DistnnError(f"unknown {name} {item!r} (choose from {', '.join(opt.choices)})")
+        if opt.bound and not opt.bound.holds(item):
+            raise DistnnError(f"{name} {opt.bound.says}, got {value}")
+
+
+def _is_a(value: object, kind: type) -> bool:
+    if kind is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def _article(kind: type) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "True or False"}[kind]
+
+
+def config_files_beside(
+    config: TrainConfig, files: list[tuple[str, str | None]]
+) -> list[tuple[str, str]]:
+    """The run's configuration written beside its model and metrics files
+    (model.npz → model.toml); one file where two share a stem."""
+    written = [
+        (what, p)
+        for what, p in files
+        if p and what in (config.name("save"), config.name("metrics"))
+    ]
+    beside = {os.path.splitext(path)[0] + ".toml": what for what, path in written}
+    return [(f"the configuration written beside {what}", p) for p, what in beside.items()]
+
+
+def read_toml(path: str) -> dict:
+    """Options from a TOML file, by field name (``batch-size`` and ``batch_size`` alike)."""
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise DistnnError(f"{path}: no such configuration file") from None
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise DistnnError(f"{path}: not a valid TOML file ({e})") from None
+    fields = [f.name for f, opt in declared() if opt.in_toml]
+    options = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name not in fields:
+            raise DistnnError(f"{path}: unknown option {key!r} (valid: {', '.join(fields)})")
+        options[name] = tuple(value) if isinstance(value, list) else value
+    return options

@@ -1,0 +1,83 @@
+"""A run's outputs: checked before any work, written at the end, never lost.
+
+The paths come from the options declared ``path=`` in :mod:`distnn.run.options`; the
+file-level mechanics (atomic writes, resolving and comparing paths) are
+:mod:`distnn.io.outputs`'.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from distnn.engine.network import Network
+from distnn.errors import DistnnError, SaveFailed
+from distnn.io.models import save_model
+from distnn.io.outputs import atomic_write, check_no_clash, check_output_path, check_writable_dir
+from distnn.parallel.world import World
+from distnn.run.options import TrainConfig, config_files_beside
+
+
+def check_no_output_over_an_input(
+    config: TrainConfig, arrays: dict | None, on_disk: list[tuple[str, str | None]]
+) -> None:
+    """Refuse, before any work, an output that would land on an input or another output.
+
+    ``arrays``: fit's arrays instead of a data set spec (so ``dataset`` reads no file);
+    ``on_disk``: the files behind memory-mapped arrays, inputs too.
+    """
+    dataset = config.name("dataset")
+    inputs = [(what, p) for what, p in config.inputs() if not (arrays and what == dataset)]
+    check_no_clash(config.outputs(), inputs + on_disk)
+
+
+def check_outputs_writable(config: TrainConfig) -> None:
+    """On rank 0: every output file could be written, every output folder exists (made)."""
+    for what, path in config.paths("output"):
+        if path:
+            check_output_path(path, what)
+    for what, path in config.paths("output folder"):
+        if path and what == config.name("checkpoint_dir"):  # TensorBoard makes its own
+            check_writable_dir(path, what, create=True)
+
+
+def write_outputs(
+    config: TrainConfig, net: Network, world: World, newest_checkpoint: str | None
+) -> None:
+    """The model and the configuration beside each output, by rank 0.
+
+    If the model cannot be written (disk full, permissions), the trained parameters
+    are never left only in memory: the newest checkpoint holds them, or else a rescue
+    copy is written to the temporary folder; the error names where they are.
+    """
+
+    def write() -> None:
+        if config.save:
+            try:
+                save_model(net, config.save)
+            except (DistnnError, OSError) as e:
+                where = newest_checkpoint or rescue_copy(net)
+                raise SaveFailed(
+                    f"{config.name('save')} {config.save}: {_reason(e)}; the trained "
+                    f"parameters are in {where}"
+                ) from None
+        text = config.to_toml()
+        for _, path in config_files_beside(config, config.paths("output")):
+            atomic_write(path, lambda f: f.write(text.encode()))
+
+    world.on_root(write)
+
+
+def rescue_copy(net: Network) -> str:
+    """The model written to a fresh file in the temporary folder; its path, or a reason."""
+    try:
+        fd, path = tempfile.mkstemp(prefix="distnn-rescued-", suffix=".npz")
+        os.close(fd)
+        save_model(net, path)
+        return path
+    except (DistnnError, OSError) as e:
+        return f"no file either: the rescue copy failed too ({_reason(e)})"
+
+
+def _reason(e: Exception) -> str:
+    return e.strerror if isinstance(e, OSError) and e.strerror else str(e)
