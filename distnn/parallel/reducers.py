@@ -26,12 +26,36 @@ returns the global batch's loss sum: identical on every rank, so every rank deci
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 
 from distnn.parallel.world import World
 
 NUM_VOTES = 2  # [stop requested by a signal, rank 0's clock passed the time limit]
+
+
+class Reducer(Protocol):
+    """What the trainer's step needs of a reducer: where backprop writes, and ``reduce``.
+
+    ``num_pieces`` pieces make a global batch, this rank computes ``my_pieces`` of them
+    (a stack of gradients when ``stacked``, else one); after ``reduce`` the global
+    gradient is in ``grad`` and the world's vote sums in ``votes``. ``layer_done(ℓ)``,
+    if set, is called by backprop as soon as layer ℓ's gradient is final.
+    """
+
+    stacked: bool
+    num_pieces: int
+    my_pieces: range
+    piece_grads: np.ndarray
+    piece_losses: np.ndarray
+    grad: np.ndarray
+    votes: np.ndarray
+    layer_done: Callable[[int], None] | None
+
+    def reduce(self) -> float:
+        """Sum the pieces across the world; return the global batch's loss sum."""
+        ...
 
 
 def shard_bounds(n: int, piece: int, pieces: int) -> tuple[int, int]:

@@ -25,11 +25,7 @@ from distnn.engine.schedules import GradientUpdateSchedule
 from distnn.errors import DivergenceError, ScheduleError
 from distnn.parallel.evaluation import EVAL_CHUNK, evaluate_sharded
 from distnn.parallel.ordered_sum import OrderedSum
-from distnn.parallel.reducers import (
-    FusedAllreduce,
-    OverlappedAllreduce,
-    shard_bounds,
-)
+from distnn.parallel.reducers import FusedAllreduce, OverlappedAllreduce, Reducer, shard_bounds
 from distnn.parallel.timeline import EVALUATE, Timeline
 from distnn.parallel.world import World
 
@@ -61,7 +57,7 @@ def check_schedule_step(step: object, params: np.ndarray, name: str) -> None:
 
 def make_reducer(
     net: Network, world: World, overlap: bool = False, virtual_shards: int | None = None
-) -> FusedAllreduce | OverlappedAllreduce | OrderedSum:
+) -> Reducer:
     """The reducer for a run: shard-ordered with ``virtual_shards``, overlapped, or fused."""
     if virtual_shards is not None:
         return OrderedSum(net.num_params, net.dtype, world, virtual_shards)
@@ -80,7 +76,7 @@ class Trainer:
         data: Dataset,
         world: World,
         batch_size: int,
-        reducer: FusedAllreduce | OverlappedAllreduce | OrderedSum,
+        reducer: Reducer,
         seed: int = 0,
         timeline: Timeline | None = None,
     ) -> None:
