@@ -46,6 +46,7 @@ def base(tmp_path_factory) -> Path:
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((40, 4)).astype(np.float32), np.arange(40) % 3
     np.savez(root / "data.npz", x=x, y=y)
+    np.savez(root / "synthetic_data.npz", x=x, y=y)  # a file, not a synthetic: spec
     (root / "data.csv").write_text(
         "a,b,c,d,label\n"
         + "".join(f"{r[0]},{r[1]},{r[2]},{r[3]},{k}\n" for r, k in zip(x, y, strict=True))
@@ -87,6 +88,8 @@ def refused(capsys, code: int, words: str, status: int = 2) -> None:
 
 TRAIN_CLASHES = {
     "save over npz data": (["--dataset", "data.npz", "--save", "data.npz"], "would overwrite"),
+    "save over a file named synthetic…": (["--dataset", "synthetic_data.npz", "--save", "synthetic_data.npz"], "would overwrite"),
+    "metrics over a file named synthetic…": (["--dataset", "./synthetic_data.npz", "--metrics", "synthetic_data.npz"], "would overwrite"),
     "save over csv data": (["--dataset", "data.csv", "--save", "data.csv"], "would overwrite"),
     "metrics over csv data": (["--dataset", "data.csv", "--metrics", "data.csv"], "overwrite"),
     "save via symlink to data": (["--dataset", "data.npz", "--save", "link.npz"], "overwrite"),
