@@ -60,7 +60,7 @@ def test_fit_errors_name_keywords_not_flags(kwargs, message):
 
 def test_unknown_keyword_is_a_type_error_with_a_suggestion():
     x, y = arrays()
-    with pytest.raises(TypeError, match="unexpected keyword argument 'batchsize'.*'batch_size'"):
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'batchsize'.*'batch_size'"):
         distnn.fit(distnn.Network([5, 4, 3]), x, y, batchsize=10)
     with pytest.raises(TypeError, match="'hidden'"):  # the network's shape is the network's
         distnn.fit(distnn.Network([5, 4, 3]), x, y, hidden=(8,))
