@@ -23,12 +23,15 @@ class Split(NamedTuple):
     labels: np.ndarray | None
 
 
-def split_validation(data: Dataset, fraction: float, seed: int) -> tuple[Dataset, Split]:
-    """(training part, validation part): a seeded random ``fraction`` of the rows held out."""
+def split_validation(
+    data: Dataset, fraction: float, seed: int, what: str = "--val-fraction"
+) -> tuple[Dataset, Split]:
+    """(training part, validation part): a seeded random ``fraction`` of the rows held out;
+    ``what``: how an error names the option that set the fraction."""
     n_val = round(len(data.x) * fraction)
     if n_val < 1 or n_val >= len(data.x):
         raise DistnnError(
-            f"--val-fraction {fraction} of {len(data.x)} training samples leaves "
+            f"{what} {fraction} of {len(data.x)} training samples leaves "
             f"{n_val} for validation and {len(data.x) - n_val} for training; both need one"
         )
     order = np.random.default_rng([seed, 0x5EED]).permutation(len(data.x))

@@ -35,19 +35,20 @@ MAX_EVENTS = 1 << 20  # per rank: bounds the buffers whatever --trace-steps says
 
 
 def parse_steps(spec: str | None) -> range:
-    """``A:B`` (steps A..B-1, 1-based like the step counter), ``:B`` or ``A:``."""
+    """``A:B`` (steps A..B-1, 1-based like the step counter), ``:B`` or ``A:``; ValueError
+    saying what is wrong (the caller names the option)."""
     if not spec:
         return range(1, 1 + MAX_EVENTS // 8)
     first, colon, last = spec.partition(":")
     if not colon:
-        raise ValueError(f"--trace-steps must be A:B (step numbers), got {spec!r}")
+        raise ValueError(f"must be A:B (step numbers), got {spec!r}")
     try:
         lo = int(first) if first else 1
         hi = int(last) if last else lo + MAX_EVENTS // 8
     except ValueError:
-        raise ValueError(f"--trace-steps must be A:B (step numbers), got {spec!r}") from None
+        raise ValueError(f"must be A:B (step numbers), got {spec!r}") from None
     if lo < 1 or hi <= lo:
-        raise ValueError(f"--trace-steps {spec!r}: need 1 <= A < B")
+        raise ValueError(f"{spec!r}: need 1 <= A < B")
     return range(lo, hi)
 
 

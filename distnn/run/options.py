@@ -299,7 +299,7 @@ class TrainConfig:
             try:
                 parse_steps(self.trace_steps)
             except ValueError as e:
-                raise DistnnError(str(e)) from None
+                raise DistnnError(f"{name('trace_steps')} {e}") from None
         if self.resume and self.init_from:
             raise DistnnError(
                 f"{name('init_from')} starts a new run from a model; {name('resume')} continues "

@@ -107,7 +107,9 @@ def prepare_run(
         )
         validation = Split(val.x, val.y, val.labels)
     elif config.val_fraction:
-        data, validation = split_validation(data, config.val_fraction, config.seed)
+        data, validation = split_validation(
+            data, config.val_fraction, config.seed, config.name("val_fraction")
+        )
     if config.loss == "cross-entropy" and not data.is_classification:
         raise DistnnError(
             f"{config.name('loss')} cross-entropy needs class labels, but the targets are vectors"
