@@ -103,6 +103,9 @@ def test_config_file_round_trip_and_command_line_wins(tmp_path):
         ("bogus = 1\n", "unknown option 'bogus'"),
         ("batch-size = 'x'\n", "invalid int value"),
         ("epochs = [\n", "not a valid TOML"),
+        ("batch_size = 0\n", "--batch-size must be at least 1, got 0"),
+        ("progress = 'fancy'\n", "unknown --progress 'fancy'"),
+        ("spelling = 'fit'\n", "unknown option 'spelling'"),  # not an option
     ],
 )
 def test_bad_config_file(tmp_path, content, words):

@@ -96,8 +96,10 @@ def parse_config(argv: list[str] | None, rank: int = 0) -> TrainConfig:
     first.add_argument(flag_of("config_file"), dest="config_file")
     config_file = first.parse_known_args(argv)[0].config_file
     prefix = toml_to_argv(read_toml(config_file)) if config_file else []
-    try:
-        build_parser(rank).parse_args(prefix)  # so a bad value names its file
+    try:  # the file's values alone first, so that a bad one names its file
+        from_file = vars(build_parser(rank).parse_args(prefix))
+        del from_file["print_config"]
+        TrainConfig(**from_file).check_values()
     except DistnnError as e:
         raise DistnnError(f"{config_file}: {e}") from None
     args = vars(build_parser(rank).parse_args(prefix + argv))

@@ -245,11 +245,16 @@ class TrainConfig:
         n_layers = len(self.hidden) + 1
         return list(self.activations) if self.activations else [self.activation] * n_layers
 
+    def check_values(self) -> None:
+        """Raise DistnnError naming the first option out of its declared type, range or
+        choices."""
+        for f, opt in declared():
+            declaring.check_value(TrainConfig, self.name(f.name), getattr(self, f.name), f, opt)
+
     def validate(self) -> None:
         """Raise DistnnError naming the first option out of its declared type, range or
         choices, then the first broken rule between options."""
-        for f, opt in declared():
-            declaring.check_value(TrainConfig, self.name(f.name), getattr(self, f.name), f, opt)
+        self.check_values()
         name = self.name
         if self.patience is not None and not (self.val_fraction or self.validation_given):
             raise DistnnError(
