@@ -17,7 +17,8 @@ from distnn.errors import EXIT_INTERRUPTED  # a module without imports: loads no
 _RANK_VARIABLES = ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID")
 
 
-def _launcher_rank() -> int:
+def launcher_rank() -> int:
+    """This process's rank as its launcher says (0 when started alone), before MPI starts."""
     for name in _RANK_VARIABLES:
         value = os.environ.get(name, "")
         if value.isdigit():
@@ -26,7 +27,7 @@ def _launcher_rank() -> int:
 
 
 def _end_quietly(signum: int, frame: object) -> None:
-    if _launcher_rank() == 0:
+    if launcher_rank() == 0:
         name = signal.Signals(signum).name
         os.write(2, f"distnn: {name}: stopped; nothing to save yet (exit 130)\n".encode())
     os._exit(EXIT_INTERRUPTED)
@@ -38,11 +39,27 @@ def interrupts_end_quietly() -> None:
 
 
 def run(command: str) -> None:
-    """``python -m distnn.COMMAND``: quiet interrupts, then the command's ``main``."""
+    """``python -m distnn.COMMAND``: quiet interrupts, then the command's ``main``.
+
+    A stdout closed early (``| head``) ends the command quietly, with status 1 and no
+    traceback, as in Python's recipe (https://docs.python.org/3/library/signal.html#note-on-sigpipe);
+    on one rank of several it ends the whole job, so that no other rank waits for it.
+    """
     interrupts_end_quietly()
     from importlib import import_module
 
-    sys.exit(import_module(f"distnn.cli.{command}").main())
+    try:
+        try:
+            status = import_module(f"distnn.cli.{command}").main()
+        finally:  # also after --help's SystemExit: a failing flush is caught below
+            sys.stdout.flush()
+    except BrokenPipeError:
+        from distnn.parallel.world import EXIT_BROKEN_PIPE, abort_if_shared, stdout_to_devnull
+
+        stdout_to_devnull()
+        abort_if_shared(EXIT_BROKEN_PIPE)
+        sys.exit(EXIT_BROKEN_PIPE)
+    sys.exit(status)
 
 
 def train_entry() -> None:

@@ -2,6 +2,7 @@
 
     python -m distnn.predict model.npz inputs.npy -o outputs.npy
     python -m distnn.predict model.npz inputs.csv -o classes.csv --classes
+    python -m distnn.predict model.npz inputs.npy -o - | head     # CSV on stdout
 
 Inputs are raw features, one row per sample, as the model was trained on them (the
 model applies its own saved standardization):
@@ -15,9 +16,10 @@ model applies its own saved standardization):
 The output format follows ``-o``'s extension: ``.npy`` (N × outputs in the model's
 dtype, or N classes with ``--classes``: int64 indices, or strings when the model was
 trained on named classes) or ``.csv`` (header ``output_0,…`` or ``class``, values
-printed so that they read back to the same floats). The output is
-written atomically and never replaces the input. Prediction runs in one process:
-under ``mpirun`` rank 0 does the work and the other ranks only wait for its status.
+printed so that they read back to the same floats); ``-o -`` writes that CSV to stdout
+and nothing else there. A file is written atomically and never replaces the input.
+Prediction runs in one process: under ``mpirun`` rank 0 does the work and the other
+ranks only wait for its status.
 """
 
 from __future__ import annotations
@@ -112,16 +114,25 @@ def write_outputs(path: str, out: np.ndarray, protect: list[str]) -> None:
     if out.dtype.kind == "U":  # class names: the csv module quotes a name with a comma
         atomic_write(path, lambda f: f.write(_names_csv(out).encode()), protect)
         return
+    atomic_write(path, lambda f: _write_csv(f, out), protect)
+
+
+def _write_csv(f, out: np.ndarray) -> None:
+    """Numbers as CSV with a header (``class`` or ``output_0,…``) to the open file ``f``."""
     if out.ndim == 1:
         header, fmt = "class", "%d"
     else:
         header = ",".join(f"output_{k}" for k in range(out.shape[1]))
         fmt = "%.9g" if out.dtype == np.float32 else "%.17g"  # reads back to the same float
-    atomic_write(
-        path,
-        lambda f: np.savetxt(f, out, fmt=fmt, delimiter=",", header=header, comments=""),
-        protect,
-    )
+    np.savetxt(f, out, fmt=fmt, delimiter=",", header=header, comments="")
+
+
+def write_stdout(out: np.ndarray) -> None:
+    """``out`` as CSV on stdout (``-o -``), as ``write_outputs`` writes a .csv file."""
+    if out.dtype.kind == "U":
+        sys.stdout.write(_names_csv(out))
+    else:
+        _write_csv(sys.stdout, out)
 
 
 def _names_csv(names: np.ndarray) -> str:
@@ -142,7 +153,9 @@ def parse_args(argv: list[str] | None, rank: int) -> argparse.Namespace:
     )
     p.add_argument("model", help="a model saved by 'python -m distnn.train --save'")
     p.add_argument("inputs", help="raw input rows: .npy, .npz, .csv or .csv.gz")
-    p.add_argument("-o", "--output", required=True, help="where to write: .npy or .csv")
+    p.add_argument(
+        "-o", "--output", required=True, help="where to write: .npy or .csv, or - for CSV on stdout"
+    )
     p.add_argument(
         "--classes",
         action="store_true",
@@ -157,14 +170,19 @@ def run(args: argparse.Namespace) -> str:
     """Do the whole prediction; the line to print on success."""
     from distnn.io.models import load_model
 
-    if _kind(args.output, OUTPUT_KINDS) is None:
-        raise DistnnError(f"{args.output}: output must be {' or '.join(OUTPUT_KINDS)}")
-    # Before any work: a prediction that cannot be written is not worth computing.
-    check_no_clash([("-o", args.output)], [("model", args.model), ("inputs", args.inputs)])
-    check_output_path(args.output, "-o")
+    to_stdout = args.output == "-"
+    if not to_stdout and _kind(args.output, OUTPUT_KINDS) is None:
+        kinds = " or ".join(OUTPUT_KINDS)
+        raise DistnnError(f"{args.output}: output must be {kinds}, or - for stdout")
+    if not to_stdout:  # before any work: a prediction that cannot be written is not worth it
+        check_no_clash([("-o", args.output)], [("model", args.model), ("inputs", args.inputs)])
+        check_output_path(args.output, "-o")
     net = load_model(args.model)
     x = read_inputs(args.inputs, net.sizes[0])
     out = predict(net, x, args.classes)
+    if to_stdout:
+        write_stdout(out)
+        return ""  # stdout holds the CSV alone
     write_outputs(args.output, out, protect=[args.inputs, args.model])
     if not args.classes:
         what = f"rows × {out.shape[1]} outputs"
@@ -174,9 +192,15 @@ def run(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from distnn.parallel.world import World, install_abort_on_error
+    from distnn.cli import launcher_rank
+    from distnn.parallel.world import install_abort_on_error, process_world
 
-    world = World()
+    try:  # MPI only under a launcher of several tasks: alone, no MPI library is needed
+        world = process_world()
+    except DistnnError as e:  # several tasks, but no MPI to join them: each says it alone
+        if launcher_rank() == 0:
+            print(f"distnn: error: {e}", file=sys.stderr)
+        return e.exit_code
     install_abort_on_error(world)
     try:  # every rank parses (--help, bad options); one predicts, the others wait for it
         args = parse_args(argv, world.rank)
@@ -185,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         if world.is_root:
             print(f"distnn: error: {e}", file=sys.stderr)
         return e.exit_code
-    if world.is_root and not args.quiet:
+    if world.is_root and line and not args.quiet:
         print(line)
     return 0
 

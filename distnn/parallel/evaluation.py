@@ -21,7 +21,7 @@ from distnn.engine.network import Network
 from distnn.engine.workspace import Workspace
 from distnn.errors import DistnnError
 from distnn.parallel.reducers import shard_bounds
-from distnn.parallel.world import World
+from distnn.parallel.world import World, process_world
 
 EVAL_CHUNK = 256  # rows per chunk, fixed so results do not depend on the world size
 
@@ -148,9 +148,11 @@ def evaluate(
     ``correct``, ``n_classes``, ``confusion_matrix`` (rows true class, columns
     predicted), ``per_class`` precision/recall/f1/support and the macro averages.
     Under ``mpirun`` every rank calls it with the same arrays; each evaluates its shard
-    and all get the same result. Bad shapes or labels raise DistnnError.
+    and all get the same result. Started alone (a script, a notebook) it needs no MPI
+    library: ``world`` defaults to :func:`~distnn.parallel.world.process_world`. Bad
+    shapes or labels raise DistnnError.
     """
-    world = World() if world is None else world
+    world = process_world() if world is None else world
     x, y = np.asarray(x), None if y is None else np.asarray(y)
     part: Part = (x, None, y) if net.is_classifier else (x, y, None)
     check_compatible(net, [part], "evaluate")

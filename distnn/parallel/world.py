@@ -4,10 +4,16 @@ Every collective in the training loop uses mpi4py's buffer (upper-case) interfac
 NumPy arrays, so nothing is pickled there; small objects (an error message, a
 checkpoint's metadata) are broadcast by pickle outside it. Started without a launcher,
 ``MPI.COMM_WORLD`` is a world of one and every call below still works.
+
+mpi4py is imported on first need (:func:`load_mpi`, by ``World()``), not with this
+module: :func:`process_world` gives a command that may run alone (evaluate, predict,
+``distnn.evaluate``) a :class:`LoneWorld` when no launcher started several processes,
+so that it runs where mpi4py is missing or finds no MPI library to load.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -15,23 +21,19 @@ import traceback
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import numpy as np
 
-try:
-    from mpi4py import MPI
-except (ImportError, RuntimeError) as e:  # mpi4py's wheel found no MPI library to load
-    raise ImportError(
-        f"distnn needs an MPI library, and mpi4py found none ({str(e).splitlines()[0]}): "
-        "pip install 'distnn[mpich]' for the bundled MPICH, or load your system's MPI "
-        "(e.g. module load openmpi) so that its libmpi is on LD_LIBRARY_PATH"
-    ) from e
-
 from distnn.errors import EXIT_INTERRUPTED, CollectiveError, DistnnError, ReplicaMismatchError
+
+# mpi4py's MPI module once load_mpi() has run (World() runs it); None until then. The
+# methods below read this global as they read an imported module, at no extra cost.
+MPI: Any = None
 
 T = TypeVar("T")
 ABORT_GRACE_S = 0.2
+EXIT_BROKEN_PIPE = 1  # stdout closed early (| head): Python's own status on EPIPE
 
 # Variables a launcher sets to the number of tasks it started (SLURM_STEP_NUM_TASKS is
 # set by srun, not by sbatch's batch script, which is a single process).
@@ -44,9 +46,39 @@ _LAUNCHER_SIZE_VARIABLES = (
 )
 
 
+def load_mpi() -> Any:
+    """mpi4py's MPI module, imported (and MPI initialized) on the first call.
+
+    ImportError, naming the fix, when mpi4py is missing or finds no MPI library.
+    """
+    global MPI
+    if MPI is None:
+        try:
+            from mpi4py import MPI as mpi
+        except (ImportError, RuntimeError) as e:  # mpi4py's wheel found no MPI library
+            raise ImportError(
+                f"distnn needs an MPI library, and mpi4py found none "
+                f"({(str(e).splitlines() or [type(e).__name__])[0]}): "
+                "pip install 'distnn[mpich]' for the bundled MPICH, or load your system's "
+                "MPI (e.g. module load openmpi) so that its libmpi is on LD_LIBRARY_PATH"
+            ) from e
+        MPI = mpi
+    return MPI
+
+
+def launcher_tasks() -> tuple[str, int] | None:
+    """(variable, tasks) if a launcher's variable says it started more than one task."""
+    for name in _LAUNCHER_SIZE_VARIABLES:
+        value = os.environ.get(name, "")
+        if value.isdigit() and int(value) > 1:
+            return name, int(value)
+    return None
+
+
 class World:
     def __init__(self, comm: MPI.Comm | None = None) -> None:
-        self.comm = MPI.COMM_WORLD if comm is None else comm
+        mpi = load_mpi()  # also when given a comm: the methods below use the module
+        self.comm = mpi.COMM_WORLD if comm is None else comm
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
 
@@ -218,22 +250,101 @@ class World:
         return " ".join(MPI.Get_library_version().split()[:3])
 
 
+class LoneWorld(World):
+    """A world of one process that needs no MPI: every collective is a no-op or a copy.
+
+    What :func:`process_world` gives a process that no launcher started with others,
+    so that predict and evaluate run where mpi4py cannot load an MPI library.
+    """
+
+    def __init__(self) -> None:  # no MPI: World's methods never reach comm at size 1
+        self.comm = None
+        self.rank, self.size = 0, 1
+
+    def finish_allreduces(self, pending: list) -> None:
+        pending.clear()  # start_allreduce_sum adds nothing in a world of one
+
+    def abort(self, code: int) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):  # a closed or broken stream
+                stream.flush()
+        _REAL_EXIT(code)
+
+    @staticmethod
+    def library_version() -> str:
+        return "none (one process, MPI not started)"
+
+
+def process_world() -> World:
+    """The world of this process: MPI's when a launcher started several, else a LoneWorld.
+
+    Under mpiexec, mpirun or srun of several tasks this is ``World()``, as it always
+    was; started alone (a script, a notebook, ``python -m distnn.evaluate``) it is a
+    world of one that never imports mpi4py. Several tasks but no MPI library to load is
+    a DistnnError (exit 2).
+    """
+    tasks = launcher_tasks()
+    if tasks is None:
+        return LoneWorld()
+    try:
+        return World()
+    except ImportError as e:
+        name, value = tasks
+        raise DistnnError(f"{name}={value} says {value} tasks were started, but {e}") from None
+
+
 def check_launch(world: World) -> None:
     """Refuse to train alone when a launcher evidently started several tasks.
 
     Under srun without MPI support, or an mpiexec of another MPI library than
     mpi4py's, every task sees a world of 1 and would silently train its own model.
     """
-    if world.size != 1 or world.comm != MPI.COMM_WORLD:  # a world of one on purpose
+    if world.size != 1 or (world.comm is not None and world.comm != MPI.COMM_WORLD):
+        return  # a world of one on purpose
+    tasks = launcher_tasks()
+    if tasks is not None:
+        name, value = tasks
+        raise DistnnError(
+            f"{name}={value} says {value} tasks were started, but MPI sees a world of 1: "
+            "the launcher and mpi4py's MPI library do not match (with Slurm use "
+            "'srun --mpi=pmi2' or mpiexec from the same MPI as mpi4py)"
+        )
+
+
+def stdout_to_devnull() -> None:
+    """After a BrokenPipeError: what is left in stdout's buffer goes nowhere, quietly.
+
+    Python flushes stdout on exit; without this that flush fails again and prints
+    "Exception ignored … BrokenPipeError" (https://docs.python.org/3/library/signal.html#note-on-sigpipe).
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (AttributeError, ValueError, OSError):  # stdout replaced by an object
+        pass
+    finally:
+        os.close(devnull)
+
+
+def abort_if_shared(code: int) -> None:
+    """End the whole MPI job with ``code`` if this process is one rank of several.
+
+    For an error that leaves this rank outside the collectives the others may be waiting
+    in (stdout closed on rank 0 while the others wait for its report). Does nothing in
+    a world of one or when MPI was never started.
+    """
+    if MPI is None or not MPI.Is_initialized() or MPI.Is_finalized():
         return
-    for name in _LAUNCHER_SIZE_VARIABLES:
-        value = os.environ.get(name, "")
-        if value.isdigit() and int(value) > 1:
-            raise DistnnError(
-                f"{name}={value} says {value} tasks were started, but MPI sees a world of 1: "
-                "the launcher and mpi4py's MPI library do not match (with Slurm use "
-                "'srun --mpi=pmi2' or mpiexec from the same MPI as mpi4py)"
-            )
+    if MPI.COMM_WORLD.Get_size() > 1:
+        MPI.COMM_WORLD.Abort(code)
+
+
+def _broken_pipe_ends_the_job(world: World) -> NoReturn:
+    """This rank's stdout was closed (``| head``): every rank ends, without a traceback."""
+    stdout_to_devnull()
+    sys.stderr.flush()
+    world.abort(EXIT_BROKEN_PIPE)
+    _REAL_EXIT(EXIT_BROKEN_PIPE)  # Abort does not return; this is only if it did
 
 
 _REAL_EXIT = os._exit
@@ -241,6 +352,8 @@ _REAL_EXIT = os._exit
 
 def _rank_failed(world: World, exc_type, exc, tb) -> None:
     """One rank's unexpected exception: its traceback once, then the whole job ends."""
+    if issubclass(exc_type, BrokenPipeError):  # stdout closed early: not a failure to show
+        _broken_pipe_ends_the_job(world)
     details = "".join(traceback.format_exception(exc_type, exc, tb))
     world.say_and_abort(f"distnn: rank {world.rank} failed, aborting the job:\n{details}", 1)
 
@@ -277,6 +390,10 @@ def failures_end_the_job(world: World) -> Iterator[None]:
         world.say_and_abort(
             f"distnn: rank {world.rank} interrupted: ending the job\n", EXIT_INTERRUPTED
         )
+    except BrokenPipeError:  # stdout closed early: quiet, as distnn.cli.run ends a world of one
+        if world.size == 1:
+            raise
+        _broken_pipe_ends_the_job(world)
     except BaseException as e:
         if world.size == 1:
             raise
