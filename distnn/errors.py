@@ -1,5 +1,6 @@
 """The exceptions users see, and the exit code each one ends the job with."""
 
+EXIT_BROKEN_PIPE = 1  # stdout closed early (| head): Python's own status on EPIPE
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 EXIT_OUT_OF_SYNC = 4

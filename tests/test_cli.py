@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from conftest import error_lines, launch
 
+import distnn
 from distnn.io.metrics_log import epoch_records
-from distnn.io.models import load_model
 
 
 def test_default_run_reaches_95_percent_on_4_ranks(tmp_path):
@@ -27,7 +27,7 @@ def test_default_run_reaches_95_percent_on_4_ranks(tmp_path):
     with np.load(tmp_path / "model.npz", allow_pickle=False) as f:
         assert f["W1"].shape == (32, 64) and f["W2"].shape == (10, 32)
         assert list(f["activations"]) == ["sigmoid", "sigmoid"]
-    net = load_model(str(tmp_path / "model.npz"))
+    net = distnn.Network.load(str(tmp_path / "model.npz"))
     with np.load(tmp_path / "model.npz") as f:
         np.testing.assert_array_equal(net.weights[1], f["W2"])
 

@@ -10,7 +10,6 @@ from conftest import error_lines, launch
 import distnn
 from distnn.data.load import load_dataset
 from distnn.engine.metrics import confusion_matrix, per_class
-from distnn.io.models import load_model
 from distnn.parallel.evaluation import EVAL_CHUNK, _chunks
 from distnn.parallel.reducers import shard_bounds
 
@@ -84,7 +83,7 @@ def test_matches_a_hand_computation(models, model):
     assert "precision" in result.stdout and "true \\ pred" in result.stdout
 
     # The Python API gives the same numbers.
-    api = distnn.evaluate(load_model(str(models / model)), data.x_test, data.labels_test)
+    api = distnn.evaluate(distnn.Network.load(str(models / model)), data.x_test, data.labels_test)
     assert api["confusion_matrix"] == ev["confusion_matrix"]
     assert api["loss"] == pytest.approx(ev["loss"], rel=1e-12)
 
@@ -156,7 +155,7 @@ def test_regression_model(tmp_path):
     assert result.returncode == 0, result.stderr
     ev = json.loads((tmp_path / "r.json").read_text())
     assert ev["accuracy"] is None and "confusion_matrix" not in ev
-    net = load_model(str(tmp_path / "reg_model.npz"))
+    net = distnn.Network.load(str(tmp_path / "reg_model.npz"))
     out = net.predict(x[:20]).astype(np.float64)
     assert ev["loss"] == pytest.approx(((out - x[:20, :2] * 0.5) ** 2).sum(axis=1).mean(), rel=1e-5)
     # A regression model against class labels is refused.

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "distnn"
 FORBIDDEN = {
     "engine": ("distnn.run", "distnn.api", "distnn.cli", "distnn.parallel", "distnn.data"),
     "data": ("distnn.run", "distnn.api", "distnn.cli", "distnn.parallel", "distnn.io"),
-    "io": ("distnn.run", "distnn.api", "distnn.cli", "distnn.parallel"),
+    "io": ("distnn.run", "distnn.api", "distnn.cli", "distnn.parallel", "distnn.engine"),
     "parallel": ("distnn.run", "distnn.api", "distnn.cli"),
     "run": ("distnn.api", "distnn.cli"),
 }

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from conftest import error_lines, launch
 
+import distnn
 from distnn.data.load import load_dataset
-from distnn.io.models import load_model
 
 SPEC = "synthetic:300:6:3"
 
@@ -35,7 +35,7 @@ def work(tmp_path_factory):
 
 
 def expected(work, classes=False):
-    net = load_model(str(work / "model.npz"))
+    net = distnn.Network.load(str(work / "model.npz"))
     x = np.load(work / "x.npy")
     return net.predict_classes(x) if classes else net.predict(x)
 

@@ -358,16 +358,16 @@ def test_broken_model_files_are_one_line(tmp_path, capsys, monkeypatch, case, co
 def test_a_failed_final_save_keeps_the_parameters(tmp_path, capsys, monkeypatch, with_checkpoints):
     import errno
 
-    import distnn.run.outputs as run_outputs
+    from distnn.engine.network import Network
 
-    real_save = run_outputs.save_model
+    real_save = Network.save
 
     def disk_full(net, path):
         if os.path.basename(path) == "m.npz":
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_save(net, path)
 
-    monkeypatch.setattr(run_outputs, "save_model", disk_full)
+    monkeypatch.setattr(Network, "save", disk_full)
     monkeypatch.chdir(tmp_path)
     extra = ["--checkpoint-dir", "ck"] if with_checkpoints else []
     code = train_cli.main([*SMALL, "--save", "m.npz", *extra])

@@ -146,8 +146,7 @@ EVALUATE_SCRIPT = """\
 import json, sys
 import distnn
 from distnn.data.load import load_dataset
-from distnn.io.models import load_model
-net = load_model("m.npz")
+net = distnn.Network.load("m.npz")
 data = load_dataset("{spec}")
 report = distnn.evaluate(net, data.x_test, data.labels_test)
 print(json.dumps(report, sort_keys=True))

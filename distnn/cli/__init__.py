@@ -54,7 +54,9 @@ def run(command: str) -> None:
         finally:  # also after --help's SystemExit: a failing flush is caught below
             sys.stdout.flush()
     except BrokenPipeError:
-        from distnn.parallel.world import EXIT_BROKEN_PIPE, abort_if_shared, stdout_to_devnull
+        from distnn.errors import EXIT_BROKEN_PIPE
+        from distnn.parallel.failures import stdout_to_devnull
+        from distnn.parallel.world import abort_if_shared
 
         stdout_to_devnull()
         abort_if_shared(EXIT_BROKEN_PIPE)

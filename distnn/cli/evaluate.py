@@ -24,7 +24,6 @@ from distnn.data.load import dataset_path
 from distnn.engine.metrics import report, summary, to_json
 from distnn.engine.network import Network
 from distnn.errors import DistnnError
-from distnn.io.models import load_model
 from distnn.io.outputs import atomic_write, check_no_clash, check_output_path
 from distnn.parallel.evaluation import (
     Part,
@@ -32,7 +31,8 @@ from distnn.parallel.evaluation import (
     evaluate_sharded,
     evaluation_report,
 )
-from distnn.parallel.world import World, check_launch, install_abort_on_error, process_world
+from distnn.parallel.failures import install_abort_on_error
+from distnn.parallel.world import World, check_launch, process_world
 
 SPLITS = ("test", "train", "all")
 
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     def setup() -> tuple:
         args = parse_args(argv, world.rank)
         check_launch(world)  # a launcher of another MPI: N separate worlds of 1
-        net = load_model(args.model)
+        net = Network.load(args.model)
         extra = {} if args.label_column is None else {"label_column": args.label_column}
         if net.class_names is not None:  # the model's mapping of names to classes
             extra["class_names"] = net.class_names

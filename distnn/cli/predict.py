@@ -168,7 +168,6 @@ def parse_args(argv: list[str] | None, rank: int) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> str:
     """Do the whole prediction; the line to print on success."""
-    from distnn.io.models import load_model
 
     to_stdout = args.output == "-"
     if not to_stdout and _kind(args.output, OUTPUT_KINDS) is None:
@@ -177,7 +176,7 @@ def run(args: argparse.Namespace) -> str:
     if not to_stdout:  # before any work: a prediction that cannot be written is not worth it
         check_no_clash([("-o", args.output)], [("model", args.model), ("inputs", args.inputs)])
         check_output_path(args.output, "-o")
-    net = load_model(args.model)
+    net = Network.load(args.model)
     x = read_inputs(args.inputs, net.sizes[0])
     out = predict(net, x, args.classes)
     if to_stdout:
@@ -193,7 +192,8 @@ def run(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from distnn.cli import launcher_rank
-    from distnn.parallel.world import install_abort_on_error, process_world
+    from distnn.parallel.failures import install_abort_on_error
+    from distnn.parallel.world import process_world
 
     try:  # MPI only under a launcher of several tasks: alone, no MPI library is needed
         world = process_world()

@@ -25,7 +25,8 @@ from distnn.errors import (
     Interrupted,
     Preempted,
 )
-from distnn.parallel.world import World, install_abort_on_error
+from distnn.parallel.failures import install_abort_on_error
+from distnn.parallel.world import World
 from distnn.run.loop import PHASE_KEYS, History, train_config
 
 

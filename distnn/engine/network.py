@@ -248,7 +248,12 @@ class Network:
         """The class (output index with the largest a(L)) of each row of raw inputs."""
         return self.predict(X).argmax(axis=1)
 
-    # --- the model file: a plain .npz (see distnn.io.models for the format) ------------
+    # --- the model file: a plain .npz any NumPy user can read --------------------------
+    # W1..WL (n_ℓ × n_{ℓ-1}), b1..bL, activations (one name per layer), loss,
+    # is_classifier; with --standardize input_mean and input_std, which predict applies
+    # to raw inputs; for labels given as names, class_names (class k's name; absent in
+    # older models, which still load). Written atomically (distnn.io.outputs), so a crash
+    # never leaves half a model; read without pickle, so a crafted file cannot run code.
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Everything a saved model holds, as named arrays (views of the weights)."""
@@ -303,7 +308,8 @@ class Network:
         return net
 
     def save(self, path: str) -> None:
-        """Write a plain ``.npz`` (see ``distnn.io.models``), atomically."""
+        """Write a plain ``.npz`` (the format is above ``to_arrays``), atomically;
+        DistnnError (one line) if it cannot be written."""
         atomic_savez(path, self.to_arrays())
 
     @classmethod

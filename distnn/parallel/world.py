@@ -17,23 +17,21 @@ import contextlib
 import os
 import sys
 import time
-import traceback
 import zlib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any, NoReturn, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 
-from distnn.errors import EXIT_INTERRUPTED, CollectiveError, DistnnError, ReplicaMismatchError
+from distnn.errors import CollectiveError, DistnnError, ReplicaMismatchError
 
 # mpi4py's MPI module once load_mpi() has run (World() runs it); None until then. The
 # methods below read this global as they read an imported module, at no extra cost.
 MPI: Any = None
 
 T = TypeVar("T")
+REAL_EXIT = os._exit  # captured before failures_end_the_job wraps os._exit
 ABORT_GRACE_S = 0.2
-EXIT_BROKEN_PIPE = 1  # stdout closed early (| head): Python's own status on EPIPE
 
 # Variables a launcher sets to the number of tasks it started (SLURM_STEP_NUM_TASKS is
 # set by srun, not by sbatch's batch script, which is a single process).
@@ -268,7 +266,7 @@ class LoneWorld(World):
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(OSError, ValueError):  # a closed or broken stream
                 stream.flush()
-        _REAL_EXIT(code)
+        REAL_EXIT(code)
 
     @staticmethod
     def library_version() -> str:
@@ -311,21 +309,6 @@ def check_launch(world: World) -> None:
         )
 
 
-def stdout_to_devnull() -> None:
-    """After a BrokenPipeError: what is left in stdout's buffer goes nowhere, quietly.
-
-    Python flushes stdout on exit; without this that flush fails again and prints
-    "Exception ignored … BrokenPipeError" (https://docs.python.org/3/library/signal.html#note-on-sigpipe).
-    """
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, sys.stdout.fileno())
-    except (AttributeError, ValueError, OSError):  # stdout replaced by an object
-        pass
-    finally:
-        os.close(devnull)
-
-
 def abort_if_shared(code: int) -> None:
     """End the whole MPI job with ``code`` if this process is one rank of several.
 
@@ -337,78 +320,3 @@ def abort_if_shared(code: int) -> None:
         return
     if MPI.COMM_WORLD.Get_size() > 1:
         MPI.COMM_WORLD.Abort(code)
-
-
-def _broken_pipe_ends_the_job(world: World) -> NoReturn:
-    """This rank's stdout was closed (``| head``): every rank ends, without a traceback."""
-    stdout_to_devnull()
-    sys.stderr.flush()
-    world.abort(EXIT_BROKEN_PIPE)
-    _REAL_EXIT(EXIT_BROKEN_PIPE)  # Abort does not return; this is only if it did
-
-
-_REAL_EXIT = os._exit
-
-
-def _rank_failed(world: World, exc_type, exc, tb) -> None:
-    """One rank's unexpected exception: its traceback once, then the whole job ends."""
-    if issubclass(exc_type, BrokenPipeError):  # stdout closed early: not a failure to show
-        _broken_pipe_ends_the_job(world)
-    details = "".join(traceback.format_exception(exc_type, exc, tb))
-    world.say_and_abort(f"distnn: rank {world.rank} failed, aborting the job:\n{details}", 1)
-
-
-@contextmanager
-def failures_end_the_job(world: World) -> Iterator[None]:
-    """Inside: an exception that not every rank raises together ends the whole job.
-
-    A CollectiveError is raised on every rank alike (decided on shared values), so it
-    passes through; anything else on one rank of several (a bug, a user callback's
-    error, SystemExit, KeyboardInterrupt) would leave the others waiting in their next
-    collective forever: it is printed once, naming the rank, and the world is aborted.
-    """
-    real_exit, pid = _REAL_EXIT, os.getpid()  # the real one even if contexts nest
-
-    def exit_ends_the_job(status: int) -> None:
-        if os.getpid() != pid:  # a forked child (multiprocessing) leaving as it should
-            real_exit(status)
-        message = f"distnn: rank {world.rank} called os._exit({status}) during the run\n"
-        if world.size > 1:
-            world.say_and_abort(message, 1)
-        sys.stderr.write(message)
-        sys.stderr.flush()
-        real_exit(status or 1)  # 0 means "the run finished": not true here
-
-    os._exit = exit_ends_the_job  # user code (a schedule, a callback) runs inside
-    try:
-        yield
-    except CollectiveError:
-        raise
-    except KeyboardInterrupt:  # a second Ctrl-C: stop at once, no checkpoint
-        if world.size == 1:
-            raise
-        world.say_and_abort(
-            f"distnn: rank {world.rank} interrupted: ending the job\n", EXIT_INTERRUPTED
-        )
-    except BrokenPipeError:  # stdout closed early: quiet, as distnn.cli.run ends a world of one
-        if world.size == 1:
-            raise
-        _broken_pipe_ends_the_job(world)
-    except BaseException as e:
-        if world.size == 1:
-            raise
-        _rank_failed(world, type(e), e, e.__traceback__)
-    finally:
-        os._exit = real_exit
-
-
-def install_abort_on_error(world: World) -> None:
-    """Make any uncaught exception end the whole job, not just this rank.
-
-    Without this, one rank's exception leaves the others blocked in their next
-    Allreduce forever. The error is printed once, naming the rank.
-    """
-    if world.size == 1:
-        return
-
-    sys.excepthook = lambda exc_type, exc, tb: _rank_failed(world, exc_type, exc, tb)

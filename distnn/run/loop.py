@@ -23,9 +23,10 @@ from distnn.data import Dataset
 from distnn.engine.network import Network
 from distnn.engine.schedules import GradientUpdateSchedule
 from distnn.errors import Interrupted, Preempted
+from distnn.parallel.failures import failures_end_the_job
 from distnn.parallel.threads import configure_blas_threads, usable_cores
 from distnn.parallel.trainer import STOP_VOTE, TIME_VOTE, Trainer
-from distnn.parallel.world import World, failures_end_the_job
+from distnn.parallel.world import World
 from distnn.run.checkpointing import Checkpointer
 from distnn.run.log import RunLog, header_record, header_text
 from distnn.run.options import TrainConfig

@@ -12,7 +12,6 @@ import tempfile
 
 from distnn.engine.network import Network
 from distnn.errors import DistnnError, SaveFailed
-from distnn.io.models import save_model
 from distnn.io.outputs import atomic_write, check_no_clash, check_output_path, check_writable_dir
 from distnn.parallel.world import World
 from distnn.run.options import TrainConfig, config_files_beside
@@ -54,7 +53,7 @@ def write_outputs(
     def write() -> None:
         if config.save:
             try:
-                save_model(net, config.save)
+                net.save(config.save)
             except (DistnnError, OSError) as e:
                 where = newest_checkpoint or rescue_copy(net)
                 raise SaveFailed(
@@ -73,7 +72,7 @@ def rescue_copy(net: Network) -> str:
     try:
         fd, path = tempfile.mkstemp(prefix="distnn-rescued-", suffix=".npz")
         os.close(fd)
-        save_model(net, path)
+        net.save(path)
         return path
     except (DistnnError, OSError) as e:
         return f"no file either: the rescue copy failed too ({_reason(e)})"

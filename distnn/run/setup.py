@@ -28,7 +28,6 @@ from distnn.io.checkpoints import (
     list_checkpoints,
     newest_valid_checkpoint,
 )
-from distnn.io.models import load_model
 from distnn.parallel.memory import check_memory
 from distnn.parallel.timeline import Timeline, parse_steps
 from distnn.parallel.trainer import Trainer, make_reducer
@@ -211,7 +210,7 @@ def _sample_hash(a: np.ndarray | None, rows: int = 64) -> str:
 def warm_start(net: Network, path: str, what: str) -> None:
     """``net``'s parameters, and the input standardization they were trained with, from
     a saved model of the same shape (``--init-from``)."""
-    model = load_model(path)
+    model = Network.load(path)
     if model.sizes != net.sizes or model.activation_names != net.activation_names:
         raise DistnnError(
             f"{what} {path}: the model is {model.describe()}, this run trains {net.describe()}"
