@@ -14,6 +14,7 @@ from collections.abc import Callable
 from distnn.engine.network import Network
 from distnn.errors import DistnnError
 from distnn.io.checkpoints import Checkpoint, save_checkpoint
+from distnn.parallel.heartbeat import Heartbeat
 from distnn.parallel.timeline import CHECKPOINT
 from distnn.parallel.trainer import Trainer
 from distnn.parallel.world import World
@@ -75,10 +76,12 @@ class Checkpointer:
         fingerprint: dict,
         world: World,
         run_state: Callable[[], tuple[dict, dict]],
+        beat: Heartbeat | None = None,
     ) -> None:
         self.directory, self.every, self.keep = directory, every, keep
         self.config, self.fingerprint, self.world = config, fingerprint, world
         self.run_state = run_state  # the run's own (state, arrays) at this moment
+        self.beat = beat  # tells a supervisor that a slow step is a checkpoint
         self.last_saved: tuple[int, int] | None = None  # (step, epoch) of the newest
         self.last_path: str | None = None
 
@@ -101,7 +104,11 @@ class Checkpointer:
             self.fingerprint,
             *self.run_state(),
         )
+        if self.beat is not None:
+            self.beat.phase = "checkpoint"
         self.last_path = self.world.on_root(lambda: self._write(ckpt))
+        if self.beat is not None:
+            self.beat.phase = "train"
         if trainer.timeline.covers(trainer.step):
             trainer.timeline.add(CHECKPOINT, t0, time.perf_counter())
 

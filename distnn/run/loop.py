@@ -24,6 +24,7 @@ from distnn.engine.network import Network
 from distnn.engine.schedules import GradientUpdateSchedule
 from distnn.errors import Interrupted, Preempted
 from distnn.parallel.failures import failures_end_the_job
+from distnn.parallel.heartbeat import Heartbeat
 from distnn.parallel.threads import configure_blas_threads, usable_cores
 from distnn.parallel.trainer import STOP_VOTE, TIME_VOTE, Trainer
 from distnn.parallel.world import World
@@ -63,7 +64,11 @@ def train_config(
     started = time.perf_counter()  # the run's clock: wall_s counts from here
     # A signal from here on asks the run to stop after a step (it rides in the step's
     # votes), even one that comes during setup; handlers are restored on the way out.
-    with failures_end_the_job(world), StopRequests() as stop:
+    with (
+        failures_end_the_job(world),
+        StopRequests() as stop,
+        Heartbeat.from_env(world.rank) as beat,
+    ):
         # Deterministic mode fixes one BLAS thread: a product's bits may depend on it.
         ranks_on_node = world.local_size()
         threads, source = configure_blas_threads(
@@ -104,7 +109,7 @@ def train_config(
                 progress.say(f"note: {note}")
         head = header_record(run.config, world, threads)
         return _train(
-            run, world, progress, stop, callbacks, head,
+            run, world, progress, stop, beat, callbacks, head,
             lambda: earlier + time.perf_counter() - started,
         )  # fmt: skip
 
@@ -114,6 +119,7 @@ def _train(
     world: World,
     progress: Progress,
     stop: StopRequests,
+    beat: Heartbeat,
     callbacks: Sequence[Any],
     head: dict,
     wall_clock: Callable[[], float],
@@ -140,6 +146,7 @@ def _train(
             run.fingerprint,
             world,
             run_state,
+            beat,
         )
     if run.resumed and trainer.epoch >= config.epochs:
         progress.say(
@@ -155,9 +162,10 @@ def _train(
     # Overflow and NaN are caught by the loss, parameter and state checks, identically on
     # every rank; NumPy's own warnings would only print the same news once per rank.
     quiet_numpy = np.errstate(over="ignore", invalid="ignore", divide="ignore")
-    with RunLog(config, world, append=run.resumed) as log, quiet_numpy:
+    with RunLog(config, world, append=run.resumed or config.resume) as log, quiet_numpy:
         log.write_header(head)
         progress.start(trainer.step, config.epochs * trainer.batches_per_epoch())
+        beat.step, beat.phase = trainer.step, "train"
         while trainer.epoch < config.epochs and not history.stop_reason:
             progress.start_epoch(trainer.epoch + 1)
             order, n_batches = trainer.epoch_order(), trainer.batches_per_epoch()
@@ -166,6 +174,7 @@ def _train(
                 loss = trainer.train_step(
                     order[b * B : (b + 1) * B], stop.requested, stop.time_is_up()
                 )
+                beat.step = trainer.step  # what a supervisor watches (parallel/heartbeat)
                 progress.step(trainer.step, b + 1, n_batches, loss)
                 for callback in step_callbacks:
                     callback.on_step(trainer.step, loss)
