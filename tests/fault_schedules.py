@@ -66,3 +66,16 @@ class Leaving(SGD):
         if self.leaves and self.t == 3:
             _leave(os.environ["LEAVE_HOW"])
         super()._step(grad, lr, out)
+
+
+class FailingLater(Slow):
+    """Raises on rank FAULT_RANK FAULT_AFTER steps after each start (a crash loop that
+    still makes progress between crashes, each time at another step)."""
+
+    def _step(self, grad, lr, out):
+        if not hasattr(self, "first"):
+            self.first = self.t
+        after = int(os.environ["FAULT_AFTER"])
+        if self.rank == int(os.environ["FAULT_RANK"]) and self.t == self.first + after:
+            raise RuntimeError(f"injected fault at step {self.t}")
+        super()._step(grad, lr, out)

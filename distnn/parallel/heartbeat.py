@@ -65,7 +65,8 @@ class Heartbeat:
                 with contextlib.suppress(OSError):
                     sock.sendto(json.dumps(message).encode(), self._address)
                 if self._stopped.wait(INTERVAL_S):
-                    sock.sendto(json.dumps({**message, "phase": "done"}).encode(), self._address)
+                    last = {**fixed, "step": self.step, "phase": "done"}
+                    sock.sendto(json.dumps(last).encode(), self._address)
                     return
         except OSError:
             return

@@ -1,0 +1,122 @@
+"""Starting one attempt's job and making sure that, when it ends, none of it is left.
+
+The launcher (``mpiexec``, or ``srun`` in a Slurm allocation) starts in a session of its
+own. MPICH's hydra puts each rank in a session of its own too, so signalling a process
+group is not enough: the supervisor becomes a *child subreaper* (Linux), so ranks
+orphaned by a dead launcher are re-parented to it, and the job is every descendant of
+the supervisor. Ending it: SIGTERM to all of them, a grace period, then SIGKILL to the
+survivors (MPICH ranks spinning in a collective ignore SIGTERM; a stopped rank only
+dies of SIGKILL).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import time
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> bool:
+    """Orphaned descendants are re-parented to this process (Linux); False elsewhere."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def descendants(root: int) -> list[int]:
+    """Every live descendant of ``root`` on this machine, read from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":  # a zombie is already dead
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def reap(keep: int) -> None:
+    """Collect the exit status of every finished child but ``keep`` (the launcher, whose
+    status its Popen reads): orphaned ranks re-parented here leave no zombies."""
+    me = str(os.getpid())
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == keep:
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == me and fields[0] == "Z":
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(int(entry), os.WNOHANG)
+
+
+class Job:
+    """One attempt's launcher process and everything it started."""
+
+    def __init__(self, command: list[str], env: dict[str, str]) -> None:
+        self.command = command
+        self.proc = subprocess.Popen(command, env=env, start_new_session=True)
+        self.started = time.monotonic()
+
+    def poll(self) -> int | None:
+        return self.proc.poll()
+
+    def signal_all(self, signum: int) -> None:
+        """``signum`` to the launcher and every process of the job."""
+        for pid in [self.proc.pid, *descendants(os.getpid())]:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signum)
+
+    def end(self, grace: float, extra_pids: list[int] = ()) -> None:
+        """SIGTERM everything, wait up to ``grace`` seconds, SIGKILL what is left."""
+        self.signal_all(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and self._alive(extra_pids):
+            time.sleep(0.05)
+            self.proc.poll()
+            reap(self.proc.pid)
+        self.kill_rest(extra_pids)
+
+    def kill_rest(self, extra_pids: list[int] = ()) -> None:
+        """SIGKILL whatever of the job is still alive, until nothing is."""
+        for _ in range(100):
+            pids = self._alive(extra_pids)
+            if not pids:
+                break
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.02)
+            self.proc.poll()
+            reap(self.proc.pid)
+        self.proc.poll()
+
+    def _alive(self, extra_pids: list[int]) -> list[int]:
+        pids = set(descendants(os.getpid())) | {p for p in extra_pids if _running(p)}
+        return sorted(pids)
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

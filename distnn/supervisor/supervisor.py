@@ -1,0 +1,276 @@
+"""The supervisor's loop: run an attempt, watch it, decide, run the next.
+
+    choose the world size from the free slots → start the job with --resume →
+    watch its heartbeats (hang? grow back?) → classify how it ended → restart,
+    give up, or stop — and record each of these as an event
+
+Every event is a line on stdout and a record (``{"event": …}``) in the run's
+``--metrics`` file, written between attempts (never while rank 0 writes there).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from distnn.errors import EXIT_GAVE_UP, EXIT_PREEMPTED
+from distnn.io.checkpoints import list_checkpoints
+from distnn.parallel.heartbeat import ADDRESS_VARIABLE, ATTEMPT_VARIABLE
+from distnn.supervisor.listener import HeartbeatListener
+from distnn.supervisor.policy import FINAL_STATUSES, Failure, Limits, RestartPolicy, world_size
+from distnn.supervisor.processes import Job, become_subreaper
+
+POLL_S = 0.05
+TEARDOWN_GRACE_S = 3.0  # from SIGTERM to SIGKILL when the job is torn down
+
+
+@dataclass
+class Watch:
+    """How long a job may go without finishing a step."""
+
+    hang_floor_s: float = 60.0  # never less than this
+    hang_factor: float = 5.0  # × the longest gap between steps seen so far
+    startup_s: float = 300.0  # from start to the first finished step
+
+
+@dataclass
+class Attempt:
+    number: int
+    ranks: int
+    from_step: int
+    started: float
+    ended: float = 0.0
+    status: int | None = None
+    outcome: str = ""  # done, failed, hang, grown, stopped, preempted, final
+    cause: str = ""
+    failed_ranks: list[int] = field(default_factory=list)
+    reached: int = 0
+    first_step_at: float | None = None
+    last_step_at: float | None = None
+    detection_s: float = 0.0
+
+
+class Supervisor:
+    """Runs ``python -m distnn.train ARGS --resume`` until it finishes, restarting it."""
+
+    def __init__(
+        self,
+        train_args: list[str],
+        checkpoint_dir: str,
+        metrics: str | None,
+        min_ranks: int,
+        max_ranks: int,
+        virtual_shards: int | None,
+        launcher: Callable[[int], list[str]],
+        slots: Callable[[], int],
+        limits: Limits,
+        watch: Watch,
+        say: Callable[[str], None] = print,
+    ) -> None:
+        self.train_args = train_args
+        self.checkpoint_dir, self.metrics = checkpoint_dir, metrics
+        self.min_ranks, self.max_ranks, self.virtual_shards = min_ranks, max_ranks, virtual_shards
+        self.launcher, self.slots = launcher, slots
+        self.policy, self.watch = RestartPolicy(limits), watch
+        self.say = say
+        self.stop_signal: int | None = None
+        self.attempts: list[Attempt] = []
+        self.pending: list[dict] = []  # event records not yet in the metrics file
+        self.longest_gap = 0.0  # between two steps, over every attempt so far
+        self.started = time.monotonic()
+
+    # --- the loop ---------------------------------------------------------------------
+
+    def run(self) -> int:
+        become_subreaper()
+        previous = {s: signal.signal(s, self._stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        listener = HeartbeatListener()
+        try:
+            return self._loop(listener)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            listener.sock.close()
+            self._flush_events()
+
+    def _loop(self, listener: HeartbeatListener) -> int:
+        while True:
+            if self.stop_signal is not None:
+                name = signal.Signals(self.stop_signal).name
+                return self._end(
+                    EXIT_PREEMPTED, f"{name} between attempts; the newest checkpoint resumes it"
+                )
+            ranks = self._size()
+            if ranks is None:
+                return self._end(
+                    EXIT_PREEMPTED,
+                    f"{self.slots()} slot(s) free, fewer than --min-ranks {self.min_ranks}: "
+                    "requeue to continue",
+                )
+            attempt = self._attempt(listener, len(self.attempts) + 1, ranks)
+            self.attempts.append(attempt)
+            self._record(attempt)
+            if attempt.outcome == "done":
+                return self._end(0, "training finished")
+            if attempt.outcome in ("final", "preempted", "stopped"):
+                return self._end(attempt.status or EXIT_PREEMPTED, attempt.cause)
+            if attempt.outcome == "grown":
+                self.policy.succeeded()
+                continue
+            failure = Failure(
+                f"status {attempt.status}: {attempt.cause}",
+                attempt.reached,
+                progressed=self._checkpoint_step() > attempt.from_step,
+                started=attempt.first_step_at is not None,
+            )
+            reason = self.policy.after(failure)
+            if reason is not None:
+                self._event("give_up", f"giving up: {reason}", reason=reason)
+                return self._end(EXIT_GAVE_UP, f"gave up: {reason}")
+            delay = self.policy.backoff()
+            self._event("backoff", f"restarting in {delay:.1f} s", seconds=round(delay, 3))
+            self._sleep(delay)
+
+    def _attempt(self, listener: HeartbeatListener, number: int, ranks: int) -> Attempt:
+        from_step = self._checkpoint_step()
+        attempt = Attempt(number, ranks, from_step, time.monotonic())
+        listener.reset(str(number), from_step)
+        env = {**os.environ, ADDRESS_VARIABLE: listener.address, ATTEMPT_VARIABLE: str(number)}
+        command = [*self.launcher(ranks), sys.executable, "-m", "distnn.train",
+                   *self.train_args, "--resume"]  # fmt: skip
+        self._event("attempt", f"attempt {number}: {ranks} rank(s) from step {from_step}",
+                    attempt=number, ranks=ranks, from_step=from_step)  # fmt: skip
+        self._flush_events()  # the job is not running yet: nobody else writes the file
+        job, asked = Job(command, env), None  # asked: why we sent SIGTERM, if we did
+        while (status := job.poll()) is None:
+            time.sleep(POLL_S)
+            listener.poll()
+            if asked is None and self.stop_signal is not None:
+                asked = "stopped"
+                job.signal_all(signal.SIGTERM)  # every rank checkpoints, exits 75
+            elif asked is None and listener.first_advance_at and (self._size() or 0) > ranks:
+                asked = "grown"  # through the SIGTERM → checkpoint path: no step lost
+                slots = self.slots()
+                self._event(
+                    "grow", f"{slots} slot(s) free: checkpointing to grow from {ranks} rank(s)",
+                    attempt=number, slots=slots,
+                )  # fmt: skip
+                job.signal_all(signal.SIGTERM)
+            hung = self._hung(listener, attempt)
+            if hung:
+                attempt.failed_ranks, attempt.cause = listener.diagnose(ranks)
+                attempt.outcome, attempt.detection_s = "hang", listener.stalled_for()
+                self._event("hang", f"no step for {listener.stalled_for():.1f} s (limit "
+                            f"{hung:.1f} s): {attempt.cause}; tearing the job down",
+                            attempt=number, ranks=attempt.failed_ranks,
+                            detection_s=round(attempt.detection_s, 3))  # fmt: skip
+                job.end(TEARDOWN_GRACE_S, listener.local_pids())
+                status = job.poll()
+                break
+        listener.poll()
+        job.kill_rest(listener.local_pids())  # what a dead launcher left behind
+        attempt.ended, attempt.status, attempt.reached = time.monotonic(), status, listener.step
+        attempt.first_step_at, attempt.last_step_at = (
+            listener.first_advance_at,
+            listener.last_advance_at,
+        )
+        self.longest_gap = max(self.longest_gap, listener.longest_gap)
+        if not attempt.outcome:
+            self._classify(attempt, asked, listener)
+        return attempt
+
+    def _classify(self, attempt: Attempt, asked: str | None, listener: HeartbeatListener) -> None:
+        status = attempt.status
+        if status == 0:
+            attempt.outcome, attempt.cause = "done", "training finished"
+        elif status == EXIT_PREEMPTED and asked:
+            attempt.outcome, attempt.cause = asked, f"checkpointed on request ({asked})"
+        elif status == EXIT_PREEMPTED:
+            attempt.outcome, attempt.cause = "preempted", "stopped by a signal from outside"
+        elif status in FINAL_STATUSES:
+            attempt.outcome, attempt.cause = "final", f"distnn.train ended with status {status}"
+        else:
+            attempt.outcome = "failed"
+            silent = listener.first_silent()
+            attempt.failed_ranks = [silent] if silent is not None else []
+            who = f"rank {silent} stopped first; " if silent is not None else ""
+            attempt.cause = f"{who}job ended with status {status}"
+
+    def _hung(self, listener: HeartbeatListener, attempt: Attempt) -> float | None:
+        """The limit the job exceeded without finishing a step, or None."""
+        watch = self.watch
+        if listener.first_advance_at is None:
+            limit = watch.startup_s
+            waited = time.monotonic() - attempt.started
+        else:
+            limit = max(
+                watch.hang_floor_s, watch.hang_factor * max(self.longest_gap, listener.longest_gap)
+            )
+            waited = listener.stalled_for()
+        return limit if waited > limit else None
+
+    # --- world size, checkpoints, events ---------------------------------------------
+
+    def _size(self) -> int | None:
+        return world_size(self.slots(), self.min_ranks, self.max_ranks, self.virtual_shards)
+
+    def _checkpoint_step(self) -> int:
+        newest = list_checkpoints(self.checkpoint_dir)
+        return int(os.path.basename(newest[0])[11:-4]) if newest else 0
+
+    def _record(self, a: Attempt) -> None:
+        lost = max(a.reached - self._checkpoint_step(), 0) if a.outcome in ("failed", "hang") else 0
+        previous = self.attempts[-2] if len(self.attempts) > 1 else None
+        downtime = (a.first_step_at - previous.ended) if previous and a.first_step_at else None
+        self._event(
+            "attempt_end",
+            f"attempt {a.number} ended: {a.outcome} ({a.cause}) at step {a.reached}"
+            + (f", {lost} step(s) lost" if lost else ""),
+            attempt=a.number, ranks=a.ranks, outcome=a.outcome, status=a.status,
+            cause=a.cause, failed_ranks=a.failed_ranks, from_step=a.from_step,
+            reached=a.reached, lost_steps=lost, detection_s=round(a.detection_s, 3),
+            downtime_before_s=None if downtime is None else round(downtime, 3),
+            wall_s=round(a.ended - a.started, 3),
+        )  # fmt: skip
+
+    def _end(self, status: int, why: str) -> int:
+        wall = time.monotonic() - self.started
+        training = sum(
+            a.ended - a.first_step_at for a in self.attempts if a.first_step_at is not None
+        )
+        restarts = sum(a.outcome in ("failed", "hang") for a in self.attempts)
+        self._event(
+            "summary",
+            f"{why}; {len(self.attempts)} attempt(s), {restarts} failure(s); training "
+            f"{training / wall:.0%} of {wall:.1f} s wall time (exit {status})",
+            status=status, attempts=len(self.attempts), failures=restarts,
+            wall_s=round(wall, 3), training_s=round(training, 3),
+        )  # fmt: skip
+        return status
+
+    def _event(self, kind: str, text: str, **fields: object) -> None:
+        self.say(f"distnn.launch: {text}")
+        at = round(time.monotonic() - self.started, 3)
+        self.pending.append({"event": kind, "t": at, **fields})
+
+    def _flush_events(self) -> None:
+        if self.metrics and self.pending:
+            try:
+                with open(self.metrics, "a", encoding="utf-8") as f:
+                    f.writelines(json.dumps(r) + "\n" for r in self.pending)
+            except OSError as e:
+                self.say(f"distnn.launch: cannot append events to {self.metrics} ({e})")
+        self.pending.clear()
+
+    def _stop(self, signum: int, frame: object) -> None:
+        self.stop_signal = signum
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while self.stop_signal is None and time.monotonic() < deadline:
+            time.sleep(POLL_S)
