@@ -3,8 +3,10 @@
 Each start of a run (the first and every ``--resume``) appends one header record,
 ``{"header": true, "distnn": …, "mpi": …, "blas": …, "threads": …, "ranks": …,
 "config": {…}}``, so the file says what produced the epochs below it, even when a
-resumed run uses another number of ranks. Readers skip records with ``"header"``;
-:func:`epoch_records` does, and so does ``python -m distnn.plot``.
+resumed run uses another number of ranks. Under ``python -m distnn.launch`` the
+supervisor adds event records (``{"event": "attempt", …}``: attempts, failures,
+restarts). Readers keep only epoch records (:func:`is_epoch`); :func:`epoch_records`
+does, and so does ``python -m distnn.plot``.
 """
 
 from __future__ import annotations
@@ -35,11 +37,22 @@ def is_header(record: object) -> bool:
     return isinstance(record, dict) and record.get("header") is True
 
 
+def is_epoch(record: object) -> bool:
+    """True for an epoch's record: not a header, not a supervisor's event."""
+    return isinstance(record, dict) and not is_header(record) and "event" not in record
+
+
 def epoch_records(path: str) -> list[dict[str, Any]]:
-    """The epoch records of a metrics file in file order, headers and blank lines skipped."""
+    """The epoch records of a metrics file in file order; headers, events, blank lines skipped."""
     with open(path, encoding="utf-8") as f:
         records = [json.loads(line) for line in f if line.strip()]
-    return [r for r in records if not is_header(r)]
+    return [r for r in records if is_epoch(r)]
+
+
+def event_records(path: str) -> list[dict[str, Any]]:
+    """The supervisor's event records (``python -m distnn.launch``), in file order."""
+    with open(path, encoding="utf-8") as f:
+        return [r for line in f if line.strip() and "event" in (r := json.loads(line))]
 
 
 def header_records(path: str) -> list[dict[str, Any]]:
