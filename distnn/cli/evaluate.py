@@ -97,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     def setup() -> tuple:
         args = parse_args(argv, world.rank)
         check_launch(world)  # a launcher of another MPI: N separate worlds of 1
+        if args.json:  # before any work: a report that cannot be written is not worth it
+            inputs = [("model", args.model), ("--dataset", dataset_path(args.dataset))]
+            check_no_clash([("--json", args.json)], inputs)
+            check_output_path(args.json, "--json")
         net = Network.load(args.model)
         extra = {} if args.label_column is None else {"label_column": args.label_column}
         if net.class_names is not None:  # the model's mapping of names to classes
@@ -104,10 +108,6 @@ def main(argv: list[str] | None = None) -> int:
         data = load_dataset(args.dataset, seed=args.seed, dtype=net.dtype.name, **extra)
         split, parts, note = select_split(data, args.split)
         check_compatible(net, parts, data.name)
-        if args.json:
-            inputs = [("model", args.model), ("--dataset", dataset_path(args.dataset))]
-            check_no_clash([("--json", args.json)], inputs)
-            check_output_path(args.json, "--json")
         return args, net, data, split, parts, note
 
     try:

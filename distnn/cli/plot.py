@@ -244,6 +244,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> str:
     """Read, check, draw; the line to print on success."""
+    # Before reading and drawing: -o lands on no input, and is not a device, FIFO, socket.
+    check_no_clash([("-o", args.output)], [("metrics file", p) for p in args.metrics])
+    check_output_path(args.output, "-o")
     fmt = os.path.splitext(args.output)[1][1:].lower()
     if fmt not in FORMATS:
         raise DistnnError(f"{args.output}: the image must be {', '.join('.' + f for f in FORMATS)}")
@@ -254,8 +257,6 @@ def run(args: argparse.Namespace) -> str:
             raise DistnnError(
                 f"--labels gives {len(labels)} names for {len(args.metrics)} metrics files"
             )
-    check_no_clash([("-o", args.output)], [("metrics file", p) for p in args.metrics])
-    check_output_path(args.output, "-o")  # before reading and drawing
     if len(args.metrics) == 1 and is_trace(args.metrics[0]):  # a --trace file
         _import_matplotlib()
         return draw_trace(args.metrics[0], args.output, args.title)

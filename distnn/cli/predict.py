@@ -169,13 +169,13 @@ def parse_args(argv: list[str] | None, rank: int) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> str:
     """Do the whole prediction; the line to print on success."""
 
-    to_stdout = args.output == "-"
+    to_stdout = args.output == "-"  # the one output that is not a regular file, on purpose
+    if not to_stdout:  # before any work: a prediction that cannot be written is not worth it
+        check_no_clash([("-o", args.output)], [("model", args.model), ("inputs", args.inputs)])
+        check_output_path(args.output, "-o")  # also: not a device, FIFO, socket (/dev/full)
     if not to_stdout and _kind(args.output, OUTPUT_KINDS) is None:
         kinds = " or ".join(OUTPUT_KINDS)
         raise DistnnError(f"{args.output}: output must be {kinds}, or - for stdout")
-    if not to_stdout:  # before any work: a prediction that cannot be written is not worth it
-        check_no_clash([("-o", args.output)], [("model", args.model), ("inputs", args.inputs)])
-        check_output_path(args.output, "-o")
     net = Network.load(args.model)
     x = read_inputs(args.inputs, net.sizes[0])
     out = predict(net, x, args.classes)

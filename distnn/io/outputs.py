@@ -9,12 +9,23 @@ mid-write therefore leaves the old file (or none), never half of one.
 The ``check_*`` functions let a command refuse an output it could not write *before*
 it does the work (hours of training, a long prediction), with one line that names the
 option and the path.
+
+An output is a regular file (or, for an output folder, a directory). A path that exists
+as anything else (a device such as ``/dev/null``, a FIFO, a socket, or a symbolic link
+to one of those, such as ``/dev/stdout``) is refused (:func:`refuse_special`): an atomic
+replace would swap the device or the link for a regular file (as root, ``/dev/null``
+for the whole machine), and opening a FIFO waits for a reader forever. A symbolic link
+to a regular file (or to a place where none exists yet) is followed: the file it names
+is written, atomically, in that file's folder, and the link stays a link to it; this is
+also how inputs are compared with outputs (resolved). A path that is this process's
+own stdin, stdout or stderr (``/dev/stdout`` while stdout is a file) is refused too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import IO
@@ -30,6 +41,7 @@ __all__ = [
     "check_output_path",
     "check_writable_dir",
     "refuse_overwrite",
+    "refuse_special",
 ]
 
 
@@ -44,6 +56,69 @@ def refuse_overwrite(path: str, inputs: Sequence[str]) -> None:
     for other in inputs:
         if os.path.exists(other) and os.path.samefile(path, other):
             raise DistnnError(f"{path}: refusing to overwrite the input {other}")
+
+
+_KINDS = (
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISREG, "a regular file"),
+)
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def _own_stream(st: os.stat_result) -> str | None:
+    """The name of this process's standard stream that is the file ``st``, if any."""
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            own = os.fstat(fd)
+        except OSError:
+            continue
+        if (own.st_dev, own.st_ino) == (st.st_dev, st.st_ino):
+            return name
+    return None
+
+
+def refuse_special(path: str, who: str | None = None, *, folder: bool = False) -> None:
+    """DistnnError (one line, naming ``who``) if ``path`` exists as something an output
+    may not replace: a device, a FIFO, a socket, a symbolic link to one of those, or
+    this process's own stdin/stdout/stderr.
+
+    A directory, or for an output folder a regular file, is left to the callers' own
+    messages ("is a directory", "not a directory"); ``folder`` only words the refusal.
+    A missing path, or a symbolic link to a missing one, is fine: it will be
+    created. Only ``stat`` calls: the path is never opened, so a FIFO cannot block.
+    """
+    who = who or path
+    try:
+        st = os.stat(path)  # follows symbolic links, as writing would
+    except OSError:
+        return  # nothing there (or a dangling link): a new file, checked by its folder
+    mode = st.st_mode
+    allowed = stat.S_ISDIR(mode) or stat.S_ISREG(mode)
+    via = f" (a symbolic link to {os.readlink(path)})" if os.path.islink(path) else ""
+    if not allowed:
+        raise DistnnError(
+            f"{who}: is {_kind(mode)}{via}, not "
+            + ("a folder: refusing to write into it (choose a folder)" if folder else
+               "a regular file: refusing to replace it (choose a file name)")
+        )  # fmt: skip
+    stream = _own_stream(st) if stat.S_ISREG(mode) else None
+    if stream:
+        raise DistnnError(
+            f"{who}: is this process's {stream}{via}: refusing to replace it "
+            "(choose a file name; redirect the output stream instead)"
+        )
+
+
+def _write_target(path: str) -> str:
+    """Where writing ``path`` lands: the file a symbolic link names, else ``path`` itself."""
+    return os.path.realpath(path) if os.path.islink(path) else path
 
 
 def _label(path: str, option: str | None) -> str:
@@ -94,6 +169,7 @@ def check_writable_dir(directory: str, option: str | None = None, *, create: boo
     ``--checkpoint-dir``.
     """
     who = option or directory
+    refuse_special(directory, _label(directory, option), folder=True)
     _require_dir(directory, who, create)
     _probe(directory, who)
 
@@ -101,9 +177,11 @@ def check_writable_dir(directory: str, option: str | None = None, *, create: boo
 def check_output_path(path: str, option: str | None = None, *, create: bool = False) -> None:
     """DistnnError (one line, naming ``option`` and ``path``) unless a file ``path`` could be
     written: not a directory, in a folder that exists (or is made, with ``create``) and
-    is writable."""
+    is writable; not a device, FIFO, socket or a link to one (:func:`refuse_special`).
+    A symbolic link to a regular file is checked where it leads."""
     who = _label(path, option)
-    _probe(_require_target(path, who, create), who)
+    refuse_special(path, who)
+    _probe(_require_target(_write_target(path), who, create), who)
 
 
 def _umask() -> int:
@@ -119,13 +197,17 @@ def atomic_write(
     """Write ``path`` through ``write(file)`` so that it is always whole or as before.
 
     Refuses (DistnnError) to replace any file in ``protect`` (the inputs), a directory,
-    or a file in a folder that does not exist. An OSError while writing becomes a
-    one-line DistnnError; whatever goes wrong, the temporary file is removed.
+    a device, FIFO or socket (or a link to one), or a file in a folder that does not
+    exist. A symbolic link to a regular file is followed: the file it names is
+    replaced, the link is kept. An OSError while writing becomes a one-line
+    DistnnError; whatever goes wrong, the temporary file is removed.
     """
     refuse_overwrite(path, protect)
-    directory = _require_target(path, path)
+    refuse_special(path)
+    target = _write_target(path)
+    directory = _require_target(target, path)
     try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(target))
     except OSError as e:
         raise DistnnError(f"{path}: cannot write ({e.strerror or e})") from None
     try:
@@ -134,7 +216,7 @@ def atomic_write(
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 is for secrets: a normal new file
-        os.replace(tmp, path)
+        os.replace(tmp, target)  # a link's file, not the link: the link stays
     except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -156,7 +238,8 @@ def atomic_savez(path: str, arrays: Mapping[str, np.ndarray]) -> None:
 
     The folder is created if needed: a model or checkpoint path names where it belongs.
     """
-    _require_target(path, path, create=True)
+    refuse_special(path)
+    _require_target(_write_target(path), path, create=True)
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
@@ -181,11 +264,15 @@ def check_no_clash(
     skipped. Paths are compared resolved (``..``, symbolic links) and by identity (hard
     links). An output may not be an input file or folder, nor lie inside an input
     folder (a data folder's files are all read), and no input may lie inside an output
-    folder (a checkpoint folder is pruned). Called before any work, so a typo costs
-    nothing.
+    folder (a checkpoint folder is pruned). An output that exists as a device, FIFO,
+    socket or a link to one is refused first (:func:`refuse_special`; whether a file or
+    a folder is meant is the callers' to check). Called before any work, so a typo
+    costs nothing.
     """
     outs = [(what, p) for what, p in outputs if p]
     ins = [(what, p) for what, p in inputs if p]
+    for what, path in outs:
+        refuse_special(path, f"{what} {path}")
     for i, (what, path) in enumerate(outs):
         for other_what, other in outs[:i]:
             if _same(path, other):

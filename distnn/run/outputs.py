@@ -12,7 +12,13 @@ import tempfile
 
 from distnn.engine.network import Network
 from distnn.errors import DistnnError, SaveFailed
-from distnn.io.outputs import atomic_write, check_no_clash, check_output_path, check_writable_dir
+from distnn.io.outputs import (
+    atomic_write,
+    check_no_clash,
+    check_output_path,
+    check_writable_dir,
+    refuse_special,
+)
 from distnn.parallel.world import World
 from distnn.run.options import TrainConfig, config_files_beside
 
@@ -20,11 +26,17 @@ from distnn.run.options import TrainConfig, config_files_beside
 def check_no_output_over_an_input(
     config: TrainConfig, arrays: dict | None, on_disk: list[tuple[str, str | None]]
 ) -> None:
-    """Refuse, before any work, an output that would land on an input or another output.
+    """Refuse, before any work, an output that would land on an input or another output,
+    or that exists as a device, FIFO, socket or a link to one (``--save /dev/null``,
+    ``--trace /dev/stdout``, ``--checkpoint-dir`` a link to a device): every output
+    file, output folder and configuration file beside them, on every rank.
 
     ``arrays``: fit's arrays instead of a data set spec (so ``dataset`` reads no file);
     ``on_disk``: the files behind memory-mapped arrays, inputs too.
     """
+    for what, path in config.paths("output folder"):
+        if path:
+            refuse_special(path, f"{what} {path}", folder=True)
     dataset = config.name("dataset")
     inputs = [(what, p) for what, p in config.inputs() if not (arrays and what == dataset)]
     check_no_clash(config.outputs(), inputs + on_disk)
