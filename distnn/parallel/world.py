@@ -241,6 +241,9 @@ class World:
         sys.stderr.flush()
         time.sleep(ABORT_GRACE_S)
         self.abort(code)
+        # MPICH's MPI_Abort can return on the rank that called it (seen on rank 0 under
+        # hydra): the caller would then run on, unwind and report a second failure.
+        REAL_EXIT(code)
 
     @staticmethod
     def library_version() -> str:
