@@ -21,6 +21,8 @@ from conftest import launch
 from test_faults import HANG, digest, fault_env, finish, wait_for
 
 from distnn.io.checkpoints import list_checkpoints
+from distnn.supervisor.policy import Failure, Limits, RestartPolicy, world_size
+from distnn.supervisor.stragglers import straggler
 
 TESTS = Path(__file__).parent
 # 4 epochs of 50 steps; a checkpoint every 10 steps. V = 4 virtual shards.
@@ -238,3 +240,52 @@ def test_below_min_ranks_exits_75_for_a_requeue(tmp_path):
     status, out, err = finish(proc, timeout=HANG)
     assert status == 75, out + err
     assert "fewer than --min-ranks 2" in out and "attempt 1" not in out
+
+
+# --- the rules alone ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("slots", "low", "high", "V", "expected"),
+    [
+        (4, 1, 4, 4, 4), (3, 1, 4, 4, 2), (3, 1, 4, None, 3), (8, 1, 6, 4, 4),
+        (1, 2, 4, None, None), (3, 3, 4, 4, None), (6, 1, 8, 6, 6), (5, 1, 8, 6, 3),
+    ],
+)  # fmt: skip
+def test_world_size_is_the_largest_that_fits(slots, low, high, V, expected):
+    assert world_size(slots, low, high, V) == expected
+
+
+def test_restart_budget_window_and_backoff():
+    policy = RestartPolicy(Limits(max_restarts=2, window_s=10, backoff_s=1, backoff_cap_s=3))
+    failure = lambda step: Failure("status 1", step, progressed=True, started=True)  # noqa: E731
+    assert policy.after(failure(5), now=0) is None
+    assert policy.after(failure(9), now=1) is None
+    assert "2 restarts within 10 s" in policy.after(failure(13), now=2)
+    assert policy.after(failure(17), now=20) is None  # the window moved on
+    waits = [policy.backoff() for _ in range(200)]
+    assert min(waits) >= 1.5 and max(waits) <= 4.5  # capped at 3 s, ±50%
+    assert len({round(w, 6) for w in waits}) > 100  # jittered
+
+
+def test_no_progress_and_startup_limits():
+    policy = RestartPolicy(Limits(no_progress=2, startup_failures=5))
+    assert policy.after(Failure("a", 1, progressed=False, started=True)) is None
+    assert "wrote no newer checkpoint" in policy.after(Failure("b", 2, False, True))
+    policy = RestartPolicy(Limits(startup_failures=2))
+    assert policy.after(Failure("a", 0, progressed=True, started=False)) is None
+    assert "before their first step" in policy.after(Failure("b", 0, True, False))
+
+
+def test_a_straggler_is_reported_from_the_epoch_records(tmp_path):
+    path = tmp_path / "m.jsonl"
+    records = [{"header": True}] + [
+        {"epoch": e, "compute_s": 1.0, "compute_s_max": 2.0, "slowest_rank": 3} for e in (1, 2, 3)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert straggler(str(path), 0) == (3, 2.0, 3, 3)
+    assert straggler(str(path), 3) is None  # one epoch is no evidence
+    even = [{"epoch": e, "compute_s": 1.0, "compute_s_max": 1.1, "slowest_rank": e % 4}
+            for e in range(8)]  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in even))
+    assert straggler(str(path), 0) is None

@@ -146,6 +146,10 @@ def launcher(kind: str) -> tuple[str, ...]:
     return (found,)
 
 
+def ranks_option(kind: str, n: int) -> list[str]:
+    return ["-n", str(n)] if kind == "mpiexec" else [f"--ntasks={n}"]
+
+
 def read_slots(path: str | None, default: int) -> int:
     """The slots free now: the first number in ``path``, or ``default``; an unreadable file
     counts as no change (the default), so a half-written file does not shrink the job."""
@@ -169,7 +173,6 @@ def main(argv: list[str] | None = None) -> int:
     except DistnnError as e:
         print(f"distnn: error: {e}", file=sys.stderr)
         return e.exit_code
-    option = "-n" if args.launcher == "mpiexec" else "--ntasks"
     supervisor = Supervisor(
         train_args,
         config.checkpoint_dir,
@@ -177,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         args.min_ranks,
         args.max_ranks,
         config.virtual_shards if config.deterministic else None,
-        launcher=lambda n: [*command, option, str(n)],
+        launcher=lambda n: [*command, *ranks_option(args.launcher, n)],
         slots=lambda: read_slots(args.slots_file, args.max_ranks),
         limits=Limits(args.max_restarts, args.restart_window, args.backoff, 60.0,
                       args.no_progress_limit, args.startup_failures),

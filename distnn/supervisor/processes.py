@@ -14,11 +14,16 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
 import signal
 import subprocess
+import sys
+import threading
 import time
+from collections import deque
 
 PR_SET_CHILD_SUBREAPER = 36
+FAILED_RANK = re.compile(r"distnn: rank (\d+) failed")  # distnn.parallel.failures' report
 
 
 def become_subreaper() -> bool:
@@ -73,8 +78,34 @@ class Job:
 
     def __init__(self, command: list[str], env: dict[str, str]) -> None:
         self.command = command
-        self.proc = subprocess.Popen(command, env=env, start_new_session=True)
+        self.proc = subprocess.Popen(
+            command, env=env, start_new_session=True, stderr=subprocess.PIPE, text=True,
+            errors="replace",
+        )  # fmt: skip
         self.started = time.monotonic()
+        self.stderr_tail: deque[str] = deque(maxlen=200)  # what a failure said, for its cause
+        self._relay = threading.Thread(target=self._pass_stderr_on, daemon=True)
+        self._relay.start()
+
+    def _pass_stderr_on(self) -> None:
+        """The job's stderr goes on to ours, line by line; the last lines are kept."""
+        for line in self.proc.stderr:
+            self.stderr_tail.append(line.rstrip("\n"))
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.write(line)
+                sys.stderr.flush()
+
+    def failure(self) -> tuple[int | None, str]:
+        """The rank that failed and its exception's last line, as the job's stderr said."""
+        self._relay.join(timeout=5.0)
+        lines = list(self.stderr_tail)
+        for i in range(len(lines) - 1, -1, -1):
+            found = FAILED_RANK.match(lines[i])
+            if found:
+                told = [x for x in lines[i + 1 :] if x and not x[0].isspace()]
+                told = [x for x in told if not x.startswith(("Traceback", "Abort(", "["))]
+                return int(found.group(1)), (told[-1] if told else "")
+        return None, ""
 
     def poll(self) -> int | None:
         return self.proc.poll()

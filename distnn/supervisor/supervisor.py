@@ -24,6 +24,7 @@ from distnn.parallel.heartbeat import ADDRESS_VARIABLE, ATTEMPT_VARIABLE
 from distnn.supervisor.listener import HeartbeatListener
 from distnn.supervisor.policy import FINAL_STATUSES, Failure, Limits, RestartPolicy, world_size
 from distnn.supervisor.processes import Job, become_subreaper
+from distnn.supervisor.stragglers import count_lines, straggler
 
 POLL_S = 0.05
 TEARDOWN_GRACE_S = 3.0  # from SIGTERM to SIGKILL when the job is torn down
@@ -123,7 +124,7 @@ class Supervisor:
                 self.policy.succeeded()
                 continue
             failure = Failure(
-                f"status {attempt.status}: {attempt.cause}",
+                attempt.cause,
                 attempt.reached,
                 progressed=self._checkpoint_step() > attempt.from_step,
                 started=attempt.first_step_at is not None,
@@ -141,11 +142,15 @@ class Supervisor:
         attempt = Attempt(number, ranks, from_step, time.monotonic())
         listener.reset(str(number), from_step)
         env = {**os.environ, ADDRESS_VARIABLE: listener.address, ATTEMPT_VARIABLE: str(number)}
-        command = [*self.launcher(ranks), sys.executable, "-m", "distnn.train",
-                   *self.train_args, "--resume"]  # fmt: skip
-        self._event("attempt", f"attempt {number}: {ranks} rank(s) from step {from_step}",
-                    attempt=number, ranks=ranks, from_step=from_step)  # fmt: skip
+        train = [*self.train_args, *(() if "--resume" in self.train_args else ("--resume",))]
+        command = [*self.launcher(ranks), sys.executable, "-m", "distnn.train", *train]
+        shown = " ".join([*self.launcher(ranks), "python -m distnn.train", *train])
+        self._event(
+            "attempt", f"attempt {number}: {ranks} rank(s) from step {from_step}: {shown}",
+            attempt=number, ranks=ranks, from_step=from_step,
+        )  # fmt: skip
         self._flush_events()  # the job is not running yet: nobody else writes the file
+        lines_before = count_lines(self.metrics)
         job, asked = Job(command, env), None  # asked: why we sent SIGTERM, if we did
         while (status := job.poll()) is None:
             time.sleep(POLL_S)
@@ -174,17 +179,28 @@ class Supervisor:
                 break
         listener.poll()
         job.kill_rest(listener.local_pids())  # what a dead launcher left behind
-        attempt.ended, attempt.status, attempt.reached = time.monotonic(), status, listener.step
+        attempt.ended, attempt.status = time.monotonic(), status
+        attempt.reached = max(listener.step, self._checkpoint_step())  # beats lag ≤ 0.25 s
         attempt.first_step_at, attempt.last_step_at = (
             listener.first_advance_at,
             listener.last_advance_at,
         )
         self.longest_gap = max(self.longest_gap, listener.longest_gap)
         if not attempt.outcome:
-            self._classify(attempt, asked, listener)
+            self._classify(attempt, asked, listener, job)
+        slow = straggler(self.metrics, lines_before)
+        if slow:
+            rank, ratio, count, epochs = slow
+            self._event(
+                "straggler", f"straggler: rank {rank} computed {ratio:.1f}× as long as rank 0, "
+                f"slowest in {count} of {epochs} epochs (reported, not restarted)",
+                attempt=number, rank=rank, ratio=round(ratio, 2),
+            )  # fmt: skip
         return attempt
 
-    def _classify(self, attempt: Attempt, asked: str | None, listener: HeartbeatListener) -> None:
+    def _classify(
+        self, attempt: Attempt, asked: str | None, listener: HeartbeatListener, job: Job
+    ) -> None:
         status = attempt.status
         if status == 0:
             attempt.outcome, attempt.cause = "done", "training finished"
@@ -196,10 +212,20 @@ class Supervisor:
             attempt.outcome, attempt.cause = "final", f"distnn.train ended with status {status}"
         else:
             attempt.outcome = "failed"
-            silent = listener.first_silent()
-            attempt.failed_ranks = [silent] if silent is not None else []
-            who = f"rank {silent} stopped first; " if silent is not None else ""
-            attempt.cause = f"{who}job ended with status {status}"
+            rank, told = job.failure()
+            if rank is not None:  # it raised: its own report names it, and the step is its own
+                attempt.failed_ranks, attempt.cause = [rank], f"rank {rank} failed: {told}"
+                attempt.reached = (
+                    listener.beats[rank].step if rank in listener.beats else attempt.reached
+                )
+            elif (silent := listener.first_silent()) is not None:
+                attempt.failed_ranks, attempt.cause = [silent], f"rank {silent} went silent first"
+            else:
+                attempt.cause = "a rank ended"
+            attempt.cause += f"; job status {status}"
+            last_beats = [b.at for b in listener.beats.values()]
+            if last_beats:  # from the failure (the first rank to fall silent) to knowing
+                attempt.detection_s = max(attempt.ended - min(last_beats), 0.0)
 
     def _hung(self, listener: HeartbeatListener, attempt: Attempt) -> float | None:
         """The limit the job exceeded without finishing a step, or None."""
