@@ -160,6 +160,18 @@ def test_sigterm_to_the_supervisor_checkpoints_and_exits_75(tmp_path, reference)
     assert digest(tmp_path / "m.npz") == reference["deterministic"]
 
 
+def test_sigkill_of_the_supervisor_leaves_no_rank_training_unwatched(tmp_path, reference):
+    proc = supervise(tmp_path, ["--max-ranks", "4", *WATCH, "--", *DETERMINISTIC])
+    wait_for_progress(tmp_path, 20)
+    pids = [rank_pid(tmp_path, r) for r in range(4)]
+    proc.kill()
+    finish(proc)
+    wait_for(lambda: not any(alive(p) for p in pids))  # the launcher got SIGTERM: ranks stop
+    resumed = launch([*DETERMINISTIC, "--resume"], ranks=3, cwd=tmp_path, env=fault_env(tmp_path))
+    assert resumed.returncode == 0, resumed.stderr
+    assert digest(tmp_path / "m.npz") == reference["deterministic"]
+
+
 def test_default_mode_skips_and_repeats_no_batch(tmp_path, reference):
     """Restarted on the same 4 ranks, the default mode ends with the bytes of the run that
     never stopped: every batch trained once, in order."""

@@ -23,6 +23,7 @@ import time
 from collections import deque
 
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_PDEATHSIG = 1
 FAILED_RANK = re.compile(r"distnn: rank (\d+) failed")  # distnn.parallel.failures' report
 
 
@@ -33,6 +34,13 @@ def become_subreaper() -> bool:
         return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
+
+
+def _term_when_parent_dies() -> None:
+    """In the launcher, before exec: SIGTERM when the supervisor dies (even by SIGKILL),
+    so the ranks checkpoint and stop instead of training on unwatched."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 def descendants(root: int) -> list[int]:
@@ -80,7 +88,7 @@ class Job:
         self.command = command
         self.proc = subprocess.Popen(
             command, env=env, start_new_session=True, stderr=subprocess.PIPE, text=True,
-            errors="replace",
+            errors="replace", preexec_fn=_term_when_parent_dies,
         )  # fmt: skip
         self.started = time.monotonic()
         self.stderr_tail: deque[str] = deque(maxlen=200)  # what a failure said, for its cause

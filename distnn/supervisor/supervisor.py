@@ -208,6 +208,9 @@ class Supervisor:
             attempt.outcome, attempt.cause = asked, f"checkpointed on request ({asked})"
         elif status == EXIT_PREEMPTED:
             attempt.outcome, attempt.cause = "preempted", "stopped by a signal from outside"
+        elif asked == "stopped" and self._checkpoint_step() > 0:  # stopped before training
+            attempt.outcome, attempt.status = "stopped", EXIT_PREEMPTED
+            attempt.cause = "stopped on request; the newest checkpoint resumes the run"
         elif status in FINAL_STATUSES:
             attempt.outcome, attempt.cause = "final", f"distnn.train ended with status {status}"
         else:
