@@ -24,6 +24,7 @@ The README's inline commands that complete a block (the user schedule's command 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -152,11 +153,19 @@ def _check_identical_hashes(path: Path, out: str) -> None:
     assert len(hashes) == 4 and len(set(hashes)) == 1, out  # "four identical hashes"
 
 
+def _check_supervised_run(path: Path, out: str) -> None:
+    assert "distnn.launch: attempt 1: 4 rank(s) from step 0" in out, out
+    assert re.search(r"^distnn.launch: training finished; 1 attempt\(s\)", out, re.M), out
+    events = [json.loads(x) for x in (path / "m.jsonl").read_text().splitlines() if '"event"' in x]
+    assert [e["event"] for e in events] == ["attempt", "attempt_end", "summary"], events
+
+
 CHECKS: dict[str, str | Callable[[Path, str], None]] = {
     "net.gradient(X, Y)": _NETWORK_CLAIMS,
     'print(f"test accuracy {report': _check_fit_block,
     "python -m distnn.evaluate model.npz --dataset digits --json eval.json": _check_evaluate_block,
     "sha256sum m*.npz": _check_identical_hashes,
+    "python -m distnn.launch --max-ranks 4": _check_supervised_run,
 }
 
 # Files a block reads, made first (bash).
@@ -355,7 +364,7 @@ def _params():
     for block in BLOCKS:
         # An MPI job of 2-4 ranks on 2 cores takes seconds: slow (CI still runs it).
         runs = block.text + "".join(_inline_commands(_module_name(block) or "-"))
-        marks = [pytest.mark.slow] if "mpirun" in runs else []
+        marks = [pytest.mark.slow] if "mpirun" in runs or "distnn.launch" in runs else []
         yield pytest.param(block, marks=marks, id=block.id)
 
 
