@@ -21,6 +21,7 @@ from conftest import launch
 from test_faults import HANG, digest, fault_env, finish, wait_for
 
 from distnn.io.checkpoints import list_checkpoints
+from distnn.io.metrics_log import epoch_records
 from distnn.supervisor.policy import Failure, Limits, RestartPolicy, world_size
 from distnn.supervisor.stragglers import straggler
 
@@ -102,6 +103,9 @@ def test_sigkill_of_one_rank_restarts_to_the_undisturbed_bytes(tmp_path, referen
     summary = events(tmp_path)[-1]
     assert summary["event"] == "summary" and 0 < summary["training_s"] <= summary["wall_s"]
     assert "training" in out and not alive(victim)
+    plotted = launch(["m.jsonl", "-o", "c.png"], cwd=tmp_path, module="distnn.plot")
+    assert plotted.returncode == 0 and "4 epoch(s)" in plotted.stdout, plotted.stderr  # events skipped
+    assert [r["epoch"] for r in epoch_records(str(tmp_path / "m.jsonl"))][-1] == 4
 
 
 def test_shrink_to_the_free_slots_and_grow_back(tmp_path, reference):

@@ -26,7 +26,7 @@ from typing import Any
 from distnn.cli.options import CliParser
 from distnn.cli.plot_trace import draw_trace, is_trace
 from distnn.errors import DistnnError
-from distnn.io.metrics_log import is_header
+from distnn.io.metrics_log import is_epoch
 from distnn.io.outputs import atomic_write, check_no_clash, check_output_path
 
 FORMATS = ("png", "svg", "pdf")
@@ -82,8 +82,8 @@ def read_metrics(path: str) -> list[dict]:
             raise DistnnError(f"{where}: not JSON ({e.msg}, column {e.colno})") from None
         if not isinstance(record, dict):
             raise DistnnError(f"{where}: expected a JSON object per line (one epoch's record)")
-        if is_header(record):
-            continue  # what produced the run (distnn.io.metrics_log): not a point to plot
+        if not is_epoch(record):
+            continue  # a header or a supervisor's event (distnn.io.metrics_log): no point
         epoch = record.get("epoch")
         if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
             raise DistnnError(f"{where}: no integer 'epoch' (is this a --metrics file?)")
