@@ -104,7 +104,9 @@ def test_sigkill_of_one_rank_restarts_to_the_undisturbed_bytes(tmp_path, referen
     assert summary["event"] == "summary" and 0 < summary["training_s"] <= summary["wall_s"]
     assert "training" in out and not alive(victim)
     plotted = launch(["m.jsonl", "-o", "c.png"], cwd=tmp_path, module="distnn.plot")
-    assert plotted.returncode == 0 and "4 epoch(s)" in plotted.stdout, plotted.stderr  # events skipped
+    assert plotted.returncode == 0 and "4 epoch(s)" in plotted.stdout, (
+        plotted.stderr
+    )  # events skipped
     assert [r["epoch"] for r in epoch_records(str(tmp_path / "m.jsonl"))][-1] == 4
 
 
