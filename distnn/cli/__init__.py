@@ -7,6 +7,8 @@ line from rank 0, instead of a traceback from every rank. ``train`` replaces it 
 its own handlers (finish the step, checkpoint, exit 75) while it trains.
 """
 
+import contextlib
+import errno
 import os
 import signal
 import sys
@@ -41,9 +43,13 @@ def interrupts_end_quietly() -> None:
 def run(command: str) -> None:
     """``python -m distnn.COMMAND``: quiet interrupts, then the command's ``main``.
 
-    A stdout closed early (``| head``) ends the command quietly, with status 1 and no
-    traceback, as in Python's recipe (https://docs.python.org/3/library/signal.html#note-on-sigpipe);
-    on one rank of several it ends the whole job, so that no other rank waits for it.
+    A stdout closed early (``| head``) ends a serial command (predict, evaluate, plot,
+    ``--help``) quietly, with status 1 and no traceback, as in Python's recipe
+    (https://docs.python.org/3/library/signal.html#note-on-sigpipe); a full one (``>
+    /dev/full``) likewise, with one line ``distnn: error: stdout: No space left on
+    device``. On one rank of several it ends the whole job, so that no other rank waits
+    for it. Training is not ended by either: :mod:`distnn.run.progress` handles its own
+    stdout, says so once on stderr, and the run ends with its own status.
     """
     interrupts_end_quietly()
     from importlib import import_module
@@ -54,14 +60,26 @@ def run(command: str) -> None:
         finally:  # also after --help's SystemExit: a failing flush is caught below
             sys.stdout.flush()
     except BrokenPipeError:
-        from distnn.errors import EXIT_BROKEN_PIPE
-        from distnn.parallel.failures import stdout_to_devnull
-        from distnn.parallel.world import abort_if_shared
-
-        stdout_to_devnull()
-        abort_if_shared(EXIT_BROKEN_PIPE)
-        sys.exit(EXIT_BROKEN_PIPE)
+        _stdout_failed("")
+    except OSError as e:  # a full stdout (> /dev/full): files fail as DistnnError instead
+        if e.errno != errno.ENOSPC:
+            raise
+        _stdout_failed(f"distnn: error: stdout: {e.strerror}\n")
     sys.exit(status)
+
+
+def _stdout_failed(message: str) -> None:
+    """stdout took no more: ``message`` (if any) on stderr, status 1 on every rank."""
+    from distnn.errors import EXIT_BROKEN_PIPE
+    from distnn.parallel.failures import stdout_to_devnull
+    from distnn.parallel.world import abort_if_shared
+
+    stdout_to_devnull()
+    if message and launcher_rank() == 0:
+        with contextlib.suppress(OSError):
+            os.write(2, message.encode())
+    abort_if_shared(EXIT_BROKEN_PIPE)
+    sys.exit(EXIT_BROKEN_PIPE)
 
 
 def train_entry() -> None:

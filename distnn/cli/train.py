@@ -9,7 +9,9 @@ Bad input is one line from rank 0 and status 2 on every rank; an error every ran
 sees at the same step (divergence, replicas out of sync, a stop request) ends all
 ranks cleanly with its own status; anything else aborts the whole job, so no rank
 waits forever. The run's readable output (header, progress, epochs, the ``done:``
-line) is on stdout, in order; errors are on stderr.
+line) is on stdout, in order; errors are on stderr. A stdout that is closed (``| head``)
+or full (``> /dev/full``) does not end the run: one line on stderr says so, training
+goes on, the outputs are written, and the status is the run's (0 when it trained).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from distnn.errors import (
 from distnn.parallel.failures import install_abort_on_error
 from distnn.parallel.world import World
 from distnn.run.loop import PHASE_KEYS, History, train_config
+from distnn.run.progress import STREAM_ERRORS, stdout_lost
 
 
 def time_split(history: list[dict]) -> str:
@@ -86,11 +89,15 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     if world.is_root:
         # stdout, the stream of every human-readable line of the run (distnn.run.progress),
-        # so that the summary comes after the last epoch line in any log.
-        if history.stop_reason and not config.quiet:
-            print(f"stopped early: {history.stop_reason}")
-        line = summary_line(history.final, world.size, time.perf_counter() - start)
-        print(line + time_split(history), flush=True)
+        # so that the summary comes after the last epoch line in any log. A stdout closed
+        # or full by now costs nothing: the outputs are written, the status stays 0.
+        try:
+            if history.stop_reason and not config.quiet:
+                print(f"stopped early: {history.stop_reason}")
+            line = summary_line(history.final, world.size, time.perf_counter() - start)
+            print(line + time_split(history), flush=True)
+        except STREAM_ERRORS as e:
+            stdout_lost(e, going_on="the run finished and its outputs are written")
     return 0
 
 

@@ -1,9 +1,12 @@
 """Every way out of one rank ends the whole job, so no rank waits in a collective forever.
 
 An exception on one rank only (a bug, a user callback's error, ``sys.exit``,
-``os._exit``, a second Ctrl-C, a stdout closed by ``| head``) is reported once, naming
-the rank, and the MPI world is aborted. A :class:`~distnn.errors.CollectiveError` is
-raised on every rank alike and passes through.
+``os._exit``, a second Ctrl-C) is reported once, naming the rank, and the MPI world is
+aborted. A :class:`~distnn.errors.CollectiveError` is raised on every rank alike and
+passes through. A BrokenPipeError that reaches here (a serial command's output, a user
+callback's ``print`` into a closed stdout) ends the job quietly with status 1; the
+run's own lines never raise it: :mod:`distnn.run.progress` keeps training when stdout
+closes or fills.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from distnn.parallel.world import REAL_EXIT, World
 
 
 def stdout_to_devnull() -> None:
-    """After a BrokenPipeError: what is left in stdout's buffer goes nowhere, quietly.
+    """After a failed write to stdout (EPIPE, ENOSPC): what is left in its buffer, and
+    whatever is written to it later, goes nowhere, quietly.
 
     Python flushes stdout on exit; without this that flush fails again and prints
     "Exception ignored … BrokenPipeError" (https://docs.python.org/3/library/signal.html#note-on-sigpipe).

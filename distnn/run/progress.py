@@ -14,13 +14,23 @@ Within an epoch, rank 0 shows its progress as ``mode`` says:
 - ``auto``: ``bar`` when the stream is a terminal, else ``lines``.
 
 With ``verbose=2`` every rank prints its epoch lines, prefixed with its rank.
+
+A stdout that stops taking lines (closed: ``| head`` exited, EPIPE; full: ``>
+/dev/full``, ENOSPC) never stops the run: the first failed write says so once on
+stderr (:func:`stdout_lost`), stdout is pointed at ``/dev/null`` (so later lines, and
+Python's flush at exit, go nowhere quietly), this Progress falls silent, and training
+goes on to write its outputs and end with the status it would have had. No collective
+is involved: the other ranks never learn of it and need not.
 """
 
 from __future__ import annotations
 
+import errno
 import sys
 import time
 from typing import TextIO
+
+from distnn.parallel.failures import stdout_to_devnull
 
 PROGRESS_MODES = ("auto", "bar", "lines", "none")
 LINE_SECONDS = 10.0  # the default interval of ``lines``: a few lines a minute in a log
@@ -36,12 +46,42 @@ def format_duration(seconds: float) -> str:
     return f"{s}s"
 
 
+_stdout_lost = False  # said once per process, whoever notices first
+STREAM_ERRORS = (OSError, ValueError)  # EPIPE, ENOSPC, EIO…; ValueError: a closed file
+
+
+def stdout_lost(error: BaseException, stream: TextIO | None = None, going_on: str = "") -> None:
+    """``stream`` (stdout) failed a write with ``error``: say so on stderr once, and make
+    every later write to it (and Python's flush at exit) go to ``/dev/null`` quietly.
+
+    ``going_on``: what the run does next, for the message (default: it keeps training).
+    A stream that is not this process's stdout is left alone: its owner stops using it.
+    """
+    global _stdout_lost
+    if stream is None or stream is sys.stdout or stream is sys.__stdout__:
+        stdout_to_devnull()  # also drops what a failed flush left in stdout's buffer
+    if _stdout_lost:
+        return
+    _stdout_lost = True
+    code = getattr(error, "errno", None)
+    state = {errno.EPIPE: "closed", errno.ENOSPC: "full"}.get(code, "not writable")
+    reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
+    going_on = going_on or "training continues; its output is no longer shown"
+    try:
+        sys.stderr.write(f"distnn: stdout {state} ({reason}): {going_on}\n")
+        sys.stderr.flush()
+    except STREAM_ERRORS:  # stderr gone too: nobody left to tell
+        pass
+
+
 def resolve_mode(mode: str, stream: TextIO) -> str:
     """``auto`` made concrete: a bar on a terminal, lines into a pipe or a file."""
     if mode != "auto":
         return mode
-    isatty = getattr(stream, "isatty", None)
-    return "bar" if isatty is not None and isatty() else "lines"
+    try:
+        return "bar" if stream.isatty() else "lines"
+    except (AttributeError, *STREAM_ERRORS):  # no isatty, or a closed stream
+        return "lines"
 
 
 class Progress:
@@ -72,10 +112,18 @@ class Progress:
     def say(self, text: str) -> None:
         """Print ``text`` (one or more lines) if this rank speaks."""
         if self.enabled:
-            self._clear_bar()
-            for line in text.splitlines():
-                self.stream.write(f"{self.prefix}{line}\n")
-            self.stream.flush()
+            try:
+                self._clear_bar()
+                for line in text.splitlines():
+                    self.stream.write(f"{self.prefix}{line}\n")
+                self.stream.flush()
+            except STREAM_ERRORS as e:
+                self._lost(e)
+
+    def _lost(self, error: BaseException) -> None:
+        """The stream failed a write: say so once, and show nothing more (steps included)."""
+        self.enabled, self.mode, self._bar_drawn = False, "none", False
+        stdout_lost(error, self.stream)
 
     def _clear_bar(self) -> None:
         if self._bar_drawn:  # the next line starts where the bar was, not after it
@@ -115,12 +163,16 @@ class Progress:
         if not due:
             return
         rate = (step - self._last_line_step) * self.batch_size / max(now - self._last_line, 1e-9)
-        self.stream.write(
+        text = (
             f"{self.prefix}step {step}/{self._total_steps}  epoch {self._epoch}/{self.epochs} "
             f"(batch {done}/{total})  loss {self._loss_sum / self._loss_n:.4f}  "
             f"{rate:,.0f} samples/s  ETA {self._eta(step, now)}\n"
         )
-        self.stream.flush()
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except STREAM_ERRORS as e:
+            self._lost(e)
         self._last_line, self._last_line_step, self._loss_sum, self._loss_n = now, step, 0.0, 0
 
     def _bar(self, step: int, done: int, total: int, loss: float) -> None:
@@ -132,11 +184,16 @@ class Progress:
         width = 24
         filled = width * done // total
         bar = "#" * filled + "-" * (width - filled)
-        self.stream.write(
+        text = (
             f"\repoch {self._epoch}/{self.epochs} [{bar}] {done}/{total} "
             f"loss {loss:.4f} {rate:,.0f} samples/s ETA {self._eta(step, now)} "
         )
-        self.stream.flush()
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except STREAM_ERRORS as e:
+            self._lost(e)
+            return
         self._bar_drawn = True
 
     def end_epoch(self, record: dict) -> None:
@@ -148,6 +205,9 @@ class Progress:
         if record.get("accuracy") is not None:
             parts.append(f"accuracy {record['accuracy']:.4f}")
         parts.append(f"{record['samples_per_sec']:,.0f} samples/s")
-        self._clear_bar()
-        self.stream.write(self.prefix + "  ".join(parts) + "\n")
-        self.stream.flush()
+        try:
+            self._clear_bar()
+            self.stream.write(self.prefix + "  ".join(parts) + "\n")
+            self.stream.flush()
+        except STREAM_ERRORS as e:
+            self._lost(e)
