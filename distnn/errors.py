@@ -7,6 +7,7 @@ EXIT_OUT_OF_SYNC = 4
 EXIT_SAVE_FAILED = 74  # EX_IOERR: trained, but --save failed; the error names a copy
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on request, a checkpoint to resume from
 EXIT_GAVE_UP = 76  # distnn.launch: restarting could not help (budget, the same failure twice)
+EXIT_HUNG = 77  # the watchdog: no step finished for too long (a frozen rank); job ended
 EXIT_INTERRUPTED = 130  # 128 + SIGINT: stopped on request with nothing to resume from
 
 

@@ -1,15 +1,16 @@
-"""Each rank's heartbeat to a supervisor (``python -m distnn.launch``): step and phase.
+"""Heartbeats: each rank's step and phase, and the ear that tells a stalled job's culprit.
 
-When ``DISTNN_HEARTBEAT=host:port`` is set (the supervisor sets it), a daemon thread
-sends one small UDP datagram every ``INTERVAL_S``: this rank's number, pid, host, the
-last finished step and what the rank is doing (``setup``, ``train``, ``checkpoint``,
-``done``). The thread beats on while the main thread waits in a collective (mpi4py
-releases the GIL there), so when a job stops advancing, the supervisor can tell the
-rank that went silent (frozen: SIGSTOP, a dead node) from the ranks waiting for it, and
-a rank stuck writing a checkpoint by its phase.
+A :class:`Heartbeat` is a daemon thread in every rank that sends one small UDP datagram
+every ``INTERVAL_S`` to its listeners (a supervisor's, ``DISTNN_HEARTBEAT=host:port``,
+and the job's own watchdog, :mod:`distnn.parallel.watchdog`): this rank's number, pid,
+host, the last finished step and what the rank is doing (``setup``, ``train``,
+``checkpoint``, ``done``). The thread beats on while the main thread waits in a
+collective (mpi4py releases the GIL there), so a :class:`HeartbeatListener` can tell
+the rank that went silent (frozen: SIGSTOP, a dead node) from the ranks waiting for it,
+and a rank stuck writing a checkpoint by its phase.
 
 The training loop only assigns ``step`` and ``phase``: two attribute writes, no I/O, no
-lock. Without the variable nothing is started and the writes go nowhere.
+lock. With no listener nothing is started and the writes go nowhere.
 """
 
 from __future__ import annotations
@@ -19,29 +20,51 @@ import json
 import os
 import socket
 import threading
+import time
+from dataclasses import dataclass
 
 INTERVAL_S = 0.25
 ADDRESS_VARIABLE = "DISTNN_HEARTBEAT"  # host:port of the supervisor's listener
 ATTEMPT_VARIABLE = "DISTNN_ATTEMPT"  # which attempt this job is, so stale beats are ignored
+SILENT_AFTER_S = 8 * INTERVAL_S  # no beat for this long: the rank is not running
+
+
+@dataclass
+class Beat:
+    rank: int
+    pid: int
+    host: str
+    step: int
+    phase: str
+    at: float  # the supervisor's monotonic clock when it arrived
 
 
 class Heartbeat:
     """This rank's step and phase, sent every ``INTERVAL_S`` while a supervisor listens."""
 
-    def __init__(self, rank: int, address: str | None = None) -> None:
+    def __init__(self, rank: int, addresses: list[str] = ()) -> None:
         self.rank, self.step, self.phase = rank, 0, "setup"
-        self._address = _parse(address) if address else None
+        self._addresses = [_parse(a) for a in addresses]
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
 
     @classmethod
     def from_env(cls, rank: int) -> Heartbeat:
-        return cls(rank, os.environ.get(ADDRESS_VARIABLE))
+        """Beats to a supervisor, if one set ``DISTNN_HEARTBEAT``; more with ``also``."""
+        address = os.environ.get(ADDRESS_VARIABLE)
+        return cls(rank, [address] if address else [])
 
-    def __enter__(self) -> Heartbeat:
-        if self._address is not None:
+    def also(self, addresses: list[str]) -> None:
+        """Beat to these listeners too (the job's watchdog); before ``start``."""
+        self._addresses = [*self._addresses, *(_parse(a) for a in addresses)]
+
+    def start(self) -> None:
+        if self._addresses and self._thread is None:
             self._thread = threading.Thread(target=self._beat, name="distnn-heartbeat", daemon=True)
             self._thread.start()
+
+    def __enter__(self) -> Heartbeat:
+        self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -51,7 +74,7 @@ class Heartbeat:
             self._thread.join(timeout=1.0)
 
     def _beat(self) -> None:
-        sock = socket.socket(_family(self._address), socket.SOCK_DGRAM)
+        socks = {}
         fixed = {
             "rank": self.rank,
             "pid": os.getpid(),
@@ -60,18 +83,108 @@ class Heartbeat:
         }
         try:
             while True:
-                message = {**fixed, "step": self.step, "phase": self.phase}
-                # No listener (yet), a full buffer: the next beat tries again.
-                with contextlib.suppress(OSError):
-                    sock.sendto(json.dumps(message).encode(), self._address)
-                if self._stopped.wait(INTERVAL_S):
-                    last = {**fixed, "step": self.step, "phase": "done"}
-                    sock.sendto(json.dumps(last).encode(), self._address)
+                done = self._stopped.wait(INTERVAL_S) if socks else False
+                message = {**fixed, "step": self.step, "phase": "done" if done else self.phase}
+                data = json.dumps(message).encode()
+                for address in self._addresses:
+                    if address not in socks:
+                        socks[address] = socket.socket(_family(address), socket.SOCK_DGRAM)
+                    # No listener (yet), a full buffer: the next beat tries again.
+                    with contextlib.suppress(OSError):
+                        socks[address].sendto(data, address)
+                if done:
                     return
-        except OSError:
-            return
         finally:
-            sock.close()
+            for sock in socks.values():
+                sock.close()
+
+
+class HeartbeatListener:
+    """A UDP socket on an ephemeral port that hears ranks' beats; ``address`` is where
+    to send them. The job *advances* when the highest step any rank reports goes up; the
+    longest gap between two advances seen so far measures how slow a step (or an epoch's
+    end, or a checkpoint) can legitimately be."""
+
+    def __init__(self, host: str = "127.0.0.1", bind: str | None = None) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((host if bind is None else bind, 0))
+        self.sock.setblocking(False)
+        self.address = f"{host}:{self.sock.getsockname()[1]}"
+        self.attempt = ""
+        self.reset("", 0)
+
+    def reset(self, attempt: str, from_step: int) -> None:
+        """A new attempt, resuming at ``from_step``: forget the last one's ranks."""
+        self.attempt, self.beats = attempt, {}
+        self.step, self.from_step = from_step, from_step
+        self.first_advance_at: float | None = None
+        self.last_advance_at = time.monotonic()
+        self.longest_gap = 0.0  # between two advances, after the first
+
+    def poll(self) -> None:
+        """Take every datagram that has arrived; note when the job last advanced."""
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            try:
+                message = json.loads(data)
+                if message.get("attempt") != self.attempt:
+                    continue  # a rank of an earlier attempt, still on its way out
+                beat = Beat(
+                    int(message["rank"]), int(message["pid"]), str(message["host"]),
+                    int(message["step"]), str(message["phase"]), time.monotonic(),
+                )  # fmt: skip
+            except (ValueError, KeyError, TypeError):
+                continue  # not ours
+            self.beats[beat.rank] = beat
+            if beat.step > self.step:
+                now = time.monotonic()
+                if self.first_advance_at is None:
+                    self.first_advance_at = now
+                else:
+                    self.longest_gap = max(self.longest_gap, now - self.last_advance_at)
+                self.step, self.last_advance_at = beat.step, now
+
+    def stalled_for(self) -> float:
+        return time.monotonic() - self.last_advance_at
+
+    def local_pids(self) -> list[int]:
+        host = socket.gethostname()
+        return [b.pid for b in self.beats.values() if b.host == host]
+
+    def first_silent(self) -> int | None:
+        """The rank whose beats stopped clearly before the others' (the one that died
+        first when a job ends), or None when they stopped together."""
+        if len(self.beats) < 2:
+            return None
+        order = sorted(self.beats.values(), key=lambda b: b.at)
+        return order[0].rank if order[1].at - order[0].at > 2 * INTERVAL_S else None
+
+    def diagnose(self, ranks: int) -> tuple[list[int], str]:
+        """Which rank(s) stopped the job, and how to say it in one line."""
+        now = time.monotonic()
+        never = [r for r in range(ranks) if r not in self.beats]
+        silent = [r for r, b in sorted(self.beats.items()) if now - b.at > SILENT_AFTER_S]
+        if silent:
+            return silent, f"rank {_list(silent)} went silent (frozen or gone) at step {self.step}"
+        if never and self.beats:
+            return never, f"rank {_list(never)} never reported"
+        if not self.beats:
+            return [], "no rank reported (start-up stuck)"
+        phases = {b.phase for b in self.beats.values()}
+        odd = [r for r, b in sorted(self.beats.items()) if b.phase != "train"]
+        if odd and len(phases) > 1:
+            what = self.beats[odd[0]].phase
+            return odd, f"rank {_list(odd)} stuck in {what} at step {self.step}"
+        return [], f"every rank alive but no step finished since step {self.step}"
+
+
+def _list(ranks: list[int]) -> str:
+    return ", ".join(map(str, ranks))
 
 
 def _parse(address: str) -> tuple[str, int]:

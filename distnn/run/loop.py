@@ -27,6 +27,7 @@ from distnn.parallel.failures import failures_end_the_job
 from distnn.parallel.heartbeat import Heartbeat
 from distnn.parallel.threads import configure_blas_threads, usable_cores
 from distnn.parallel.trainer import STOP_VOTE, TIME_VOTE, Trainer
+from distnn.parallel.watchdog import Watchdog
 from distnn.parallel.world import World
 from distnn.run.checkpointing import Checkpointer
 from distnn.run.log import RunLog, header_record, header_text
@@ -108,10 +109,11 @@ def train_config(
             for note in run.notes:
                 progress.say(f"note: {note}")
         head = header_record(run.config, world, threads)
-        return _train(
-            run, world, progress, stop, beat, callbacks, head,
-            lambda: earlier + time.perf_counter() - started,
-        )  # fmt: skip
+        with Watchdog(world, config.watchdog, beat, config.name("watchdog")):
+            return _train(
+                run, world, progress, stop, beat, callbacks, head,
+                lambda: earlier + time.perf_counter() - started,
+            )  # fmt: skip
 
 
 def _train(

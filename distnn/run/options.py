@@ -222,6 +222,14 @@ class TrainConfig:
         metavar="DIR",
         path="output folder",
     )
+    watchdog: float = option(
+        120.0,
+        "end the job (exit 77), naming the silent rank, when no step finishes for this "
+        "long or 10× the longest gap between steps seen, whichever is more; 0: never "
+        "(default: %(default)s)",
+        metavar="SECONDS",
+        bound=ZERO_OR_MORE,
+    )
     trace: str | None = option(
         None,
         "write where each rank's time went (data, compute, allreduce, update, evaluate, "

@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 
 from distnn.errors import EXIT_GAVE_UP, EXIT_PREEMPTED
 from distnn.io.checkpoints import list_checkpoints
-from distnn.parallel.heartbeat import ADDRESS_VARIABLE, ATTEMPT_VARIABLE
-from distnn.supervisor.listener import HeartbeatListener
+from distnn.parallel.heartbeat import ADDRESS_VARIABLE, ATTEMPT_VARIABLE, HeartbeatListener
 from distnn.supervisor.policy import FINAL_STATUSES, Failure, Limits, RestartPolicy, world_size
 from distnn.supervisor.processes import Job, become_subreaper
 from distnn.supervisor.stragglers import count_lines, straggler

@@ -1,0 +1,80 @@
+"""The job's own watchdog: under plain ``mpirun``, a frozen rank ends the job, not hangs it.
+
+A rank stopped (SIGSTOP, a stuck disk, a dead node) leaves every other rank waiting in
+the step's collective forever, spinning, deaf to SIGTERM. Every rank beats
+(:mod:`distnn.parallel.heartbeat`) to rank 0's listener, and rank 0 beats to rank 1's
+too. Rank 0 judges: when no step has finished for ``limit`` (the ``--watchdog`` floor,
+or ``FACTOR`` × the longest gap between steps seen so far, whichever is more), it names
+the silent rank (or the one stuck in another phase) in one line and aborts the job with
+:data:`~distnn.errors.EXIT_HUNG`. Rank 1 judges only rank 0, in case rank 0 is the one
+that froze. A checkpoint is written atomically, so the newest one stays valid.
+
+Not armed before the first step (data loading may take long), nor with ``--watchdog 0``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+
+from distnn.errors import EXIT_HUNG
+from distnn.parallel.heartbeat import ATTEMPT_VARIABLE, INTERVAL_S, Heartbeat, HeartbeatListener
+from distnn.parallel.world import World
+
+FACTOR = 10.0
+
+
+class Watchdog:
+    def __init__(self, world: World, floor_s: float, beat: Heartbeat, what: str) -> None:
+        """Collective: every rank calls it after setup, with the same ``floor_s`` (0: off).
+        ``what`` is how a message names the option that set the floor."""
+        self.world, self.floor_s, self.what = world, floor_s, what
+        self.listener: HeartbeatListener | None = None
+        self._stop = threading.Event()
+        if not floor_s or world.size == 1:
+            return
+        if world.rank in (0, 1):  # the judges: rank 0 of all, rank 1 of rank 0
+            self.listener = HeartbeatListener(socket.gethostname(), bind="0.0.0.0")
+            self.listener.reset(os.environ.get(ATTEMPT_VARIABLE, ""), 0)
+        gathered = world.gather_object(self.listener.address if self.listener else None)
+        judges = world.bcast_object(gathered[:2] if gathered else None)
+        beat.also(judges if world.rank == 0 else judges[:1])
+        beat.start()
+        threading.Thread(target=self._watch, name="distnn-watchdog", daemon=True).start()
+
+    def __enter__(self) -> Watchdog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self.listener is not None:
+            self.listener.sock.close()
+
+    def _watch(self) -> None:
+        listener = self.listener
+        if listener is None:
+            return
+        while not self._stop.wait(INTERVAL_S):
+            try:
+                listener.poll()
+            except OSError:  # closed on the way out
+                return
+            if listener.first_advance_at is None:
+                continue  # not armed before the first step
+            limit = max(self.floor_s, FACTOR * listener.longest_gap)
+            if listener.stalled_for() <= limit:
+                continue
+            culprits, why = listener.diagnose(self.world.size)
+            if self.world.rank == 1 and culprits != [0]:
+                continue  # rank 1 only stands in for a silent rank 0
+            self._end(f"no step finished for {listener.stalled_for():.0f} s ({self.what} "
+                      f"{self.floor_s:g}): {why}; ending the job (exit {EXIT_HUNG})")  # fmt: skip
+            return
+
+    def _end(self, message: str) -> None:
+        if self._stop.is_set():
+            return
+        self.world.say_and_abort(f"distnn: error: {message}\n", EXIT_HUNG)
+        sys.exit(EXIT_HUNG)  # not reached: say_and_abort ends the process
