@@ -92,6 +92,7 @@ def test_every_option_travels_through_toml_and_the_command_line(tmp_path):
         overlap=False, deterministic=True, virtual_shards=2, label_column="k",
         standardize=True, val_fraction=0.25, patience=3, target_loss=0.1, max_time=60.0,
         verbose=True, init_from=None, progress="lines", log_every=7, tensorboard="tb",
+        watchdog=30.0,
         trace="t.json", trace_steps="1:9",
     )  # fmt: skip
     unchanged = [n for n in OPTIONS if getattr(changed, n) == getattr(TrainConfig(), n)]
@@ -159,7 +160,11 @@ def test_readme_options_table_names_only_real_flags_with_their_defaults():
             assert flag in flags, row
         for default in re.findall(r"\(default:? ([\w.]+)\)", row):
             (flag,) = re.findall(r"`(--[a-z-]+)", first_cell)[-1:]
-            assert str(TrainConfig.__dataclass_fields__[flags[flag]].default) == default, row
+            declared_default = TrainConfig.__dataclass_fields__[flags[flag]].default
+            if isinstance(declared_default, float):
+                assert declared_default == float(default), row
+            else:
+                assert str(declared_default) == default, row
 
 
 def test_readme_resume_list_is_the_fingerprint():
