@@ -307,3 +307,19 @@ def test_a_straggler_is_reported_from_the_epoch_records(tmp_path):
             for e in range(8)]  # fmt: skip
     path.write_text("".join(json.dumps(r) + "\n" for r in even))
     assert straggler(str(path), 0) is None
+
+
+def test_a_closed_stdout_does_not_stop_the_supervisor(tmp_path, reference):
+    proc = supervise(tmp_path, ["--max-ranks", "2", *WATCH, "--", *DETERMINISTIC])
+    proc.stdout.readline()  # the first attempt's line, then nobody reads any more
+    proc.stdout.close()
+    try:
+        err = proc.stderr.read()
+        status = proc.wait(timeout=HANG)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("the supervisor hung after its stdout closed")
+    assert status == 0, err
+    assert err.count("distnn.launch: stdout") == 1 and "Traceback" not in err, err
+    assert digest(tmp_path / "m.npz") == reference["deterministic"]
+    assert events(tmp_path)[-1]["status"] == 0

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from distnn.cli.options import CliParser, parse_config
 from distnn.errors import DistnnError
+from distnn.parallel.failures import stdout_to_devnull
 from distnn.supervisor.policy import Limits
 from distnn.supervisor.supervisor import Supervisor, Watch
 
@@ -162,6 +163,17 @@ def read_slots(path: str | None, default: int) -> int:
         return default
 
 
+def say(line: str) -> None:
+    """A line on stdout; if stdout is closed or full, the supervisor says so once on
+    stderr and supervises on (the job's own output goes the same way)."""
+    try:
+        print(line, flush=True)
+    except OSError as e:
+        stdout_to_devnull()
+        print(f"distnn.launch: stdout {e.strerror or e}: supervising on; events still go to "
+              "--metrics", file=sys.stderr)  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -185,6 +197,6 @@ def main(argv: list[str] | None = None) -> int:
         limits=Limits(args.max_restarts, args.restart_window, args.backoff, 60.0,
                       args.no_progress_limit, args.startup_failures),
         watch=Watch(args.hang_timeout, Watch.hang_factor, args.startup_timeout),
-        say=lambda line: print(line, flush=True),
+        say=say,
     )  # fmt: skip
     return supervisor.run()
