@@ -11,7 +11,6 @@ Z(ℓ) = A(ℓ-1) W(ℓ)ᵀ + b(ℓ)ᵀ.
 
 from __future__ import annotations
 
-import zipfile
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -22,6 +21,7 @@ from distnn.engine.model_arrays import check_model_arrays
 from distnn.engine.workspace import Workspace
 from distnn.errors import DistnnError
 from distnn.io.outputs import atomic_savez
+from distnn.io.safe_read import read_npz
 
 
 class Network:
@@ -317,12 +317,11 @@ class Network:
         """The network saved at ``path``, read without pickle (so a file cannot run code);
         DistnnError (one line) naming the file if it is not a distnn model."""
         try:
-            with np.load(path, allow_pickle=False) as f:
-                arrays = {key: f[key] for key in f.files}
+            arrays = read_npz(path, "model file")  # sizes checked before anything is read
         except FileNotFoundError:
             raise DistnnError(f"{path}: no such model file") from None
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-            raise DistnnError(f"{path}: not a readable model file ({e})") from None
+        except OSError as e:
+            raise DistnnError(f"{path}: not a readable model file ({e.strerror or e})") from None
         return cls.from_arrays(arrays, source=path)
 
     def loss(self, X: np.ndarray, Y: np.ndarray) -> float:

@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import re
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -29,6 +28,7 @@ import numpy as np
 
 from distnn.errors import DistnnError
 from distnn.io.outputs import atomic_savez
+from distnn.io.safe_read import read_npz
 
 FORMAT_VERSION = 2  # 2: run_state (early stopping, wall time); full fingerprint
 _NAME = re.compile(r"^checkpoint-(\d+)\.npz$")
@@ -94,10 +94,9 @@ def load_checkpoint(
     (the option that sets each entry), else by its key.
     """
     try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {key: f[key] for key in f.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise DistnnError(f"{path}: not a readable checkpoint ({e})") from None
+        arrays = read_npz(path, "checkpoint")  # sizes checked before anything is read
+    except OSError as e:
+        raise DistnnError(f"{path}: not a readable checkpoint ({e.strerror or e})") from None
     try:
         version = int(arrays["format_version"])
         if version > FORMAT_VERSION:
@@ -105,7 +104,7 @@ def load_checkpoint(
                 f"{path}: checkpoint format {version} is newer than this distnn reads "
                 f"({FORMAT_VERSION}); upgrade distnn"
             )
-        fingerprint = json.loads(str(arrays["shape"]))
+        fingerprint = _json_object(arrays["shape"])
         ckpt = Checkpoint(
             params=arrays["params"],
             schedule_state={
@@ -114,14 +113,14 @@ def load_checkpoint(
                 if key.startswith("schedule/")
             },
             position={
-                "epoch": int(arrays["epoch"]),
-                "batch_in_epoch": int(arrays["batch_in_epoch"]),
+                "epoch": _count(arrays["epoch"]),
+                "batch_in_epoch": _count(arrays["batch_in_epoch"]),
                 "epoch_loss_sum": float(arrays["epoch_loss_sum"]),
-                "step": int(arrays["step"]),
+                "step": _count(arrays["step"]),
             },
-            config=json.loads(str(arrays["config"])),
+            config=_json_object(arrays["config"]),
             fingerprint=fingerprint,
-            run_state=json.loads(str(arrays["run_state"])) if "run_state" in arrays else {},
+            run_state=_json_object(arrays["run_state"]) if "run_state" in arrays else {},
             run_arrays={
                 key.removeprefix("run/"): value
                 for key, value in arrays.items()
@@ -130,8 +129,10 @@ def load_checkpoint(
         )
     except KeyError as e:
         raise DistnnError(f"{path}: not a distnn checkpoint (missing {e})") from None
-    except (TypeError, ValueError) as e:
-        raise DistnnError(f"{path}: damaged checkpoint ({e})") from None
+    except RecursionError:
+        raise DistnnError(f"{path}: damaged checkpoint (JSON nested too deeply)") from None
+    except (TypeError, ValueError, OverflowError) as e:
+        raise DistnnError(f"{path}: damaged checkpoint ({type(e).__name__}: {e})") from None
     differences = [
         f"{(names or {}).get(key, key)} {fingerprint[key]} there, {want} here"
         for key, want in expected.items()
@@ -145,7 +146,34 @@ def load_checkpoint(
         )
     if ckpt.params.ndim != 1 or ckpt.params.size != expected.get("num_params", -1):
         raise DistnnError(f"{path}: damaged checkpoint (parameter buffer of {ckpt.params.size})")
+    for key, a in [("params", ckpt.params), *((f"run/{k}", v) for k, v in ckpt.run_arrays.items())]:
+        if a.shape != ckpt.params.shape or a.dtype.kind != "f" or not np.isfinite(a).all():
+            raise DistnnError(
+                f"{path}: damaged checkpoint ('{key}' is not {ckpt.params.size} finite numbers)"
+            )
+    state = ckpt.run_state
+    if any(isinstance(v, bool) or not isinstance(v, int | float) for v in state.values()) or (
+        ckpt.run_arrays and not {"best_loss", "best_epoch", "waited"} <= state.keys()
+    ):
+        raise DistnnError(f"{path}: damaged checkpoint (run state {json.dumps(state)[:200]})")
     return ckpt
+
+
+def _json_object(a: np.ndarray) -> dict:
+    """The JSON object a 0-d string array holds; ValueError/RecursionError if it is not one."""
+    if a.ndim != 0 or a.dtype.kind != "U":
+        raise ValueError(f"expected one JSON string, found {a.dtype} {a.shape}")
+    value = json.loads(str(a))  # RecursionError for absurd nesting
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a JSON object, found {type(value).__name__}")
+    return value
+
+
+def _count(a: np.ndarray) -> int:
+    """A non-negative integer held by a 0-d integer array."""
+    if a.ndim != 0 or a.dtype.kind not in "iu" or int(a) < 0:
+        raise ValueError(f"expected a count, found {a.dtype} {a.shape}")
+    return int(a)
 
 
 def content_hash(*arrays: np.ndarray | None, block_bytes: int = 1 << 26) -> str:
