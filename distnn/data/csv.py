@@ -16,21 +16,21 @@ mapped to 0..K-1 in sorted order (:mod:`distnn.data.labels`). The label column i
 from __future__ import annotations
 
 import csv
-import gzip
 import io
 import itertools
 import math
 import warnings
-import zlib
 from collections.abc import Sequence
 
 import numpy as np
 
 from distnn.data.dataset import Dataset, Source, from_arrays
 from distnn.errors import DistnnError
+from distnn.io.safe_read import available_memory, read_limited
 
 DEFAULT_LABEL_COLUMNS = ("label", "y", "target")
 MAX_LISTED = 12  # column names listed in a message before "..."
+MAX_TEXT_BYTES = 16 << 30  # a CSV's text, at most (less when memory is short)
 
 
 def is_csv(spec: str) -> bool:
@@ -49,6 +49,18 @@ def load_csv(
     row's label is not a number: names map to 0..K-1 in sorted order, or in the order
     of ``class_names`` (a trained model's) when given.
     """
+    try:
+        return _load_csv(path, ftype, label_column, class_names)
+    except csv.Error as exc:
+        raise DistnnError(f"{path}: not a readable CSV file ({exc})") from None
+
+
+def _load_csv(
+    path: str,
+    ftype: np.dtype,
+    label_column: str | int | None,
+    class_names: Sequence[str] | None,
+) -> Dataset:
     header, body, offset = _split_header(path, header=True)
     assert header is not None  # header=True: the reader insists on one
     if len(header) < 2:
@@ -103,8 +115,11 @@ def read_number_table(
     With ``finite``, NaN and infinities are refused. Every problem is a one-line
     DistnnError naming the file, and for bad data the line and the column.
     """
-    names, body, offset = _split_header(path, header)
-    return names, _number_body(path, names, body, offset, finite)
+    try:
+        names, body, offset = _split_header(path, header)
+        return names, _number_body(path, names, body, offset, finite)
+    except csv.Error as exc:
+        raise DistnnError(f"{path}: not a readable CSV file ({exc})") from None
 
 
 def _split_header(path: str, header: bool | None) -> tuple[list[str] | None, str, int]:
@@ -176,19 +191,19 @@ def _cell_problem(path: str, header: list[str] | None, row: int, col: int, what:
 
 
 def _read_text(path: str) -> str:
+    """The file's text, read (and gunzipped) only up to what parsing it can afford: a
+    table of float64 takes about four times its text, so the text may use an eighth of
+    the memory available; a gzip that inflates further stops there."""
+    available = available_memory()
+    limit = MAX_TEXT_BYTES if available is None else min(MAX_TEXT_BYTES, available // 8)
     try:
-        if path.lower().endswith(".gz"):
-            with gzip.open(path, "rt", encoding="utf-8-sig") as f:
-                return f.read()
-        with open(path, encoding="utf-8-sig") as f:
-            return f.read()
-    except UnicodeDecodeError:
-        raise DistnnError(f"{path}: not a text file (not UTF-8)") from None
-    except (OSError, EOFError, zlib.error) as exc:
-        if isinstance(exc, OSError) and exc.errno is not None:
-            raise DistnnError(f"{path}: cannot open file ({exc.strerror or exc})") from None
-        detail = " ".join(str(exc).split()) or type(exc).__name__
-        raise DistnnError(f"{path}: not a valid gzip file ({detail})") from None
+        data = read_limited(path, limit, "a CSV file")
+    except OSError as exc:
+        raise DistnnError(f"{path}: cannot open file ({exc.strerror or exc})") from None
+    try:  # as open() in text mode reads: universal newlines
+        return io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig").read()
+    except UnicodeDecodeError as exc:
+        raise DistnnError(f"{path}: not a text file (not UTF-8 at byte {exc.start:,})") from None
 
 
 def _columns(header: list[str]) -> str:

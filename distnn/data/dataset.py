@@ -18,6 +18,7 @@ import numpy as np
 
 from distnn.data.labels import encode_class_names
 from distnn.errors import DistnnError
+from distnn.io.safe_read import check_fits
 
 MAX_CLASSES = 100_000  # guards against one-hot matrices blown up by a stray huge label
 CHUNK_BYTES = 64 << 20  # NaN/inf scans and conversions work on blocks of about this size
@@ -163,6 +164,8 @@ def _check_finite(src: Source, key: str, a: np.ndarray) -> None:
 
 def _convert(src: Source, key: str, a: np.ndarray, ftype: np.dtype) -> np.ndarray:
     """``a`` as C-contiguous ``ftype``: ``a`` itself if it already is, else one copy."""
+    if a.dtype != ftype or not a.flags.c_contiguous:  # a copy: will it fit?
+        check_fits(a.size * ftype.itemsize, src.name, f"{src.array(key)} as {ftype}")
     with np.errstate(over="ignore"):
         out = _as_float(a, ftype)
     if out is not a and a.dtype.kind == "f" and a.dtype.itemsize > ftype.itemsize:
@@ -305,6 +308,9 @@ def from_arrays(
             f"{src.name}: test labels go up to {n_classes - 1} but training labels only "
             f"to {n_train - 1}; using {n_classes} classes",
         )
+    rows = len(labels) + (0 if labels_test is None else len(labels_test))
+    what = f"one-hot targets ({rows:,} rows x {n_classes:,} classes)"
+    check_fits(rows * n_classes * ftype.itemsize, src.name, what)
     missing = n_classes - np.unique(labels).size
     if missing:
         notes += (f"{src.name}: {missing} of {n_classes} classes have no training rows",)

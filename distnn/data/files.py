@@ -19,17 +19,17 @@ import math
 import os
 import re
 import struct
-import zipfile
-import zlib
+from typing import BinaryIO
 
 import numpy as np
 
 from distnn.data.dataset import Dataset, Source, from_arrays
 from distnn.errors import DistnnError
+from distnn.io.safe_read import READ_ERRORS, Npz, check_fits, npy_header, open_regular
 
 KEYS = ("x", "y", "x_test", "y_test")
 # What np.load / zipfile / numpy's .npy reader raise on files that are not valid npz data.
-_READ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, MemoryError)
+_READ_ERRORS = READ_ERRORS
 NPY_FILES = {key: f"{key}.npy" for key in KEYS}
 IDX_FILES = {  # canonical names, for messages
     "x": "train-images-idx3-ubyte",
@@ -63,46 +63,51 @@ def load_npz(path: str, ftype: np.dtype) -> Dataset:
 
 
 def _read_npz(path: str) -> dict[str, np.ndarray]:
-    """Read every array of the archive, turning each kind of failure into a DistnnError."""
+    """Read the data arrays of the archive, every size checked against the file and the
+    memory before it is read; each kind of failure is a DistnnError naming the file."""
     try:
-        handle = open(path, "rb")  # noqa: SIM115 - closed below, after np.load
+        archive = Npz(path, "data file")
     except OSError as exc:
         raise DistnnError(f"{path}: cannot open file ({exc.strerror or exc})") from None
-    with handle:
-        try:
-            archive = np.load(handle, allow_pickle=False)
-        except _READ_ERRORS as exc:
-            detail = _detail(exc)
-            if "allow_pickle" in detail:  # np.load's last guess for non-zip, non-.npy files
-                detail = "neither a zip archive nor a .npy array"
-            raise DistnnError(f"{path}: not a valid .npz file ({detail})") from None
-        if not isinstance(archive, np.lib.npyio.NpzFile):
+    except DistnnError as exc:
+        if " not a readable data file " not in str(exc):
+            raise
+        if _starts_with(path, b"\x93NUMPY"):
             raise DistnnError(
                 f"{path}: is a single .npy array, not an .npz archive; save with "
                 "np.savez(path, x=..., y=...), or pass a directory holding x.npy and y.npy"
-            )
-        with archive:
-            keys = list(archive.files)
-            for key in ("x", "y"):
-                if key not in keys:
-                    raise DistnnError(
-                        f"{path}: missing array '{key}' (found: {', '.join(keys) or 'none'})"
-                    )
-            _check_test_pair(path, "x_test" in keys, "y_test" in keys, "'x_test'", "'y_test'")
-            arrays = {}
-            for key in (k for k in KEYS if k in keys):
-                try:
-                    arrays[key] = archive[key]
-                except _READ_ERRORS as exc:
-                    if isinstance(exc, ValueError) and "allow_pickle" in str(exc):
-                        raise DistnnError(
-                            f"{path}: array '{key}' has dtype object (ragged or "
-                            "pickled data is not supported)"
-                        ) from None
-                    raise DistnnError(
-                        f"{path}: array '{key}' is corrupt ({_detail(exc)})"
-                    ) from None
-    return arrays
+            ) from None
+        detail = str(exc).split(" not a readable data file ", 1)[1].strip("()")
+        if "not a zip file" in detail:
+            detail = "neither a zip archive nor a .npy array"
+        raise DistnnError(f"{path}: not a valid .npz file ({detail})") from None
+    with archive:
+        keys = list(archive.files)
+        for key in ("x", "y"):
+            if key not in keys:
+                raise DistnnError(
+                    f"{path}: missing array '{key}' (found: {', '.join(keys) or 'none'})"
+                )
+        _check_test_pair(path, "x_test" in keys, "y_test" in keys, "'x_test'", "'y_test'")
+        present = [k for k in KEYS if k in keys]
+        try:
+            return archive.read_all(present)
+        except DistnnError as exc:
+            if "has dtype object" in str(exc):
+                key = next(k for k in present if f"'{k}'" in str(exc))
+                raise DistnnError(
+                    f"{path}: array '{key}' has dtype object (ragged or pickled data is "
+                    "not supported)"
+                ) from None
+            raise
+
+
+def _starts_with(path: str, magic: bytes) -> bool:
+    try:
+        with open_regular(path) as f:
+            return f.read(len(magic)) == magic
+    except OSError:
+        return False
 
 
 def _check_test_pair(where: str, has_x: bool, has_y: bool, x_name: str, y_name: str) -> None:
@@ -138,6 +143,7 @@ def _load_npy_dir(path: str, names: set[str], ftype: np.dtype) -> Dataset:
     for key in present:
         a = arrays[key]
         if key.startswith("y"):
+            check_fits(a.nbytes, os.path.join(path, NPY_FILES[key]), "reading it")
             arrays[key] = np.array(a)  # labels or targets: small, read whole
         elif a.dtype.kind in "biuf" and (a.dtype != ftype or not a.flags.c_contiguous):
             layout = "" if a.flags.c_contiguous else ", not C-ordered,"
@@ -152,25 +158,36 @@ def _load_npy_dir(path: str, names: set[str], ftype: np.dtype) -> Dataset:
 
 
 def _open_npy(file: str) -> np.ndarray:
+    """The array of ``file``, memory-mapped once its header has been checked against the
+    file (a header promising more than the file holds is refused, not mapped)."""
     try:
-        a = np.load(file, mmap_mode="r", allow_pickle=False)
-    except _READ_ERRORS as exc:
-        if isinstance(exc, OSError) and exc.errno is not None:
-            raise DistnnError(f"{file}: cannot open file ({exc.strerror or exc})") from None
-        detail = _detail(exc)
-        if "Python objects" in detail or "Object arrays" in detail:
+        shape, dtype, fortran, offset = npy_header(file)
+    except OSError as exc:
+        raise DistnnError(f"{file}: cannot open file ({exc.strerror or exc})") from None
+    except DistnnError as exc:
+        message = str(exc)
+        if "has dtype object" in message:
             raise DistnnError(
                 f"{file}: has dtype object (ragged or pickled data is not supported)"
             ) from None
-        if "allow_pickle" in detail:  # np.load's last guess for files that are not .npy
-            detail = "no .npy header"
-        elif "mmap length" in detail:
-            detail = "truncated: less data than its header announces"
-        raise DistnnError(f"{file}: not a valid .npy file ({detail})") from None
-    if isinstance(a, np.lib.npyio.NpzFile):
-        a.close()
-        raise DistnnError(f"{file}: is an .npz archive, not a single .npy array")
-    return a
+        if "not a valid .npy array" in message:
+            if _starts_with(file, b"PK"):
+                raise DistnnError(f"{file}: is an .npz archive, not a single .npy array") from None
+            if "magic string" in message:  # numpy's words for files that are not .npy
+                detail = "no .npy header"
+            else:
+                detail = message.split("not a valid .npy array ", 1)[1].strip("()")
+            raise DistnnError(f"{file}: not a valid .npy file ({detail})") from None
+        if f"{file}: truncated: " in message:
+            detail = message.split(f"{file}: ", 1)[1]
+            raise DistnnError(f"{file}: not a valid .npy file ({detail})") from None
+        raise
+    if 0 in shape:
+        return np.empty(shape, dtype)
+    try:
+        return np.memmap(file, dtype, "r", offset, shape, "F" if fortran else "C")
+    except _READ_ERRORS as exc:
+        raise DistnnError(f"{file}: cannot map the file ({_detail(exc)})") from None
 
 
 # ---------------------------------------------------------------- IDX (MNIST)
@@ -224,7 +241,7 @@ def _load_idx_dir(path: str, names: set[str], ftype: np.dtype) -> Dataset:
     arrays = {}
     for key, name in files.items():
         file = os.path.join(path, name)
-        a = _read_idx(file)
+        a = _read_idx(file, ftype.itemsize if key.startswith("x") else 8)
         if key.startswith("x"):
             if a.ndim < 2:
                 raise DistnnError(
@@ -241,38 +258,66 @@ def _load_idx_dir(path: str, names: set[str], ftype: np.dtype) -> Dataset:
     return from_arrays(Source(path, files), arrays, ftype, notes)
 
 
-def _read_idx(file: str) -> np.ndarray:
-    """Parse one IDX file: magic (0, 0, type code, number of dims), big-endian dims, data."""
+def _read_idx(file: str, out_itemsize: int) -> np.ndarray:
+    """Parse one IDX file: magic (0, 0, type code, number of dims), big-endian dims, data.
+
+    The header is read first; the data it announces is checked against the file's size
+    (plain) and the memory (with ``out_itemsize`` bytes per value for the conversion
+    that follows), then streamed: a gzip that inflates beyond what the header promises
+    stops there."""
     try:
-        if file.endswith(".gz"):
-            with gzip.open(file, "rb") as f:
-                data = f.read()
-        else:
-            with open(file, "rb") as f:
-                data = f.read()
-    except (OSError, EOFError, zlib.error) as exc:
-        if isinstance(exc, OSError) and exc.errno is not None:
-            raise DistnnError(f"{file}: cannot open file ({exc.strerror or exc})") from None
-        raise DistnnError(f"{file}: not a valid gzip file ({_detail(exc)})") from None
-    if len(data) < 4 or data[0] or data[1] or data[2] not in _IDX_TYPES or not data[3]:
-        hint = "; it is gzip data: name it .gz" if data[:2] == b"\x1f\x8b" else ""
+        raw = open_regular(file)
+    except OSError as exc:
+        raise DistnnError(f"{file}: cannot open file ({exc.strerror or exc})") from None
+    gz = file.endswith(".gz")
+    with raw:
+        try:
+            f = gzip.GzipFile(fileobj=raw) if gz else raw
+            with f:
+                return _parse_idx(file, f, os.fstat(raw.fileno()).st_size, gz, out_itemsize)
+        except (*_READ_ERRORS, struct.error) as exc:
+            if isinstance(exc, OSError) and exc.errno is not None:
+                raise DistnnError(f"{file}: cannot read file ({exc.strerror or exc})") from None
+            raise DistnnError(f"{file}: not a valid gzip file ({_detail(exc)})") from None
+
+
+def _parse_idx(file: str, f: BinaryIO, size: int, gz: bool, out_itemsize: int) -> np.ndarray:
+    magic = f.read(4)
+    if len(magic) < 4 or magic[0] or magic[1] or magic[2] not in _IDX_TYPES or not magic[3]:
+        hint = "; it is gzip data: name it .gz" if magic[:2] == b"\x1f\x8b" else ""
         raise DistnnError(
-            f"{file}: not an IDX file (bad magic number {data[:4].hex(' ') or 'none'}: "
+            f"{file}: not an IDX file (bad magic number {magic.hex(' ') or 'none'}: "
             f"expected 00 00, a type code 08-0e and the number of dimensions){hint}"
         )
-    n_dims = data[3]
-    start = 4 + 4 * n_dims
-    if len(data) < start:
+    n_dims = magic[3]
+    head = f.read(4 * n_dims)
+    if len(head) < 4 * n_dims:
         raise DistnnError(f"{file}: truncated IDX header ({n_dims} dimensions announced)")
-    dims = struct.unpack(f">{n_dims}I", data[4:start])
-    dtype = np.dtype(_IDX_TYPES[data[2]])
+    dims = struct.unpack(f">{n_dims}I", head)
+    dtype = np.dtype(_IDX_TYPES[magic[2]])
     count = math.prod(dims)
-    need, have = count * dtype.itemsize, len(data) - start
-    if have != need:
-        shape = " x ".join(map(str, dims))
-        what = "truncated" if have < need else f"{have - need} bytes too long"
-        raise DistnnError(
+    need = count * dtype.itemsize
+    shape = " x ".join(map(str, dims))
+
+    def wrong(have: int, more: bool = False) -> DistnnError:
+        what = "truncated" if have < need else f"{have - need:,} bytes too long"
+        if more:
+            what = "more data than the header announces"
+        return DistnnError(
             f"{file}: {what}: the header announces {shape} {dtype.name} values "
-            f"({need:,} bytes) but {have:,} bytes of data follow"
+            f"({need:,} bytes) but {'more than ' if more else ''}{have:,} bytes of data follow"
         )
-    return np.frombuffer(data, dtype, count, start).reshape(dims)
+
+    if not gz and size - 4 - 4 * n_dims != need:
+        raise wrong(size - 4 - 4 * n_dims)
+    check_fits(need + count * out_itemsize, file, f"{shape} {dtype.name} values")
+    buf = bytearray(need)
+    view, done = memoryview(buf), 0
+    while done < need:
+        got = f.readinto(view[done : done + (1 << 24)])
+        if not got:
+            raise wrong(done)
+        done += got
+    if f.read(1):  # a gzip bomb stops here, one byte past the promise
+        raise wrong(need, more=True)
+    return np.frombuffer(buf, dtype, count).reshape(dims)
