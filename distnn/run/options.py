@@ -380,11 +380,15 @@ def config_files_beside(
 
 def read_toml(path: str) -> dict:
     """Options from a TOML file, by field name (``batch-size`` and ``batch_size`` alike)."""
-    try:
-        with open(path, "rb") as f:
-            raw = tomllib.load(f)
+    from distnn.io.safe_read import read_limited  # bounded, and never blocks on a FIFO
+
+    try:  # a configuration is small: 1 MiB is plenty
+        text = read_limited(path, 1 << 20, "a configuration file")
+        raw = tomllib.loads(text.decode("utf-8"))
     except FileNotFoundError:
         raise DistnnError(f"{path}: no such configuration file") from None
+    except RecursionError:
+        raise DistnnError(f"{path}: not a valid TOML file (nested too deeply)") from None
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise DistnnError(f"{path}: not a valid TOML file ({e})") from None
     fields = [f.name for f, opt in declared() if opt.in_toml]
