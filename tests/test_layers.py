@@ -63,5 +63,5 @@ def test_the_top_level_holds_only_the_entry_points():
     top = {p.name for p in PACKAGE.glob("*.py")}
     assert top == {
         "__init__.py", "__main__.py", "api.py", "errors.py",
-        "train.py", "evaluate.py", "predict.py", "plot.py",
+        "train.py", "evaluate.py", "predict.py", "plot.py", "launch.py",
     }  # fmt: skip

@@ -51,7 +51,6 @@ class Attempt:
     failed_ranks: list[int] = field(default_factory=list)
     reached: int = 0
     first_step_at: float | None = None
-    last_step_at: float | None = None
     detection_s: float = 0.0
 
 
@@ -137,56 +136,75 @@ class Supervisor:
             self._sleep(delay)
 
     def _attempt(self, listener: HeartbeatListener, number: int, ranks: int) -> Attempt:
-        from_step = self._checkpoint_step()
-        attempt = Attempt(number, ranks, from_step, time.monotonic())
-        listener.reset(str(number), from_step)
+        """One attempt, start to end: start, watch, make sure nothing is left, classify."""
+        attempt = Attempt(number, ranks, self._checkpoint_step(), time.monotonic())
+        job = self._start(attempt, listener)
+        lines_before = count_lines(self.metrics)
+        asked = self._watch(job, listener, attempt)
+        listener.poll()
+        job.kill_rest(listener.local_pids())  # what a dead launcher left behind
+        attempt.ended, attempt.status = time.monotonic(), job.poll()
+        attempt.reached = max(listener.step, self._checkpoint_step())  # beats lag ≤ 0.25 s
+        attempt.first_step_at = listener.first_advance_at
+        self.longest_gap = max(self.longest_gap, listener.longest_gap)
+        if not attempt.outcome:
+            self._classify(attempt, asked, listener, job)
+        self._report_straggler(number, lines_before)
+        return attempt
+
+    def _start(self, attempt: Attempt, listener: HeartbeatListener) -> Job:
+        number, ranks = attempt.number, attempt.ranks
+        listener.reset(str(number), attempt.from_step)
         env = {**os.environ, ADDRESS_VARIABLE: listener.address, ATTEMPT_VARIABLE: str(number)}
         train = [*self.train_args, *(() if "--resume" in self.train_args else ("--resume",))]
-        command = [*self.launcher(ranks), sys.executable, "-m", "distnn.train", *train]
         shown = " ".join([*self.launcher(ranks), "python -m distnn.train", *train])
         self._event(
-            "attempt", f"attempt {number}: {ranks} rank(s) from step {from_step}: {shown}",
-            attempt=number, ranks=ranks, from_step=from_step,
+            "attempt", f"attempt {number}: {ranks} rank(s) from step {attempt.from_step}: {shown}",
+            attempt=number, ranks=ranks, from_step=attempt.from_step,
         )  # fmt: skip
         self._flush_events()  # the job is not running yet: nobody else writes the file
-        lines_before = count_lines(self.metrics)
-        job, asked = Job(command, env), None  # asked: why we sent SIGTERM, if we did
-        while (status := job.poll()) is None:
+        return Job([*self.launcher(ranks), sys.executable, "-m", "distnn.train", *train], env)
+
+    def _watch(self, job: Job, listener: HeartbeatListener, attempt: Attempt) -> str | None:
+        """Until the job ends: stop it on request, grow it when slots return, tear it down
+        when it hangs. Returns why we asked it to stop (SIGTERM), if we did."""
+        asked = None
+        while job.poll() is None:
             time.sleep(POLL_S)
             listener.poll()
             if asked is None and self.stop_signal is not None:
                 asked = "stopped"
                 job.signal_all(signal.SIGTERM)  # every rank checkpoints, exits 75
-            elif asked is None and listener.first_advance_at and (self._size() or 0) > ranks:
+            elif asked is None and listener.first_advance_at and self._grows(attempt):
                 asked = "grown"  # through the SIGTERM → checkpoint path: no step lost
-                slots = self.slots()
-                self._event(
-                    "grow", f"{slots} slot(s) free: checkpointing to grow from {ranks} rank(s)",
-                    attempt=number, slots=slots,
-                )  # fmt: skip
                 job.signal_all(signal.SIGTERM)
-            hung = self._hung(listener, attempt)
-            if hung:
-                attempt.failed_ranks, attempt.cause = listener.diagnose(ranks)
+            limit = self._hung(listener, attempt)
+            if limit:
+                attempt.failed_ranks, attempt.cause = listener.diagnose(attempt.ranks)
                 attempt.outcome, attempt.detection_s = "hang", listener.stalled_for()
-                self._event("hang", f"no step for {listener.stalled_for():.1f} s (limit "
-                            f"{hung:.1f} s): {attempt.cause}; tearing the job down",
-                            attempt=number, ranks=attempt.failed_ranks,
-                            detection_s=round(attempt.detection_s, 3))  # fmt: skip
+                self._event(
+                    "hang", f"no step for {attempt.detection_s:.1f} s (limit {limit:.1f} s): "
+                    f"{attempt.cause}; tearing the job down",
+                    attempt=attempt.number, ranks=attempt.failed_ranks,
+                    detection_s=round(attempt.detection_s, 3),
+                )  # fmt: skip
                 job.end(TEARDOWN_GRACE_S, listener.local_pids())
-                status = job.poll()
                 break
-        listener.poll()
-        job.kill_rest(listener.local_pids())  # what a dead launcher left behind
-        attempt.ended, attempt.status = time.monotonic(), status
-        attempt.reached = max(listener.step, self._checkpoint_step())  # beats lag ≤ 0.25 s
-        attempt.first_step_at, attempt.last_step_at = (
-            listener.first_advance_at,
-            listener.last_advance_at,
-        )
-        self.longest_gap = max(self.longest_gap, listener.longest_gap)
-        if not attempt.outcome:
-            self._classify(attempt, asked, listener, job)
+        return asked
+
+    def _grows(self, attempt: Attempt) -> bool:
+        slots = self.slots()
+        if (
+            world_size(slots, self.min_ranks, self.max_ranks, self.virtual_shards) or 0
+        ) <= attempt.ranks:
+            return False
+        self._event(
+            "grow", f"{slots} slot(s) free: checkpointing to grow from {attempt.ranks} rank(s)",
+            attempt=attempt.number, slots=slots,
+        )  # fmt: skip
+        return True
+
+    def _report_straggler(self, number: int, lines_before: int) -> None:
         slow = straggler(self.metrics, lines_before)
         if slow:
             rank, ratio, count, epochs = slow
@@ -195,7 +213,6 @@ class Supervisor:
                 f"slowest in {count} of {epochs} epochs (reported, not restarted)",
                 attempt=number, rank=rank, ratio=round(ratio, 2),
             )  # fmt: skip
-        return attempt
 
     def _classify(
         self, attempt: Attempt, asked: str | None, listener: HeartbeatListener, job: Job
