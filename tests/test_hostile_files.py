@@ -264,6 +264,33 @@ def test_model_files_other_commands(tmp_path, variant, command):
     assert_refused(result, "model.npz")
 
 
+PREDICT_NPY = {
+    "huge_shape": lambda: npy_header((10**12, 4)) + bytes(16),
+    "truncated": lambda: npy(np.zeros((50, 4)))[:-40],
+    "object_dtype": lambda: npy(np.array([{"a": 1}], dtype=object)),
+    "not_npy": lambda: b"not an array at all",
+}
+
+
+@pytest.mark.parametrize("variant", MEMBER_VARIANTS)
+def test_predict_npz_inputs(tmp_path, variant):
+    """The rows to predict, as an archive: every member variant, one line, exit 2."""
+    Network([4, 8, 3], seed=0).save(str(tmp_path / "model.npz"))
+    x = {"x": np.zeros((5, 4))}
+    (tmp_path / "rows.npz").write_bytes(MEMBER_VARIANTS[variant](x, "x"))
+    result = run(["model.npz", "rows.npz", "-o", "out.npy"], tmp_path, module="distnn.predict")
+    assert_refused(result, "rows.npz")
+    assert not (tmp_path / "out.npy").exists()
+
+
+@pytest.mark.parametrize("variant", PREDICT_NPY)
+def test_predict_npy_inputs(tmp_path, variant):
+    Network([4, 8, 3], seed=0).save(str(tmp_path / "model.npz"))
+    (tmp_path / "rows.npy").write_bytes(PREDICT_NPY[variant]())
+    result = run(["model.npz", "rows.npy", "-o", "out.npy"], tmp_path, module="distnn.predict")
+    assert_refused(result, "rows.npy")
+
+
 def test_model_fortran_order_still_loads(tmp_path):
     """Not hostile: a Fortran-ordered weight matrix is a valid .npy and loads as such."""
     arrays = dict(MODEL_ARRAYS)

@@ -145,7 +145,7 @@ BAD = {
     "no rows": (["model.npz", "header_only.csv", "-o", "o.npy"], "no rows"),
     "nan": (["model.npz", "nan.npy", "-o", "o.npy"], "24 NaN or infinite values"),
     "strings": (["model.npz", "strings.npy", "-o", "o.npy"], "non-numeric"),
-    "broken": (["model.npz", "broken.npy", "-o", "o.npy"], "not a readable .npy file"),
+    "broken": (["model.npz", "broken.npy", "-o", "o.npy"], "broken.npy: .npy format version"),
     "classes": (["reg_model.npz", "x.npy", "-o", "o.npy", "--classes"], "not a classifier"),
     "folder": (["model.npz", "x.npy", "-o", "no/such/o.npy"], "no such directory"),
     "option": (["model.npz", "x.npy"], "required: -o/--output"),

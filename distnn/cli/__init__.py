@@ -85,3 +85,21 @@ def _stdout_failed(message: str) -> None:
 def train_entry() -> None:
     """The ``distnn-train`` console script."""
     run("train")
+
+
+def command_world():
+    """The world of a command that may also run alone (evaluate, predict): MPI's under a
+    launcher of several tasks, else one that needs no MPI library. Several tasks but no
+    MPI to join them: one line from launcher rank 0, and every task exits with 2."""
+    from distnn.errors import DistnnError
+    from distnn.parallel.failures import install_abort_on_error
+    from distnn.parallel.world import process_world
+
+    try:
+        world = process_world()
+    except DistnnError as e:  # each task is alone: launcher rank 0 speaks for them
+        if launcher_rank() == 0:
+            print(f"distnn: error: {e}", file=sys.stderr)
+        raise SystemExit(e.exit_code) from None
+    install_abort_on_error(world)
+    return world

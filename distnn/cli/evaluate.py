@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from distnn.cli import launcher_rank
+from distnn.cli import command_world
 from distnn.cli.options import CliParser
 from distnn.data import Dataset, load_dataset
 from distnn.data.load import dataset_path
@@ -31,8 +31,7 @@ from distnn.parallel.evaluation import (
     evaluate_sharded,
     evaluation_report,
 )
-from distnn.parallel.failures import install_abort_on_error
-from distnn.parallel.world import World, check_launch, process_world
+from distnn.parallel.world import World, check_launch
 
 SPLITS = ("test", "train", "all")
 
@@ -86,13 +85,7 @@ def header(model: str, net: Network, data_name: str, split: str, n: int, ranks: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:  # MPI only under a launcher of several tasks: alone, no MPI library is needed
-        world = process_world()
-    except DistnnError as e:  # several tasks, but no MPI to join them: each says it alone
-        if launcher_rank() == 0:
-            print(f"distnn: error: {e}", file=sys.stderr)
-        return e.exit_code
-    install_abort_on_error(world)
+    world = command_world()  # alone, no MPI library is needed
 
     def setup() -> tuple:
         args = parse_args(argv, world.rank)

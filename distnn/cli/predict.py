@@ -38,6 +38,7 @@ from distnn.data.csv import read_number_table
 from distnn.engine.network import Network
 from distnn.errors import DistnnError
 from distnn.io.outputs import atomic_write, check_no_clash, check_output_path
+from distnn.io.safe_read import Npz, npy_header
 
 INPUT_KINDS = (".npy", ".npz", ".csv", ".csv.gz")
 OUTPUT_KINDS = (".npy", ".csv")
@@ -57,14 +58,18 @@ def read_inputs(path: str, n_features: int) -> np.ndarray:
     if kind.startswith(".csv"):
         _, x = read_number_table(path)  # NaN and inf are counted below, as for .npy
     else:
+        # Bounded readers (distnn.io.safe_read): a header's shape is checked against the
+        # file and the memory before anything is allocated or mapped.
         try:
             if kind == ".npy":
-                x = np.load(path, mmap_mode="r", allow_pickle=False)
+                shape, dtype, fortran, offset = npy_header(path)
+                order = "F" if fortran else "C"
+                x = np.memmap(path, dtype, "r", offset, shape, order) if shape else np.empty(0)
             else:
-                with np.load(path, allow_pickle=False) as f:
+                with Npz(path, "input file") as f:
                     if "x" not in f.files and len(f.files) != 1:
                         raise DistnnError(f"{path}: no array 'x' (arrays: {', '.join(f.files)})")
-                    x = f["x" if "x" in f.files else f.files[0]]
+                    x = f.read_all(["x" if "x" in f.files else f.files[0]]).popitem()[1]
         except (OSError, ValueError, EOFError) as e:
             raise DistnnError(f"{path}: not a readable {kind} file ({e})") from None
     if x.dtype.kind not in "biuf":
@@ -191,17 +196,9 @@ def run(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from distnn.cli import launcher_rank
-    from distnn.parallel.failures import install_abort_on_error
-    from distnn.parallel.world import process_world
+    from distnn.cli import command_world
 
-    try:  # MPI only under a launcher of several tasks: alone, no MPI library is needed
-        world = process_world()
-    except DistnnError as e:  # several tasks, but no MPI to join them: each says it alone
-        if launcher_rank() == 0:
-            print(f"distnn: error: {e}", file=sys.stderr)
-        return e.exit_code
-    install_abort_on_error(world)
+    world = command_world()  # alone, no MPI library is needed
     try:  # every rank parses (--help, bad options); one predicts, the others wait for it
         args = parse_args(argv, world.rank)
         line = world.on_root(lambda: run(args))

@@ -112,13 +112,19 @@ class Progress:
     def say(self, text: str) -> None:
         """Print ``text`` (one or more lines) if this rank speaks."""
         if self.enabled:
-            try:
+            self._write("".join(f"{self.prefix}{line}\n" for line in text.splitlines()), clear=True)
+
+    def _write(self, text: str, clear: bool = False) -> bool:
+        """``text`` on the stream (after clearing a drawn bar); False if the stream failed."""
+        try:
+            if clear:
                 self._clear_bar()
-                for line in text.splitlines():
-                    self.stream.write(f"{self.prefix}{line}\n")
-                self.stream.flush()
-            except STREAM_ERRORS as e:
-                self._lost(e)
+            self.stream.write(text)
+            self.stream.flush()
+            return True
+        except STREAM_ERRORS as e:
+            self._lost(e)
+            return False
 
     def _lost(self, error: BaseException) -> None:
         """The stream failed a write: say so once, and show nothing more (steps included)."""
@@ -168,11 +174,7 @@ class Progress:
             f"(batch {done}/{total})  loss {self._loss_sum / self._loss_n:.4f}  "
             f"{rate:,.0f} samples/s  ETA {self._eta(step, now)}\n"
         )
-        try:
-            self.stream.write(text)
-            self.stream.flush()
-        except STREAM_ERRORS as e:
-            self._lost(e)
+        self._write(text)
         self._last_line, self._last_line_step, self._loss_sum, self._loss_n = now, step, 0.0, 0
 
     def _bar(self, step: int, done: int, total: int, loss: float) -> None:
@@ -188,13 +190,8 @@ class Progress:
             f"\repoch {self._epoch}/{self.epochs} [{bar}] {done}/{total} "
             f"loss {loss:.4f} {rate:,.0f} samples/s ETA {self._eta(step, now)} "
         )
-        try:
-            self.stream.write(text)
-            self.stream.flush()
-        except STREAM_ERRORS as e:
-            self._lost(e)
-            return
-        self._bar_drawn = True
+        if self._write(text):
+            self._bar_drawn = True
 
     def end_epoch(self, record: dict) -> None:
         if not self.enabled:
@@ -205,9 +202,4 @@ class Progress:
         if record.get("accuracy") is not None:
             parts.append(f"accuracy {record['accuracy']:.4f}")
         parts.append(f"{record['samples_per_sec']:,.0f} samples/s")
-        try:
-            self._clear_bar()
-            self.stream.write(self.prefix + "  ".join(parts) + "\n")
-            self.stream.flush()
-        except STREAM_ERRORS as e:
-            self._lost(e)
+        self._write(self.prefix + "  ".join(parts) + "\n", clear=True)

@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_PDEATHSIG = 1
@@ -43,19 +44,24 @@ def _term_when_parent_dies() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
-def descendants(root: int) -> list[int]:
-    """Every live descendant of ``root`` on this machine, read from /proc."""
-    children: dict[int, list[int]] = {}
+def _processes() -> Iterator[tuple[int, str, int]]:
+    """(pid, state, parent pid) of every process on this machine, from /proc."""
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z":  # a zombie is already dead
-            children.setdefault(int(fields[1]), []).append(int(entry))
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # gone meanwhile
+            yield int(entry), fields[0], int(fields[1])
+
+
+def descendants(root: int) -> list[int]:
+    """Every live descendant of ``root`` on this machine."""
+    children: dict[int, list[int]] = {}
+    for pid, state, parent in _processes():
+        if state != "Z":  # a zombie is already dead
+            children.setdefault(parent, []).append(pid)
     found, todo = [], [root]
     while todo:
         for child in children.get(todo.pop(), []):
@@ -67,18 +73,11 @@ def descendants(root: int) -> list[int]:
 def reap(keep: int) -> None:
     """Collect the exit status of every finished child but ``keep`` (the launcher, whose
     status its Popen reads): orphaned ranks re-parented here leave no zombies."""
-    me = str(os.getpid())
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == keep:
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[1] == me and fields[0] == "Z":
+    me = os.getpid()
+    for pid, state, parent in _processes():
+        if parent == me and state == "Z" and pid != keep:
             with contextlib.suppress(ChildProcessError):
-                os.waitpid(int(entry), os.WNOHANG)
+                os.waitpid(pid, os.WNOHANG)
 
 
 class Job:
