@@ -60,3 +60,12 @@ def test_slow_steps_are_not_a_hang(tmp_path):
 def test_watchdog_option_is_checked():
     result = launch(["--watchdog", "-1"])
     assert result.returncode == 2 and "--watchdog must be 0 or more" in result.stderr
+
+
+def test_heartbeats_thin_out_with_the_world_size():
+    """A listener hears about 4,000 beats a second at most, whatever the world size."""
+    from distnn.parallel.heartbeat import INTERVAL_S, interval_for
+
+    assert interval_for(2) == INTERVAL_S
+    for ranks in (250, 1000, 4096, 65536):
+        assert ranks / interval_for(ranks) <= 4000

@@ -23,10 +23,18 @@ import threading
 import time
 from dataclasses import dataclass
 
-INTERVAL_S = 0.25
+INTERVAL_S = 0.25  # between one rank's beats, in a world of up to 250 ranks
+
+
+def interval_for(ranks: int) -> float:
+    """Seconds between one rank's beats in a world of ``ranks``: a listener hears at most
+    about ``4 × 1000`` beats a second, a few percent of one core, however large the job."""
+    return max(INTERVAL_S, ranks / 1000)
+
+
 ADDRESS_VARIABLE = "DISTNN_HEARTBEAT"  # host:port of the supervisor's listener
 ATTEMPT_VARIABLE = "DISTNN_ATTEMPT"  # which attempt this job is, so stale beats are ignored
-SILENT_AFTER_S = 8 * INTERVAL_S  # no beat for this long: the rank is not running
+SILENT_AFTER = 8  # beats missed in a row: the rank is not running
 
 
 @dataclass
@@ -40,19 +48,19 @@ class Beat:
 
 
 class Heartbeat:
-    """This rank's step and phase, sent every ``INTERVAL_S`` while a supervisor listens."""
+    """This rank's step and phase, sent every ``interval`` seconds to its listeners."""
 
-    def __init__(self, rank: int, addresses: list[str] = ()) -> None:
-        self.rank, self.step, self.phase = rank, 0, "setup"
+    def __init__(self, rank: int, addresses: list[str] = (), interval: float = INTERVAL_S) -> None:
+        self.rank, self.step, self.phase, self.interval = rank, 0, "setup", interval
         self._addresses = [_parse(a) for a in addresses]
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def from_env(cls, rank: int) -> Heartbeat:
+    def from_env(cls, rank: int, ranks: int) -> Heartbeat:
         """Beats to a supervisor, if one set ``DISTNN_HEARTBEAT``; more with ``also``."""
         address = os.environ.get(ADDRESS_VARIABLE)
-        return cls(rank, [address] if address else [])
+        return cls(rank, [address] if address else [], interval_for(ranks))
 
     def also(self, addresses: list[str]) -> None:
         """Beat to these listeners too (the job's watchdog); before ``start``."""
@@ -83,7 +91,7 @@ class Heartbeat:
         }
         try:
             while True:
-                done = self._stopped.wait(INTERVAL_S) if socks else False
+                done = self._stopped.wait(self.interval) if socks else False
                 message = {**fixed, "step": self.step, "phase": "done" if done else self.phase}
                 data = json.dumps(message).encode()
                 for address in self._addresses:
@@ -113,9 +121,10 @@ class HeartbeatListener:
         self.attempt = ""
         self.reset("", 0)
 
-    def reset(self, attempt: str, from_step: int) -> None:
-        """A new attempt, resuming at ``from_step``: forget the last one's ranks."""
-        self.attempt, self.beats = attempt, {}
+    def reset(self, attempt: str, from_step: int, interval: float = INTERVAL_S) -> None:
+        """A new attempt, resuming at ``from_step``, its ranks beating every ``interval``
+        seconds: forget the last one's ranks."""
+        self.attempt, self.beats, self.interval = attempt, {}, interval
         self.step, self.from_step = from_step, from_step
         self.first_advance_at: float | None = None
         self.last_advance_at = time.monotonic()
@@ -162,13 +171,15 @@ class HeartbeatListener:
         if len(self.beats) < 2:
             return None
         order = sorted(self.beats.values(), key=lambda b: b.at)
-        return order[0].rank if order[1].at - order[0].at > 2 * INTERVAL_S else None
+        return order[0].rank if order[1].at - order[0].at > 2 * self.interval else None
 
     def diagnose(self, ranks: int) -> tuple[list[int], str]:
         """Which rank(s) stopped the job, and how to say it in one line."""
         now = time.monotonic()
         never = [r for r in range(ranks) if r not in self.beats]
-        silent = [r for r, b in sorted(self.beats.items()) if now - b.at > SILENT_AFTER_S]
+        silent = [
+            r for r, b in sorted(self.beats.items()) if now - b.at > SILENT_AFTER * self.interval
+        ]
         if silent:
             return silent, f"rank {_list(silent)} went silent (frozen or gone) at step {self.step}"
         if never and self.beats:

@@ -20,7 +20,7 @@ import sys
 import threading
 
 from distnn.errors import EXIT_HUNG
-from distnn.parallel.heartbeat import ATTEMPT_VARIABLE, INTERVAL_S, Heartbeat, HeartbeatListener
+from distnn.parallel.heartbeat import ATTEMPT_VARIABLE, Heartbeat, HeartbeatListener
 from distnn.parallel.world import World
 
 FACTOR = 10.0
@@ -37,7 +37,7 @@ class Watchdog:
             return
         if world.rank in (0, 1):  # the judges: rank 0 of all, rank 1 of rank 0
             self.listener = HeartbeatListener(socket.gethostname(), bind="0.0.0.0")
-            self.listener.reset(os.environ.get(ATTEMPT_VARIABLE, ""), 0)
+            self.listener.reset(os.environ.get(ATTEMPT_VARIABLE, ""), 0, beat.interval)
         gathered = world.gather_object(self.listener.address if self.listener else None)
         judges = world.bcast_object(gathered[:2] if gathered else None)
         beat.also(judges if world.rank == 0 else judges[:1])
@@ -56,7 +56,7 @@ class Watchdog:
         listener = self.listener
         if listener is None:
             return
-        while not self._stop.wait(INTERVAL_S):
+        while not self._stop.wait(listener.interval):
             try:
                 listener.poll()
             except OSError:  # closed on the way out

@@ -68,7 +68,7 @@ def train_config(
     with (
         failures_end_the_job(world),
         StopRequests() as stop,
-        Heartbeat.from_env(world.rank) as beat,
+        Heartbeat.from_env(world.rank, world.size) as beat,
     ):
         # Deterministic mode fixes one BLAS thread: a product's bits may depend on it.
         ranks_on_node = world.local_size()

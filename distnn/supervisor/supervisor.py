@@ -20,7 +20,12 @@ from dataclasses import dataclass, field
 
 from distnn.errors import EXIT_GAVE_UP, EXIT_PREEMPTED
 from distnn.io.checkpoints import list_checkpoints
-from distnn.parallel.heartbeat import ADDRESS_VARIABLE, ATTEMPT_VARIABLE, HeartbeatListener
+from distnn.parallel.heartbeat import (
+    ADDRESS_VARIABLE,
+    ATTEMPT_VARIABLE,
+    HeartbeatListener,
+    interval_for,
+)
 from distnn.supervisor.policy import FINAL_STATUSES, Failure, Limits, RestartPolicy, world_size
 from distnn.supervisor.processes import Job, become_subreaper
 from distnn.supervisor.stragglers import count_lines, straggler
@@ -154,7 +159,7 @@ class Supervisor:
 
     def _start(self, attempt: Attempt, listener: HeartbeatListener) -> Job:
         number, ranks = attempt.number, attempt.ranks
-        listener.reset(str(number), attempt.from_step)
+        listener.reset(str(number), attempt.from_step, interval_for(ranks))
         env = {**os.environ, ADDRESS_VARIABLE: listener.address, ATTEMPT_VARIABLE: str(number)}
         train = [*self.train_args, *(() if "--resume" in self.train_args else ("--resume",))]
         shown = " ".join([*self.launcher(ranks), "python -m distnn.train", *train])
