@@ -224,6 +224,16 @@ def test_bad_options_start_nothing(tmp_path, args, words):
     assert not (tmp_path / "ck").exists() and "attempt" not in out
 
 
+def test_srun_outside_slurm_is_one_line(tmp_path):
+    only_python = {"PATH": str(Path(sys.executable).parent)}  # no srun there
+    proc = supervise(
+        tmp_path, ["--max-ranks", "2", "--launcher", "srun", "--", *TRAIN], only_python
+    )
+    code, out, err = finish(proc)
+    assert code == 2 and "no srun on PATH" in err and "Traceback" not in err, err
+    assert "attempt" not in out
+
+
 def test_a_crash_loop_ends_after_the_budget_with_checkpoints_intact(tmp_path):
     args = ["--max-ranks", "2", "--max-restarts", "2", *WATCH, "--"]
     train = [*TRAIN, "--schedule", "fault_schedules:FailingLater", "--checkpoint-every", "2"]

@@ -139,6 +139,8 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def launcher(kind: str) -> tuple[str, ...]:
     if kind == "srun":
+        if shutil.which("srun") is None:
+            raise DistnnError("--launcher srun: no srun on PATH (is this a Slurm allocation?)")
         return ("srun", "--mpi=pmi2")
     here = shutil.which("mpiexec", path=str(Path(sys.executable).parent))
     found = here or shutil.which("mpiexec")
