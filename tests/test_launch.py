@@ -305,6 +305,19 @@ def test_no_progress_and_startup_limits():
     assert "before their first step" in policy.after(Failure("b", 0, True, False))
 
 
+def test_a_slots_file_that_is_no_number_or_no_file_changes_nothing(tmp_path):
+    from distnn.cli.launch import read_slots
+
+    (tmp_path / "half").write_text("")
+    (tmp_path / "words").write_text("many\n")
+    (tmp_path / "three").write_text("3 slots\n")
+    os.mkfifo(tmp_path / "fifo")  # would block a plain open() forever
+    for name in ("half", "words", "fifo", "missing"):
+        assert read_slots(str(tmp_path / name), 4) == 4, name
+    assert read_slots(str(tmp_path / "three"), 4) == 3
+    assert read_slots(None, 4) == 4
+
+
 def test_a_straggler_is_reported_from_the_epoch_records(tmp_path):
     path = tmp_path / "m.jsonl"
     records = [{"header": True}] + [

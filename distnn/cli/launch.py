@@ -19,6 +19,7 @@ from pathlib import Path
 
 from distnn.cli.options import CliParser, parse_config
 from distnn.errors import DistnnError
+from distnn.io.safe_read import read_limited
 from distnn.parallel.failures import stdout_to_devnull
 from distnn.supervisor.policy import Limits
 from distnn.supervisor.supervisor import Supervisor, Watch
@@ -158,10 +159,9 @@ def read_slots(path: str | None, default: int) -> int:
     counts as no change (the default), so a half-written file does not shrink the job."""
     if path is None:
         return default
-    try:
-        with open(path) as f:
-            return int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
+    try:  # a regular file only, read without blocking: a FIFO must not stall the watch
+        return int(read_limited(path, 4096, "a slots file").split()[0])
+    except (DistnnError, OSError, ValueError, IndexError):
         return default
 
 
