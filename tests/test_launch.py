@@ -213,6 +213,8 @@ def test_what_cannot_succeed_is_not_retried(tmp_path, train, status):
         (["--", *TRAIN], "--max-ranks"),
         (["--max-ranks", "2", "--min-ranks", "3", "--", *TRAIN], "below --min-ranks"),
         (["--max-ranks", "x", "--", *TRAIN], "--max-ranks"),
+        (["--max-ranks", "2", "--", *TRAIN, "--metrics", "/dev/null"], "--metrics /dev/null"),
+        (["--max-ranks", "2", "--", *TRAIN, "--save", "ck"], "--save ck"),
     ],
 )
 def test_bad_options_start_nothing(tmp_path, args, words):

@@ -21,6 +21,7 @@ from distnn.cli.options import CliParser, parse_config
 from distnn.errors import DistnnError
 from distnn.io.safe_read import read_limited
 from distnn.parallel.failures import stdout_to_devnull
+from distnn.run.outputs import check_no_output_over_an_input, check_outputs_writable
 from distnn.supervisor.policy import Limits
 from distnn.supervisor.supervisor import Supervisor, Watch
 
@@ -183,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
         config = parse_config(train_args)
         if not config.checkpoint_dir:
             raise DistnnError("distnn.launch needs --checkpoint-dir DIR among the training options")
+        # The job's own start-time path checks, here first: the supervisor appends its
+        # events to --metrics, and a bad output should cost no attempt.
+        check_no_output_over_an_input(config, None, [])
+        check_outputs_writable(config)
         command = launcher(args.launcher)
     except DistnnError as e:
         print(f"distnn: error: {e}", file=sys.stderr)
