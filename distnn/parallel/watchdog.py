@@ -36,11 +36,14 @@ class Watchdog:
         if not floor_s or world.size == 1:
             return
         if world.rank in (0, 1):  # the judges: rank 0 of all, rank 1 of rank 0
-            self.listener = HeartbeatListener(socket.gethostname(), bind="0.0.0.0")
-            self.listener.reset(os.environ.get(ATTEMPT_VARIABLE, ""), 0, beat.interval)
+            try:
+                self.listener = HeartbeatListener(socket.gethostname(), bind="0.0.0.0")
+                self.listener.reset(os.environ.get(ATTEMPT_VARIABLE, ""), 0, beat.interval)
+            except OSError:  # no UDP here: this judge stays away, the run goes on
+                self.listener = None
         gathered = world.gather_object(self.listener.address if self.listener else None)
         judges = world.bcast_object(gathered[:2] if gathered else None)
-        beat.also(judges if world.rank == 0 else judges[:1])
+        beat.also([a for a in (judges if world.rank == 0 else judges[:1]) if a])
         beat.start()
         threading.Thread(target=self._watch, name="distnn-watchdog", daemon=True).start()
 
