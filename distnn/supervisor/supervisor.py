@@ -10,7 +10,6 @@ Every event is a line on stdout and a record (``{"event": …}``) in the run's
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -26,6 +25,7 @@ from distnn.parallel.heartbeat import (
     HeartbeatListener,
     interval_for,
 )
+from distnn.supervisor.events import EventLog
 from distnn.supervisor.policy import FINAL_STATUSES, Failure, Limits, RestartPolicy, world_size
 from distnn.supervisor.processes import Job, become_subreaper
 from distnn.supervisor.stragglers import count_lines, straggler
@@ -81,12 +81,10 @@ class Supervisor:
         self.min_ranks, self.max_ranks, self.virtual_shards = min_ranks, max_ranks, virtual_shards
         self.launcher, self.slots = launcher, slots
         self.policy, self.watch = RestartPolicy(limits), watch
-        self.say = say
+        self.log = EventLog(metrics, say)
         self.stop_signal: int | None = None
         self.attempts: list[Attempt] = []
-        self.pending: list[dict] = []  # event records not yet in the metrics file
         self.longest_gap = 0.0  # between two steps, over every attempt so far
-        self.started = time.monotonic()
 
     # --- the loop ---------------------------------------------------------------------
 
@@ -100,7 +98,7 @@ class Supervisor:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             listener.sock.close()
-            self._flush_events()
+            self.log.flush()
 
     def _loop(self, listener: HeartbeatListener) -> int:
         while True:
@@ -134,10 +132,10 @@ class Supervisor:
             )
             reason = self.policy.after(failure)
             if reason is not None:
-                self._event("give_up", f"giving up: {reason}", reason=reason)
+                self.log.event("give_up", f"giving up: {reason}", reason=reason)
                 return self._end(EXIT_GAVE_UP, f"gave up: {reason}")
             delay = self.policy.backoff()
-            self._event("backoff", f"restarting in {delay:.1f} s", seconds=round(delay, 3))
+            self.log.event("backoff", f"restarting in {delay:.1f} s", seconds=round(delay, 3))
             self._sleep(delay)
 
     def _attempt(self, listener: HeartbeatListener, number: int, ranks: int) -> Attempt:
@@ -163,11 +161,11 @@ class Supervisor:
         env = {**os.environ, ADDRESS_VARIABLE: listener.address, ATTEMPT_VARIABLE: str(number)}
         train = [*self.train_args, *(() if "--resume" in self.train_args else ("--resume",))]
         shown = " ".join([*self.launcher(ranks), "python -m distnn.train", *train])
-        self._event(
+        self.log.event(
             "attempt", f"attempt {number}: {ranks} rank(s) from step {attempt.from_step}: {shown}",
             attempt=number, ranks=ranks, from_step=attempt.from_step,
         )  # fmt: skip
-        self._flush_events()  # the job is not running yet: nobody else writes the file
+        self.log.flush()  # the job is not running yet: nobody else writes the file
         return Job([*self.launcher(ranks), sys.executable, "-m", "distnn.train", *train], env)
 
     def _watch(self, job: Job, listener: HeartbeatListener, attempt: Attempt) -> str | None:
@@ -187,7 +185,7 @@ class Supervisor:
             if limit:
                 attempt.failed_ranks, attempt.cause = listener.diagnose(attempt.ranks)
                 attempt.outcome, attempt.detection_s = "hang", listener.stalled_for()
-                self._event(
+                self.log.event(
                     "hang", f"no step for {attempt.detection_s:.1f} s (limit {limit:.1f} s): "
                     f"{attempt.cause}; tearing the job down",
                     attempt=attempt.number, ranks=attempt.failed_ranks,
@@ -203,7 +201,7 @@ class Supervisor:
             world_size(slots, self.min_ranks, self.max_ranks, self.virtual_shards) or 0
         ) <= attempt.ranks:
             return False
-        self._event(
+        self.log.event(
             "grow", f"{slots} slot(s) free: checkpointing to grow from {attempt.ranks} rank(s)",
             attempt=attempt.number, slots=slots,
         )  # fmt: skip
@@ -213,7 +211,7 @@ class Supervisor:
         slow = straggler(self.metrics, lines_before)
         if slow:
             rank, ratio, count, epochs = slow
-            self._event(
+            self.log.event(
                 "straggler", f"straggler: rank {rank} computed {ratio:.1f}× as long as rank 0, "
                 f"slowest in {count} of {epochs} epochs (reported, not restarted)",
                 attempt=number, rank=rank, ratio=round(ratio, 2),
@@ -277,7 +275,7 @@ class Supervisor:
         lost = max(a.reached - self._checkpoint_step(), 0) if a.outcome in ("failed", "hang") else 0
         previous = self.attempts[-2] if len(self.attempts) > 1 else None
         downtime = (a.first_step_at - previous.ended) if previous and a.first_step_at else None
-        self._event(
+        self.log.event(
             "attempt_end",
             f"attempt {a.number} ended: {a.outcome} ({a.cause}) at step {a.reached}"
             + (f", {lost} step(s) lost" if lost else ""),
@@ -289,12 +287,12 @@ class Supervisor:
         )  # fmt: skip
 
     def _end(self, status: int, why: str) -> int:
-        wall = time.monotonic() - self.started
+        wall = time.monotonic() - self.log.started
         training = sum(
             a.ended - a.first_step_at for a in self.attempts if a.first_step_at is not None
         )
         restarts = sum(a.outcome in ("failed", "hang") for a in self.attempts)
-        self._event(
+        self.log.event(
             "summary",
             f"{why}; {len(self.attempts)} attempt(s), {restarts} failure(s); training "
             f"{training / wall:.0%} of {wall:.1f} s wall time (exit {status})",
@@ -302,20 +300,6 @@ class Supervisor:
             wall_s=round(wall, 3), training_s=round(training, 3),
         )  # fmt: skip
         return status
-
-    def _event(self, kind: str, text: str, **fields: object) -> None:
-        self.say(f"distnn.launch: {text}")
-        at = round(time.monotonic() - self.started, 3)
-        self.pending.append({"event": kind, "t": at, **fields})
-
-    def _flush_events(self) -> None:
-        if self.metrics and self.pending:
-            try:
-                with open(self.metrics, "a", encoding="utf-8") as f:
-                    f.writelines(json.dumps(r) + "\n" for r in self.pending)
-            except OSError as e:
-                self.say(f"distnn.launch: cannot append events to {self.metrics} ({e})")
-        self.pending.clear()
 
     def _stop(self, signum: int, frame: object) -> None:
         self.stop_signal = signum
