@@ -13,6 +13,14 @@ import pytest
 MPIEXEC = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
 
 
+def guarded_run(command: list[str], timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
+    """``command`` with its output captured as text; a hang past ``timeout`` fails the test."""
+    try:
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout, **kwargs)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"{' '.join(map(str, command))} hung for {timeout:g} s:\n{e.stderr}")
+
+
 def launch(
     args: list[str],
     ranks: int = 1,
@@ -25,13 +33,7 @@ def launch(
     command = [sys.executable, "-m", module, *args]
     if ranks > 1:
         command = [MPIEXEC, "-n", str(ranks), *command]
-    full_env = {**os.environ, **(env or {})}
-    try:
-        return subprocess.run(
-            command, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd
-        )
-    except subprocess.TimeoutExpired as e:
-        pytest.fail(f"{' '.join(command)} hung for {timeout} s:\n{e.stderr}")
+    return guarded_run(command, timeout, env={**os.environ, **(env or {})}, cwd=cwd)
 
 
 def error_lines(stderr: str) -> list[str]:

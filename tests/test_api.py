@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import MPIEXEC, launch
+from conftest import MPIEXEC, guarded_run, launch
 
 import distnn
 from distnn.errors import CollectiveError, DistnnError, Preempted
@@ -40,10 +40,7 @@ def run_script(code: str, ranks: int, cwd: Path, timeout: float = 120):
     command = [sys.executable, str(script)]
     if ranks > 1:
         command = [MPIEXEC, "-n", str(ranks), *command]
-    try:
-        return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=cwd)
-    except subprocess.TimeoutExpired as e:
-        pytest.fail(f"{' '.join(command)} hung for {timeout} s:\n{e.stderr}")
+    return guarded_run(command, timeout, cwd=cwd)
 
 
 @pytest.mark.parametrize(

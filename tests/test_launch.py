@@ -20,7 +20,7 @@ import pytest
 from conftest import launch
 from test_faults import HANG, digest, fault_env, finish, wait_for
 
-from distnn.io.checkpoints import list_checkpoints
+from distnn.io.checkpoints import list_checkpoints, newest_step
 from distnn.io.metrics_log import epoch_records
 from distnn.supervisor.policy import Failure, Limits, RestartPolicy, world_size
 from distnn.supervisor.stragglers import straggler
@@ -60,8 +60,7 @@ def supervise(tmp_path, args, env=None, **extra_env) -> subprocess.Popen:
 
 
 def checkpoint_step(tmp_path) -> int:
-    newest = list_checkpoints(str(tmp_path / "ck"))
-    return int(Path(newest[0]).name[11:-4]) if newest else 0
+    return newest_step(str(tmp_path / "ck"))
 
 
 def rank_pid(tmp_path, rank: int) -> int:

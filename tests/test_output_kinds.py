@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import MPIEXEC, error_lines
+from conftest import MPIEXEC, error_lines, guarded_run
 
 SPEC = "synthetic:120:6:3"
 TRAIN = ["--dataset", SPEC, "--hidden", "4", "--epochs", "1", "--quiet"]
@@ -109,12 +109,7 @@ class Special:
 
 def run(command: list[str], cwd: Path, **kwargs) -> subprocess.CompletedProcess:
     """``command`` under a timeout: a hang (a FIFO opened for writing) fails the case."""
-    try:
-        return subprocess.run(
-            command, capture_output=True, text=True, timeout=TIMEOUT, cwd=cwd, **kwargs
-        )
-    except subprocess.TimeoutExpired as e:
-        pytest.fail(f"{' '.join(command)} hung for {TIMEOUT:g} s:\n{e.stderr}")
+    return guarded_run(command, TIMEOUT, cwd=cwd, **kwargs)
 
 
 def refused(result: subprocess.CompletedProcess, option: str, path: str) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import MPIEXEC, error_lines, launch
+from conftest import MPIEXEC, error_lines, guarded_run, launch
 
 SPEC = "synthetic:200:8:3"
 TIMEOUT = 120
@@ -60,12 +60,7 @@ def no_mpi_env(fake: Path, **extra: str) -> dict[str, str]:
 def run(module: str, args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
     """``python -m MODULE ARGS`` alone (no launcher) in exactly ``env``, under a timeout."""
     command = [sys.executable, "-m", module, *args]
-    try:
-        return subprocess.run(
-            command, capture_output=True, text=True, timeout=TIMEOUT, env=env, cwd=cwd
-        )
-    except subprocess.TimeoutExpired as e:
-        pytest.fail(f"{' '.join(command)} hung for {TIMEOUT} s:\n{e.stderr}")
+    return guarded_run(command, TIMEOUT, env=env, cwd=cwd)
 
 
 def clean(stderr: str) -> bool:

@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import MPIEXEC
+from conftest import MPIEXEC, guarded_run
 
 TIMEOUT = float(os.environ.get("DISTNN_TEST_TIMEOUT", "120"))
 TRAIN = ["--dataset", "synthetic:3000:8:3", "--hidden", "16", "--epochs", "12", "--seed", "7",
@@ -70,12 +70,7 @@ print("after fit")  # the script's own lines go where stdout goes, quietly
 
 
 def run(command: list[str], cwd: Path, **kwargs) -> subprocess.CompletedProcess:
-    try:
-        return subprocess.run(
-            command, capture_output=True, text=True, timeout=TIMEOUT, cwd=cwd, **kwargs
-        )
-    except subprocess.TimeoutExpired as e:
-        pytest.fail(f"{' '.join(command)} hung for {TIMEOUT:g} s:\n{e.stderr}")
+    return guarded_run(command, TIMEOUT, cwd=cwd, **kwargs)
 
 
 def launcher(ranks: int) -> list[str]:

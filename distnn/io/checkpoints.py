@@ -61,6 +61,12 @@ def list_checkpoints(directory: str) -> list[str]:
     return [os.path.join(directory, name) for _, name in sorted(found, reverse=True)]
 
 
+def newest_step(directory: str) -> int:
+    """The step of the newest checkpoint file in ``directory`` (by its name); 0 if none."""
+    newest = list_checkpoints(directory)
+    return int(_NAME.match(os.path.basename(newest[0])).group(1)) if newest else 0
+
+
 def save_checkpoint(directory: str, ckpt: Checkpoint, keep: int) -> str:
     """Write ``ckpt`` atomically, then delete all but the newest ``keep``; return its path."""
     arrays = {

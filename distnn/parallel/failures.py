@@ -43,7 +43,6 @@ def _broken_pipe_ends_the_job(world: World) -> NoReturn:
     stdout_to_devnull()
     sys.stderr.flush()
     world.abort(EXIT_BROKEN_PIPE)
-    REAL_EXIT(EXIT_BROKEN_PIPE)  # Abort does not return; this is only if it did
 
 
 def _rank_failed(world: World, exc_type, exc, tb) -> None:

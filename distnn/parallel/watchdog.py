@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 import threading
 
 from distnn.errors import EXIT_HUNG
@@ -80,4 +79,3 @@ class Watchdog:
         if self._stop.is_set():
             return
         self.world.say_and_abort(f"distnn: error: {message}\n", EXIT_HUNG)
-        sys.exit(EXIT_HUNG)  # not reached: say_and_abort ends the process

@@ -19,7 +19,7 @@ import sys
 import time
 import zlib
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import numpy as np
 
@@ -228,10 +228,14 @@ class World:
         finally:
             node.Free()
 
-    def abort(self, code: int) -> None:
+    def abort(self, code: int) -> NoReturn:
+        """End every rank of the job with status ``code``; never returns."""
         self.comm.Abort(code)
+        # MPICH's MPI_Abort can return on the rank that called it (seen on rank 0 under
+        # hydra): the caller would then run on, unwind and report a second failure.
+        REAL_EXIT(code)
 
-    def say_and_abort(self, message: str, code: int) -> None:
+    def say_and_abort(self, message: str, code: int) -> NoReturn:
         """Print ``message`` on stderr, then end the whole job with status ``code``.
 
         The pause lets the launcher forward the line before MPI_Abort tears the job
@@ -241,9 +245,6 @@ class World:
         sys.stderr.flush()
         time.sleep(ABORT_GRACE_S)
         self.abort(code)
-        # MPICH's MPI_Abort can return on the rank that called it (seen on rank 0 under
-        # hydra): the caller would then run on, unwind and report a second failure.
-        REAL_EXIT(code)
 
     @staticmethod
     def library_version() -> str:
@@ -265,7 +266,7 @@ class LoneWorld(World):
     def finish_allreduces(self, pending: list) -> None:
         pending.clear()  # start_allreduce_sum adds nothing in a world of one
 
-    def abort(self, code: int) -> None:
+    def abort(self, code: int) -> NoReturn:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(OSError, ValueError):  # a closed or broken stream
                 stream.flush()

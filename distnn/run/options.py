@@ -300,22 +300,37 @@ class TrainConfig:
     def paths(self, role: str) -> list[tuple[str, str | None]]:
         """The declared paths of one role ("input", "output", "output folder"), as
         (what a message calls it, path); a data set spec counts only if it is a file."""
-        found = [
-            (self.name(f.name), getattr(self, f.name)) for f, opt in declared() if opt.path == role
-        ]
-        return [
-            (what, dataset_path(p) if what == self.name("dataset") and p else p)
-            for what, p in found
-        ]
+        found = []
+        for f, opt in declared():
+            path = getattr(self, f.name)
+            if opt.path == role:
+                found.append(
+                    (
+                        self.name(f.name),
+                        dataset_path(path) if f.name == "dataset" and path else path,
+                    )
+                )
+        return found
+
+    def config_copies(self) -> list[tuple[str, str]]:
+        """The run's configuration written beside its model and metrics files
+        (model.npz → model.toml), as (what a message calls it, path); one file where the
+        two share a stem."""
+        beside = {
+            os.path.splitext(path)[0] + ".toml": self.name(key)
+            for key in ("save", "metrics")
+            if (path := getattr(self, key))
+        }
+        return [(f"the configuration written beside {what}", p) for p, what in beside.items()]
 
     def outputs(self) -> list[tuple[str, str | None]]:
         """Every path this run writes, as (what a message calls it, path)."""
-        files = self.paths("output")
-        return [*files, *self.paths("output folder"), *config_files_beside(self, files)]
+        return [*self.paths("output"), *self.paths("output folder"), *self.config_copies()]
 
-    def inputs(self) -> list[tuple[str, str | None]]:
-        """Every path this run reads, as (what a message calls it, path)."""
-        return self.paths("input")
+    def inputs(self, dataset: bool = True) -> list[tuple[str, str | None]]:
+        """Every path this run reads, as (what a message calls it, path); ``dataset``
+        False when the data came as arrays (fit), not from the spec's file."""
+        return [(w, p) for w, p in self.paths("input") if dataset or w != self.name("dataset")]
 
     def to_dict(self) -> dict:
         """The options (the run's configuration, as a checkpoint and a metrics file keep it)."""
@@ -362,20 +377,6 @@ def default_of(key: str) -> object:
 def value_type(f: dataclasses.Field) -> tuple[type, type | None]:
     """The option's type without ``None``: (int, None), or (tuple, int) for a tuple of int."""
     return declaring.value_type(TrainConfig, f)
-
-
-def config_files_beside(
-    config: TrainConfig, files: list[tuple[str, str | None]]
-) -> list[tuple[str, str]]:
-    """The run's configuration written beside its model and metrics files
-    (model.npz → model.toml); one file where two share a stem."""
-    written = [
-        (what, p)
-        for what, p in files
-        if p and what in (config.name("save"), config.name("metrics"))
-    ]
-    beside = {os.path.splitext(path)[0] + ".toml": what for what, path in written}
-    return [(f"the configuration written beside {what}", p) for p, what in beside.items()]
 
 
 def read_toml(path: str) -> dict:

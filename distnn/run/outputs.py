@@ -20,7 +20,7 @@ from distnn.io.outputs import (
     refuse_special,
 )
 from distnn.parallel.world import World
-from distnn.run.options import TrainConfig, config_files_beside
+from distnn.run.options import TrainConfig
 
 
 def check_no_output_over_an_input(
@@ -37,9 +37,7 @@ def check_no_output_over_an_input(
     for what, path in config.paths("output folder"):
         if path:
             refuse_special(path, f"{what} {path}", folder=True)
-    dataset = config.name("dataset")
-    inputs = [(what, p) for what, p in config.inputs() if not (arrays and what == dataset)]
-    check_no_clash(config.outputs(), inputs + on_disk)
+    check_no_clash(config.outputs(), config.inputs(dataset=arrays is None) + on_disk)
 
 
 def check_outputs_writable(config: TrainConfig) -> None:
@@ -47,9 +45,8 @@ def check_outputs_writable(config: TrainConfig) -> None:
     for what, path in config.paths("output"):
         if path:
             check_output_path(path, what)
-    for what, path in config.paths("output folder"):
-        if path and what == config.name("checkpoint_dir"):  # TensorBoard makes its own
-            check_writable_dir(path, what, create=True)
+    if config.checkpoint_dir:  # made now; TensorBoard makes its own folder
+        check_writable_dir(config.checkpoint_dir, config.name("checkpoint_dir"), create=True)
 
 
 def write_outputs(
@@ -73,7 +70,7 @@ def write_outputs(
                     f"parameters are in {where}"
                 ) from None
         text = config.to_toml()
-        for _, path in config_files_beside(config, config.paths("output")):
+        for _, path in config.config_copies():
             atomic_write(path, lambda f: f.write(text.encode()))
 
     world.on_root(write)

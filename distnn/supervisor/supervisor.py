@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from distnn.errors import EXIT_GAVE_UP, EXIT_PREEMPTED
-from distnn.io.checkpoints import list_checkpoints
+from distnn.io.checkpoints import newest_step
 from distnn.parallel.heartbeat import (
     ADDRESS_VARIABLE,
     ATTEMPT_VARIABLE,
@@ -268,8 +268,7 @@ class Supervisor:
         return world_size(self.slots(), self.min_ranks, self.max_ranks, self.virtual_shards)
 
     def _checkpoint_step(self) -> int:
-        newest = list_checkpoints(self.checkpoint_dir)
-        return int(os.path.basename(newest[0])[11:-4]) if newest else 0
+        return newest_step(self.checkpoint_dir)
 
     def _record(self, a: Attempt) -> None:
         lost = max(a.reached - self._checkpoint_step(), 0) if a.outcome in ("failed", "hang") else 0
