@@ -55,3 +55,10 @@ class SaveFailed(CollectiveError):
 
 class ScheduleError(CollectiveError):
     """A user schedule's step that cannot update the parameters (checked once, at step 1)."""
+
+
+class StopTraining(Exception):
+    """Raised by a callback's ``on_step`` or ``on_epoch_end`` (on any rank) to end the
+    run cleanly: every rank stops after the same step, with outputs and checkpoints
+    written as at the last epoch; ``History.stop_reason`` carries the message.
+    Returning ``True`` from the callback does the same."""

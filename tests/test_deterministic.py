@@ -141,7 +141,7 @@ def test_ordered_sum_is_the_pairwise_tree_over_shards_and_within_its_bound(virtu
                 data.x[batch[lo:hi]], data.y[batch[lo:hi]], g, net.workspace(hi - lo), 1 / B
             )
             shards.append(g)
-        trainer.train_step(batch, stop_requested=False, time_up=False)
+        trainer.train_step(batch)
         want = reference_tree(shards).tobytes()
         assert reducer.grad.tobytes() == want, f"step {step}: not the tree's bits"
         exact = np.sum([g.astype(np.float64) for g in shards], axis=0)
@@ -224,11 +224,11 @@ def test_every_world_size_computes_the_same_tree(V, scatter):
             spans = [range(i, min(i + (1 << s), V)) for i, s in cover]
             assert [v for span in spans for v in span] == list(own), f"V={V} P={P}: {cover}"
             r.piece_grads[...] = np.reshape(shards[own.start : own.stop], (-1, n))
-            r.votes[...] = [r.world.rank, 1]
+            r.votes[...] = [r.world.rank, 1, 2]
         run_threads([r.reduce for r in ranks])
         for r in ranks:
             assert r.grad.tobytes() == want, f"V={V} P={P} rank {r.world.rank}"
-            assert r.votes.tolist() == [P * (P - 1) / 2, P], "votes not summed over ranks"
+            assert r.votes.tolist() == [P * (P - 1) / 2, P, 2 * P], "votes not summed over ranks"
 
 
 @pytest.mark.mpi(min_size=2)
@@ -242,14 +242,15 @@ def test_both_transports_give_one_ranks_bits_and_sum_the_votes(scatter):
         trainer = Trainer(net, SGD(0.1), data, world, 37, reducer)
         order, votes = trainer.epoch_order(), []
         for step, lo in enumerate(range(0, 300, 37)):
-            trainer.train_step(order[lo : lo + 37], world.rank == 0, step % 2 == 1)
+            trainer.votes[:] = [world.rank == 0, step % 2 == 1, world.rank == 1]
+            trainer.train_step(order[lo : lo + 37])
             votes.append(reducer.votes.tolist())
         return net.params.tobytes(), votes
 
     world = World()
     params, votes = train(world, scatter)
     assert params == train(World(MPI.COMM_SELF), False)[0]
-    assert votes == [[1, world.size * (step % 2)] for step in range(len(votes))]
+    assert votes == [[1, world.size * (step % 2), int(world.size > 1)] for step in range(len(votes))]
 
 
 @pytest.mark.mpi(min_size=2)
@@ -286,10 +287,10 @@ def test_steady_state_steps_allocate_nothing_that_grows(deterministic):
         trainer = Trainer(net, Adam(0.01), data, world, B, reducer)
         batches = [np.arange(i * B, (i + 1) * B) for i in range(3)] + [np.arange(3 * B, 3 * B + 37)]
         for batch in batches:  # warm up: each batch size seen once
-            trainer.train_step(batch, stop_requested=False, time_up=False)
+            trainer.train_step(batch)
         tracemalloc.start()
         for batch in batches * 2:
-            trainer.train_step(batch, stop_requested=False, time_up=False)
+            trainer.train_step(batch)
         current, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         assert current < 4096, f"{current} B kept after steady-state steps"

@@ -55,7 +55,7 @@ def test_max_time_stops_in_time_and_checkpoints(tmp_path):
     assert (tmp_path / "m.npz").exists()
     names = [p.name for p in (tmp_path / "ck").iterdir()]
     assert f"checkpoint-{int(stopped[1]):09d}.npz" in names, names
-    seconds = float(re.search(r"rank\(s\), ([\d.]+) s", result.stdout)[1])
+    seconds = float(re.search(r"\| ([\d.]+) s: start-up", result.stdout)[1])
     assert seconds >= 1.5, "stopped before the limit"
 
 

@@ -17,7 +17,6 @@ goes on, the outputs are written, and the status is the run's (0 when it trained
 from __future__ import annotations
 
 import sys
-import time
 
 from distnn.cli.options import parse_config
 from distnn.errors import (
@@ -29,8 +28,10 @@ from distnn.errors import (
 )
 from distnn.parallel.failures import install_abort_on_error
 from distnn.parallel.world import World
-from distnn.run.loop import PHASE_KEYS, History, train_config
+from distnn.run.clock import process_started
+from distnn.run.loop import History, train_config
 from distnn.run.progress import STREAM_ERRORS, stdout_lost
+from distnn.run.records import PHASE_KEYS
 
 
 def time_split(history: list[dict]) -> str:
@@ -43,26 +44,45 @@ def time_split(history: list[dict]) -> str:
     return " | step time: " + ", ".join(parts)
 
 
-def summary_line(record: dict, ranks: int, total_s: float) -> str:
-    acc = record.get("accuracy")
+def summary_line(final: dict, ranks: int) -> str:
+    """The ``done:`` line from ``History.final``: the model, where the run stopped, and
+    this start's seconds split as :mod:`distnn.run.clock` defines them."""
+    acc = final.get("accuracy")
     accuracy = f"test accuracy {acc:.2%}" if acc is not None else "test accuracy n/a"
-    test_loss = record.get("test_loss")
+    test_loss = final.get("test_loss")
     test = f", test loss {test_loss:.4f}" if test_loss is not None else ""
-    rate = record["samples_per_sec"]
+    rate = final["samples_per_sec"]
     speed = f"{rate:,.0f} samples/s" if rate else "no steps taken"
+    batch = final.get("batch", 0)  # stopped inside an epoch: the one under way
+    where = f"epoch {final['epoch'] + 1}, batch {batch}" if batch else f"epoch {final['epoch']}"
     return (
-        f"done: {accuracy}, final loss {record['loss']:.4f}{test}, "
-        f"{speed} on {ranks} rank(s), {total_s:.1f} s"
+        f"done: {accuracy}, final loss {final['loss']:.4f}{test}, {speed} on {ranks} rank(s) "
+        f"| step {final['step']} ({where}), {final['samples']:,} samples "
+        f"| {final['elapsed_s']:.2f} s: start-up {final['startup_s']:.2f}, training "
+        f"{final['train_s']:.2f}, evaluation {final['eval_s']:.2f}"
+        + (f", checkpoints {final['checkpoint_s']:.2f}" if final["checkpoint_s"] else "")
+        + _learning_speed(final)
+    )
+
+
+def _learning_speed(final: dict) -> str:
+    """The noise scale, the batch's steps ratio and efficiency, and goodput, if measured."""
+    if final.get("noise_scale") is None:
+        return ""
+    goodput = f", goodput {final['goodput']:,.0f} samples/s" if final.get("goodput") else ""
+    return (
+        f" | noise scale {final['noise_scale']:,.0f}: {final['steps_ratio']:.2f}× the fewest "
+        f"steps, sample efficiency {final['efficiency']:.1%}{goodput}"
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     world = World()
     install_abort_on_error(world)
-    start = time.perf_counter()
+    started = process_started()  # the time fields count the interpreter's start-up too
     try:
         config = world.agree(lambda: parse_config(argv, world.rank))
-        history: History = train_config(config, world)
+        history: History = train_config(config, world, started=started)
     except Preempted as e:
         if world.is_root:
             where = (
@@ -94,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if history.stop_reason and not config.quiet:
                 print(f"stopped early: {history.stop_reason}")
-            line = summary_line(history.final, world.size, time.perf_counter() - start)
+            line = summary_line(history.final, world.size)
             print(line + time_split(history), flush=True)
         except STREAM_ERRORS as e:
             stdout_lost(e, going_on="the run finished and its outputs are written")

@@ -5,8 +5,9 @@ Each start of a run (the first and every ``--resume``) appends one header record
 "config": {…}}``, so the file says what produced the epochs below it, even when a
 resumed run uses another number of ranks. Under ``python -m distnn.launch`` the
 supervisor adds event records (``{"event": "attempt", …}``: attempts, failures,
-restarts). Readers keep only epoch records (:func:`is_epoch`); :func:`epoch_records`
-does, and so does ``python -m distnn.plot``.
+restarts), and ``--eval-every`` adds evaluation records (``{"eval": true, …}``).
+Readers keep only epoch records (:func:`is_epoch`); :func:`epoch_records` does, and so
+does ``python -m distnn.plot``.
 """
 
 from __future__ import annotations
@@ -37,9 +38,19 @@ def is_header(record: object) -> bool:
     return isinstance(record, dict) and record.get("header") is True
 
 
+def is_evaluation(record: object) -> bool:
+    """True for an ``--eval-every`` record (an evaluation inside an epoch)."""
+    return isinstance(record, dict) and record.get("eval") is True
+
+
 def is_epoch(record: object) -> bool:
-    """True for an epoch's record: not a header, not a supervisor's event."""
-    return isinstance(record, dict) and not is_header(record) and "event" not in record
+    """True for an epoch's record: not a header, a supervisor's event or an evaluation."""
+    return (
+        isinstance(record, dict)
+        and not is_header(record)
+        and "event" not in record
+        and not is_evaluation(record)
+    )
 
 
 def epoch_records(path: str) -> list[dict[str, Any]]:

@@ -123,11 +123,11 @@ class OrderedSum:
             leaves = leaves.reshape(len(self.my_pieces), P, m)  # by the rank that sums it
 
         # What a rank sends each other rank: [its subtree sums, whole or the receiver's
-        # slice | its shards' losses | its votes], all as long as the longest (MPICH's
-        # Allgather beats its Allgatherv 3×). ``received[r]`` is rank r's.
+        # slice | its shards' losses | their weighted |g_v|² | its votes], all as long as
+        # the longest (MPICH's Allgather beats its Allgatherv 3×). ``received[r]`` is rank r's.
         rows, most = max(len(c) for c in covers), max(len(s) for s in owned)
         sums_size = rows * m
-        segment = sums_size + most + NUM_VOTES
+        segment = sums_size + 2 * most + NUM_VOTES
         received = np.zeros((P, segment), dtype)
         self.received = received.reshape(-1)
         if self.scatter:  # one message per rank; losses and votes copied into each
@@ -139,10 +139,13 @@ class OrderedSum:
             self.send = received[world.rank]
             extras = self.send[sums_size:]
         self.piece_losses = extras[: len(self.my_pieces)].reshape(-1, 1, 1)
+        self.piece_sqnorms = extras[most : most + len(self.my_pieces)]
+        self.norm_scales = np.zeros(len(self.my_pieces))
         self.votes = extras[-NUM_VOTES:]  # the trainer's, then the world's sums
         others = [r for r in range(P) if r != world.rank]
         self.others_votes = [received[r, segment - NUM_VOTES :] for r in others]
         self.received_losses = received[:, sums_size : sums_size + most]
+        self.received_sqnorms = received[:, sums_size + most : sums_size + 2 * most]
         self.loss_order = [(r, v - owned[r].start) for r in range(P) for v in owned[r]]
 
         # The tree's additions: this rank's subtrees, then the rest from every rank's.
@@ -164,7 +167,10 @@ class OrderedSum:
         mine = self.full_grad[world.rank * m : (world.rank + 1) * m] if self.scatter else self.grad
         self.global_ops = plan_tree_sum(root, V, gathered, mine)
 
-    def reduce(self) -> float:
+    def reduce(self) -> tuple[float, float]:
+        if self.norm_scales.any():  # each piece's |g_v|², before the tree sums overwrite it
+            for j, g in enumerate(self.piece_grads):
+                self.piece_sqnorms[j] = self.norm_scales[j] * float(np.dot(g, g))
         run(self.local_ops)
         if self.scatter:
             np.copyto(self.extras_in_messages, self.extras)  # to every rank
@@ -176,8 +182,11 @@ class OrderedSum:
             run(self.global_ops)
         for votes in self.others_votes:  # the world's sums, where the trainer reads them
             np.add(self.votes, votes, out=self.votes)
-        losses = self.received_losses.tolist()
-        return float(sum(losses[r][j] for r, j in self.loss_order))  # in shard order
+        losses, sqnorms = self.received_losses.tolist(), self.received_sqnorms.tolist()
+        return (  # in shard order: the same bits at any number of ranks
+            float(sum(losses[r][j] for r, j in self.loss_order)),
+            float(sum(sqnorms[r][j] for r, j in self.loss_order)),
+        )
 
 
 Op = tuple[np.ndarray, np.ndarray, np.ndarray | None]  # (into, a, b): into = a + b, or a

@@ -18,21 +18,34 @@ stop votes are summed across the world:
 
 Backprop writes into the reducer's own buffers: the pieces' gradients into
 ``piece_grads`` and their loss sums Σ_k C_k into ``piece_losses``; the trainer writes
-this rank's votes into ``votes``. ``reduce`` then leaves the global gradient in ``grad``
-(laid out like ``Network.params``), the world's sum of each vote in ``votes``, and
-returns the global batch's loss sum: identical on every rank, so every rank decides alike.
+this rank's votes into ``votes`` and each piece's ``norm_scales``. ``reduce`` then leaves
+the global gradient in ``grad`` (laid out like ``Network.params``), the world's sum of
+each vote in ``votes``, and returns the global batch's loss sum and the sum over pieces
+of ``norm_scales[v] · |g_v|²`` (the pieces' own squared gradient norms, for the noise
+scale: :mod:`distnn.parallel.noise_scale`): identical on every rank, so every rank decides
+alike. The norms ride in the same message as the loss: no second collective.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from enum import IntEnum
 from typing import Protocol
 
 import numpy as np
 
 from distnn.parallel.world import World
 
-NUM_VOTES = 2  # [stop requested by a signal, rank 0's clock passed the time limit]
+
+class Vote(IntEnum):
+    """The slots of ``votes``: what a rank asks of the world with each step."""
+
+    SIGNAL = 0  # a signal asked this rank to stop (SIGTERM, SIGINT)
+    TIME = 1  # rank 0's clock passed the time limit
+    CALLBACK = 2  # a callback on this rank asked to stop
+
+
+NUM_VOTES = len(Vote)
 
 
 class Reducer(Protocol):
@@ -42,6 +55,8 @@ class Reducer(Protocol):
     (a stack of gradients when ``stacked``, else one); after ``reduce`` the global
     gradient is in ``grad`` and the world's vote sums in ``votes``. ``layer_done(ℓ)``,
     if set, is called by backprop as soon as layer ℓ's gradient is final.
+    ``norm_scales`` (one per piece of this rank; all 0: don't measure) weighs each
+    piece's squared gradient norm in the sum ``reduce`` returns.
     """
 
     stacked: bool
@@ -49,12 +64,14 @@ class Reducer(Protocol):
     my_pieces: range
     piece_grads: np.ndarray
     piece_losses: np.ndarray
+    norm_scales: np.ndarray
     grad: np.ndarray
     votes: np.ndarray
     layer_done: Callable[[int], None] | None
 
-    def reduce(self) -> float:
-        """Sum the pieces across the world; return the global batch's loss sum."""
+    def reduce(self) -> tuple[float, float]:
+        """Sum the pieces across the world; the global batch's loss sum, and the
+        pieces' weighted squared gradient norms summed."""
         ...
 
 
@@ -64,24 +81,28 @@ def shard_bounds(n: int, piece: int, pieces: int) -> tuple[int, int]:
 
 
 class FusedAllreduce:
-    """One piece per rank; one Allreduce of [gradient, loss, votes] per step."""
+    """One piece per rank; one Allreduce of [gradient, loss, |g|², votes] per step."""
 
     stacked = False  # backprop writes one 1-D gradient (not a stack of pieces)
 
     def __init__(self, num_params: int, dtype: np.dtype, world: World) -> None:
-        self.world = world
+        self.world, n = world, num_params
         self.num_pieces, self.my_pieces = world.size, range(world.rank, world.rank + 1)
-        self.buffer = np.zeros(num_params + 1 + NUM_VOTES, dtype)
-        self.grad = self.buffer[:num_params]
+        self.buffer = np.zeros(n + 2 + NUM_VOTES, dtype)
+        self.grad = self.buffer[:n]
         self.piece_grads = self.grad  # the gradient is born in the buffer we send
-        self.piece_losses = self.buffer[num_params : num_params + 1]  # and so is the loss
-        self.extras = self.buffer[num_params:]
-        self.votes = self.buffer[num_params + 1 :]
+        self.piece_losses = self.buffer[n : n + 1]  # and so is the loss
+        self.piece_sqnorms = self.buffer[n + 1 : n + 2]  # and this piece's weighted |g_v|²
+        self.extras = self.buffer[n:]
+        self.votes = self.buffer[n + 2 :]
+        self.norm_scales = np.zeros(1)
         self.layer_done: Callable[[int], None] | None = None
 
-    def reduce(self) -> float:
+    def reduce(self) -> tuple[float, float]:
+        if self.norm_scales[0]:
+            self.piece_sqnorms[0] = self.norm_scales[0] * float(np.dot(self.grad, self.grad))
         self.world.allreduce_sum(self.buffer)
-        return float(self.piece_losses[0])
+        return float(self.piece_losses[0]), float(self.piece_sqnorms[0])
 
 
 class OverlappedAllreduce(FusedAllreduce):
@@ -96,9 +117,14 @@ class OverlappedAllreduce(FusedAllreduce):
         self.layer_done = self._send_layer
 
     def _send_layer(self, ell: int) -> None:
-        self.world.start_allreduce_sum(self.buckets[ell - 1], self.pending)
+        bucket = self.buckets[ell - 1]
+        if self.norm_scales[0]:  # its |g|² before the in-place sum overwrites it
+            first = ell == len(self.buckets)  # backprop finishes the last layer first
+            sqnorm = self.norm_scales[0] * float(np.dot(bucket, bucket))
+            self.piece_sqnorms[0] = sqnorm if first else self.piece_sqnorms[0] + sqnorm
+        self.world.start_allreduce_sum(bucket, self.pending)
 
-    def reduce(self) -> float:
+    def reduce(self) -> tuple[float, float]:
         self.world.start_allreduce_sum(self.extras, self.pending)
         self.world.finish_allreduces(self.pending)
-        return float(self.piece_losses[0])
+        return float(self.piece_losses[0]), float(self.piece_sqnorms[0])

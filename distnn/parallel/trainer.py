@@ -8,8 +8,9 @@ the same step, so the replicas never drift apart (MATH.md, Data parallelism).
 
 The Trainer holds the position in the data (what a checkpoint needs besides the
 parameters and the schedule's state). It does not decide when to stop: the owner of
-the run (:func:`distnn.run.loop.train_config`) passes each step its votes and reads the
-world's answer in ``votes``.
+the run (:func:`distnn.run.loop.train_config`, through
+:class:`~distnn.run.stopping.StopRules`) writes this rank's votes into ``votes`` before
+each step and reads the world's sums there after it.
 """
 
 from __future__ import annotations
@@ -24,12 +25,11 @@ from distnn.engine.network import Network
 from distnn.engine.schedules import GradientUpdateSchedule
 from distnn.errors import DivergenceError, ScheduleError
 from distnn.parallel.evaluation import EVAL_CHUNK, evaluate_sharded
+from distnn.parallel.noise_scale import NoiseScale, piece_scales
 from distnn.parallel.ordered_sum import OrderedSum
 from distnn.parallel.reducers import FusedAllreduce, OverlappedAllreduce, Reducer, shard_bounds
 from distnn.parallel.timeline import EVALUATE, Timeline
 from distnn.parallel.world import World
-
-STOP_VOTE, TIME_VOTE = 0, 1  # indices into ``votes``
 
 
 def epoch_permutation(n_samples: int, seed: int, epoch: int) -> np.ndarray:
@@ -94,6 +94,10 @@ class Trainer:
         # floats, so measuring allocates nothing and costs a few clock reads a step.
         self.data_s = self.compute_s = self.allreduce_s = self.update_s = 0.0
         self.timeline = timeline if timeline is not None else Timeline(world, None, range(0))
+        # The gradient noise scale, from each piece's gradient and the batch's (a second
+        # batch size exists only with more than one piece per batch).
+        self.noise = NoiseScale(measures=reducer.num_pieces > 1)
+        self._noise_B, self._inv_b_small, self._pieces_used = 0, 0.0, 1
 
         # This rank's rows of a batch: one block, or a stack of one block per virtual shard.
         piece_rows = -(-self.batch_size // reducer.num_pieces)
@@ -111,15 +115,21 @@ class Trainer:
     def batches_per_epoch(self) -> int:
         return -(-len(self.data.x) // self.batch_size)
 
+    def samples_seen(self) -> int:
+        """Samples trained on since the start of training (every batch but an epoch's
+        last is full, so this follows from the position alone)."""
+        n = len(self.data.x)
+        return self.epoch * n + min(self.batch_in_epoch * self.batch_size, n)
+
     def epoch_order(self) -> np.ndarray:
         """The row order of the epoch under way."""
         return epoch_permutation(len(self.data.x), self.seed, self.epoch)
 
-    def train_step(self, batch: np.ndarray, stop_requested: bool, time_up: bool) -> float:
+    def train_step(self, batch: np.ndarray) -> float:
         """One update from the global batch ``batch`` (row indices); its mean loss.
 
-        ``stop_requested`` and ``time_up`` are this rank's votes; afterwards ``votes``
-        holds their sums over the world, the same on every rank.
+        ``votes`` (slots: :class:`~distnn.parallel.reducers.Vote`) holds this rank's votes
+        before the step and their sums over the world after it, the same on every rank.
         """
         reducer, B = self.reducer, len(batch)
         scale = 1.0 / B  # backprop gives this rank's share of ∇ of the batch mean (MATH.md)
@@ -135,9 +145,11 @@ class Trainer:
         )
         t2 = perf_counter()
 
-        # Reduce: the global batch's gradient, loss and votes, identical on every rank.
-        self.votes[STOP_VOTE], self.votes[TIME_VOTE] = stop_requested, time_up
-        loss = reducer.reduce() * scale
+        # Reduce: the global batch's gradient, loss, votes and the pieces' gradient norms.
+        if self.noise.measures and self._noise_B != B:
+            self._measure_noise_at(B)
+        loss_sum, pieces_sqnorm = reducer.reduce()
+        loss = loss_sum * scale
         t3 = perf_counter()
         if not math.isfinite(loss):
             raise DivergenceError(
@@ -150,6 +162,9 @@ class Trainer:
         if self.step == 0:  # a user schedule's bad step: one line, not a NumPy traceback
             check_schedule_step(step, self.net.params, type(self.schedule).__name__)
         self.net.params -= step
+        if self.noise.measures:  # |G_B|² beside the pieces': the noise scale's two sizes
+            big = float(np.dot(reducer.grad, reducer.grad))
+            self.noise.add(pieces_sqnorm / self._pieces_used, self._inv_b_small, big, B)
         t4 = perf_counter()
         self.step += 1
         self.batch_in_epoch += 1
@@ -161,6 +176,17 @@ class Trainer:
         if self.timeline.covers(self.step):
             self.timeline.add_step(t0, t1, t2, t3, t4)
         return loss
+
+    def _measure_noise_at(self, B: int) -> None:
+        """For batches of ``B`` rows: each own piece's norm weight, the mean of 1/b_v over
+        the pieces that hold rows, and how many do."""
+        reducer = self.reducer
+        bounds = [shard_bounds(B, v, reducer.num_pieces) for v in range(reducer.num_pieces)]
+        used = [hi - lo for lo, hi in bounds if hi > lo]
+        self._inv_b_small = sum(1.0 / b for b in used) / len(used)
+        self._pieces_used, self._noise_B = len(used), B
+        mine = [bounds[v] for v in reducer.my_pieces]
+        reducer.norm_scales[...] = piece_scales(B, mine) if len(used) > 1 else 0.0
 
     def take_phase_times(self) -> tuple[float, float, float, float]:
         """This rank's (data, compute, allreduce, update) seconds since the last call."""

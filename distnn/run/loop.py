@@ -14,42 +14,49 @@ else on one rank of several ends the whole job, so no rank waits forever.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from distnn.data import Dataset
 from distnn.engine.network import Network
 from distnn.engine.schedules import GradientUpdateSchedule
 from distnn.errors import Interrupted, Preempted
 from distnn.parallel.failures import failures_end_the_job
 from distnn.parallel.heartbeat import Heartbeat
+from distnn.parallel.noise_scale import batch_hint
 from distnn.parallel.threads import configure_blas_threads, usable_cores
-from distnn.parallel.trainer import STOP_VOTE, TIME_VOTE, Trainer
 from distnn.parallel.watchdog import Watchdog
 from distnn.parallel.world import World
 from distnn.run.checkpointing import Checkpointer
+from distnn.run.clock import RunClock
 from distnn.run.log import RunLog, header_record, header_text
 from distnn.run.options import TrainConfig
 from distnn.run.outputs import write_outputs
 from distnn.run.progress import Progress
+from distnn.run.records import epoch_record, evaluation_record, evaluations, learning_speed
 from distnn.run.setup import Run, check_same_on_every_rank, prepare_run
-from distnn.run.stopping import EarlyStopping, StopRequests
+from distnn.run.stopping import EarlyStopping, StopRequests, StopRules, parse_target
 
 
 class History(list):
     """One record per epoch (the keys of a ``--metrics`` line), and how the run ended.
 
     ``final`` describes the weights ``fit`` returns (the last epoch's record, or the
-    best epoch's weights re-evaluated after early stopping); ``stop_reason`` is "" when
-    the run trained all its epochs; ``header`` is the metrics file's header record of
-    this start (versions, MPI library, threads, ranks, configuration).
+    weights in place re-evaluated when a run stopped inside an epoch or early stopping
+    restored its best epoch) and where the run stopped: ``step``, ``epoch`` (the epochs
+    completed), ``batch`` (batches of the next epoch done, if it stopped inside one),
+    ``samples``; its ``samples_per_sec`` is the run's (samples trained by this
+    start over its ``train_s``) and its time fields (:mod:`distnn.run.clock`) the whole
+    start's. ``stop_reason`` is "" when the run trained all its epochs; ``evaluations``
+    holds the ``--eval-every`` records; ``header`` is the metrics file's header record
+    of this start (versions, MPI library, threads, ranks, configuration).
     """
 
     stop_reason: str = ""
     final: dict
     header: dict
+    evaluations: list[dict]
 
 
 def train_config(
@@ -60,14 +67,19 @@ def train_config(
     validation_data: tuple | None = None,
     schedule: GradientUpdateSchedule | None = None,
     callbacks: Sequence[Any] = (),
+    started: float | None = None,
 ) -> History:
-    """The run ``config`` describes; ``net`` None builds the network the config names."""
-    started = time.perf_counter()  # the run's clock: wall_s counts from here
+    """The run ``config`` describes; ``net`` None builds the network the config names.
+
+    ``started``: when this start began on the ``time.perf_counter`` clock (the CLI gives
+    its process's start), for ``startup_s``; default: now.
+    """
+    started = time.perf_counter() if started is None else started
     # A signal from here on asks the run to stop after a step (it rides in the step's
     # votes), even one that comes during setup; handlers are restored on the way out.
     with (
         failures_end_the_job(world),
-        StopRequests() as stop,
+        StopRequests() as requests,
         Heartbeat.from_env(world.rank, world.size) as beat,
     ):
         # Deterministic mode fixes one BLAS thread: a product's bits may depend on it.
@@ -86,7 +98,7 @@ def train_config(
         run.trainer.timeline.align_clocks()
         if run.data.class_names is not None:  # saved with the model, for predict/evaluate
             run.net.class_names = list(run.data.class_names)
-        earlier = run.run_state.get("wall_s", 0.0)  # the run's earlier starts, if resumed
+        clock = RunClock(started, earlier_s=run.run_state.get("wall_s", 0.0))
         speaks = world.is_root or config.verbose
         prefix = f"[rank {world.rank}] " if config.verbose and world.size > 1 else ""
         progress = Progress(
@@ -110,33 +122,32 @@ def train_config(
                 progress.say(f"note: {note}")
         head = header_record(run.config, world, threads)
         with Watchdog(world, config.watchdog, beat, config.name("watchdog")):
-            return _train(
-                run, world, progress, stop, beat, callbacks, head,
-                lambda: earlier + time.perf_counter() - started,
-            )  # fmt: skip
+            return _train(run, world, progress, requests, beat, callbacks, head, clock)
 
 
 def _train(
     run: Run,
     world: World,
     progress: Progress,
-    stop: StopRequests,
+    requests: StopRequests,
     beat: Heartbeat,
     callbacks: Sequence[Any],
     head: dict,
-    wall_clock: Callable[[], float],
+    clock: RunClock,
 ) -> History:
-    """The epoch loop, from wherever the run stands; ``wall_clock()``: the run's seconds."""
-    config, trainer, data = run.config, run.trainer, run.data
+    """The epoch loop, from wherever the run stands, until the last epoch or a stop rule."""
+    config, trainer = run.config, run.trainer
     B = trainer.batch_size
     step_callbacks = [c for c in callbacks if hasattr(c, "on_step")]
     early = EarlyStopping(config.patience, run.net.params) if config.patience else None
     if early:
         early.load_state(run.run_state, run.run_arrays)
+    target = parse_target(config.target) if config.target else None
+    rules = StopRules(requests, target, config.target_loss, early, config.name)
 
     def run_state() -> tuple[dict, dict]:  # what a checkpoint keeps besides the trainer's
         scalars, arrays = early.state() if early else ({}, {})
-        return {"wall_s": wall_clock(), **scalars}, arrays
+        return {"wall_s": clock.wall_s(), **scalars}, arrays
 
     checkpoints = None
     if config.checkpoint_dir:
@@ -153,14 +164,14 @@ def _train(
     if run.resumed and trainer.epoch >= config.epochs:
         progress.say(
             f"the checkpoint is at step {trainer.step}, past {config.name('epochs')} "
-            f"{config.epochs}: "
-            "nothing to train"
+            f"{config.epochs}: nothing to train"
         )
     elif run.resumed:
         progress.say(f"resuming at epoch {trainer.epoch + 1}, step {trainer.step}")
-    history, rate, start = History(), 0.0, time.perf_counter()
-    history.header = head
-    stop.start_clock(config.max_time, world.is_root)
+    history, first_step, first_samples = History(), trainer.step, trainer.samples_seen()
+    history.header, history.evaluations = head, []
+    requests.start_clock(config.max_time, world.is_root)
+    stop = None
     # Overflow and NaN are caught by the loss, parameter and state checks, identically on
     # every rank; NumPy's own warnings would only print the same news once per rank.
     quiet_numpy = np.errstate(over="ignore", invalid="ignore", divide="ignore")
@@ -168,106 +179,89 @@ def _train(
         log.write_header(head)
         progress.start(trainer.step, config.epochs * trainer.batches_per_epoch())
         beat.step, beat.phase = trainer.step, "train"
-        while trainer.epoch < config.epochs and not history.stop_reason:
+        clock.start_training()
+        while trainer.epoch < config.epochs and stop is None:
             progress.start_epoch(trainer.epoch + 1)
             order, n_batches = trainer.epoch_order(), trainer.batches_per_epoch()
             first, epoch_start = trainer.batch_in_epoch, time.perf_counter()
             for b in range(first, n_batches):
-                loss = trainer.train_step(
-                    order[b * B : (b + 1) * B], stop.requested, stop.time_is_up()
-                )
+                rules.cast(trainer.votes)  # this rank's stop votes ride in the step
+                loss = trainer.train_step(order[b * B : (b + 1) * B])
                 beat.step = trainer.step  # what a supervisor watches (parallel/heartbeat)
                 progress.step(trainer.step, b + 1, n_batches, loss)
                 for callback in step_callbacks:
-                    callback.on_step(trainer.step, loss)
+                    rules.ask_callback(callback.on_step, trainer.step, loss)
                 if checkpoints:
-                    checkpoints.after_step(trainer)
-                if trainer.votes[STOP_VOTE]:  # the same reduced votes on every rank
-                    trainer.timeline.write()  # every rank is here: the trace is gathered
-                    if not checkpoints:
-                        raise Interrupted(
-                            f"stopped on request after step {trainer.step}; without "
-                            f"{config.name('checkpoint_dir')} there is nothing to resume from"
-                        )
-                    checkpoints.save(trainer)
-                    raise Preempted(f"stopped on request after step {trainer.step}")
-                if trainer.votes[TIME_VOTE]:
-                    history.stop_reason = (
-                        f"{config.name('max_time')} {config.max_time:g} s reached at step "
-                        f"{trainer.step}"
-                    )
+                    with clock.checkpointing():
+                        checkpoints.after_step(trainer)
+                stop = rules.after_step(trainer.votes, trainer.step)  # the same on every rank
+                if stop is None and _evaluates_now(config.eval_every, trainer.step, b, n_batches):
+                    record = evaluation_record(trainer, world, clock, run.validation)
+                    history.evaluations.append(record)
+                    log.write(record)
+                    stop = rules.after_evaluation(record)
+                if stop:
                     break
-            if history.stop_reason:
+            if stop:  # inside an epoch: no epoch record, a checkpoint to resume from
+                trainer.timeline.write()  # every rank is here: the trace is gathered
+                if stop.preempted and not checkpoints:
+                    raise Interrupted(
+                        f"{stop.reason}; without {config.name('checkpoint_dir')} there is "
+                        "nothing to resume from"
+                    )
                 if checkpoints:
-                    checkpoints.save(trainer)
+                    with clock.checkpointing():
+                        checkpoints.save(trainer)
+                if stop.preempted:
+                    raise Preempted(stop.reason)
                 break
 
             # The epoch's end: its record, then what hangs off it, one line each.
             rate = (len(order) - first * B) / max(time.perf_counter() - epoch_start, 1e-9)
-            phases = _time_split(trainer, world)
-            record = {
-                "epoch": trainer.epoch + 1,
-                "loss": trainer.end_epoch(),
-                "samples_per_sec": rate,
-                "elapsed_s": time.perf_counter() - start,
-                **_test_metrics(trainer, data),
-                "step": trainer.step,
-                # The rate of the epoch's last step (the schedule has taken t steps).
-                "lr": float(trainer.schedule.lr_schedule(max(trainer.schedule.t - 1, 0))),
-                "ranks": world.size,
-                "batch_size": trainer.batch_size,
-                "wall_s": wall_clock(),
-                **phases,
-            }
-            if run.validation is not None:
-                record["val_loss"], record["val_accuracy"] = trainer.evaluate(*run.validation)
+            record = epoch_record(trainer, world, trainer.end_epoch(), rate, clock, run.validation)
             history.append(record)
             log.write(record)
             progress.end_epoch(record)
             for callback in callbacks:
-                callback.on_epoch_end(record)
+                rules.ask_callback(callback.on_epoch_end, record)
+            stop = rules.after_epoch(record, trainer.epoch)
+            stop = rules.agree_at_epoch_end(world.allreduce_sum, trainer.step) or stop
             if checkpoints:
-                checkpoints.save(trainer)
-            if config.target_loss is not None and record["loss"] <= config.target_loss:
-                history.stop_reason = (
-                    f"training loss reached {config.name('target_loss')} {config.target_loss}"
-                )
-            elif early and early.should_stop(record["val_loss"], trainer.epoch):
-                history.stop_reason = (
-                    f"val_loss did not improve for {config.patience} epochs; "
-                    f"best weights from epoch {early.best_epoch}"
-                )
+                with clock.checkpointing():
+                    checkpoints.save(trainer)
 
     trainer.timeline.write()
+    history.stop_reason = stop.reason if stop else ""
     best_restored = early is not None and early.restore_best(trainer.epoch)
-    if history and not best_restored and history[-1]["epoch"] == trainer.epoch:
-        history.final = history[-1]
+    if history and not best_restored and history[-1]["step"] == trainer.step:
+        history.final = dict(history[-1])
     else:  # the weights kept are not those the last record describes
-        history.final = {"epoch": trainer.epoch, "loss": trainer.evaluate(data.x, data.y, None)[0]}
-        history.final |= _test_metrics(trainer, data) | {"samples_per_sec": rate}
+        with clock.evaluating():
+            loss = trainer.evaluate(trainer.data.x, trainer.data.y, None)[0]
+            history.final = {"loss": loss} | evaluations(trainer, run.validation)
+        if trainer.noise.steps:  # the steps since the last epoch record
+            history.final |= learning_speed(trainer, 0.0)
+    times = clock.fields()
+    trained = trainer.samples_seen() - first_samples
+    rate = trained / times["train_s"] if trained and times["train_s"] else 0.0
+    efficiency = history.final.get("efficiency")
+    history.final |= {
+        "epoch": trainer.epoch,
+        "batch": trainer.batch_in_epoch,
+        "step": trainer.step,
+        "samples": trainer.samples_seen(),
+        "samples_per_sec": rate,  # the run's, not the last epoch's
+        "goodput": rate * efficiency if efficiency is not None else None,
+        "steps_this_start": trainer.step - first_step,
+        **times,
+    }
+    hint = batch_hint(history.final.get("noise_scale"), trainer.batch_size, world.size)
+    if hint:
+        progress.say(f"note: {hint}")
     write_outputs(config, run.net, world, checkpoints.last_path if checkpoints else None)
     return history
 
 
-PHASE_KEYS = ("data_s", "compute_s", "allreduce_s", "update_s")
-
-
-def _time_split(trainer: Trainer, world: World) -> dict:
-    """The epoch's seconds per phase on rank 0, and which rank computed longest.
-
-    One small collective per epoch (never per step): each rank's four sums in its own
-    row of a zero matrix, summed, so every rank's record holds the same numbers.
-    """
-    rows = np.zeros((world.size, len(PHASE_KEYS)))
-    rows[world.rank] = trainer.take_phase_times()
-    world.allreduce_sum(rows)
-    compute = rows[:, 1]
-    split = dict(zip(PHASE_KEYS, rows[0].tolist(), strict=True))
-    return split | {"compute_s_max": float(compute.max()), "slowest_rank": int(compute.argmax())}
-
-
-def _test_metrics(trainer: Trainer, data: Dataset) -> dict:
-    if data.x_test is None:
-        return {"test_loss": None, "accuracy": None}
-    loss, accuracy = trainer.evaluate(data.x_test, data.y_test, data.labels_test)
-    return {"test_loss": loss, "accuracy": accuracy}
+def _evaluates_now(every: int, step: int, batch: int, n_batches: int) -> bool:
+    """``--eval-every``: after every ``every``-th step, but an epoch's last (its end evaluates)."""
+    return every > 0 and step % every == 0 and batch + 1 < n_batches

@@ -38,6 +38,7 @@ from distnn.run.declaring import (
     option,
 )
 from distnn.run.progress import PROGRESS_MODES
+from distnn.run.stopping import parse_target
 
 HIDDEN_ACTIVATIONS = tuple(a for a in ACTIVATIONS if a != "softmax")  # softmax: the loss's
 DTYPES = ("float32", "float64")
@@ -177,6 +178,19 @@ class TrainConfig:
         metavar="LOSS",
         bound=ZERO_OR_MORE,
     )
+    target: str | None = option(
+        None,
+        "stop once a metric reaches a target: accuracy>=0.97, test_loss<=0.05, "
+        "val_accuracy, val_loss or loss (the training loss); checked at each evaluation",
+        metavar="METRIC>=VALUE",
+    )
+    eval_every: int = option(
+        0,
+        "also evaluate the test (and validation) data every STEPS steps inside an epoch, "
+        "as records with eval: true; 0: at each epoch's end only (default: %(default)s)",
+        metavar="STEPS",
+        bound=ZERO_OR_MORE,
+    )
     max_time: float | None = option(
         None,
         "stop after this much training time (checkpoint and save as usual)",
@@ -269,6 +283,19 @@ class TrainConfig:
                 f"{name('patience')} needs a validation split: give {name('val_fraction')} too"
                 + ("" if self.spelling == "cli" else " or validation_data")
             )
+        if self.target is not None:
+            try:
+                target = parse_target(self.target)
+            except DistnnError as e:
+                raise DistnnError(f"{name('target')}: {e}") from None
+            if target.metric.startswith("val_") and not (
+                self.val_fraction or self.validation_given
+            ):
+                raise DistnnError(
+                    f"{name('target')} {target} needs a validation split: give "
+                    f"{name('val_fraction')} too"
+                    + ("" if self.spelling == "cli" else " or validation_data")
+                )
         if self.deterministic and self.overlap:
             raise DistnnError(f"{name('deterministic')} and {name('overlap')} cannot be combined")
         if not self.deterministic and self.virtual_shards != default_of("virtual_shards"):

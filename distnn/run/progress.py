@@ -202,4 +202,6 @@ class Progress:
         if record.get("accuracy") is not None:
             parts.append(f"accuracy {record['accuracy']:.4f}")
         parts.append(f"{record['samples_per_sec']:,.0f} samples/s")
+        if record.get("noise_scale") is not None:
+            parts.append(f"noise scale {record['noise_scale']:,.0f}")
         self._write(self.prefix + "  ".join(parts) + "\n", clear=True)

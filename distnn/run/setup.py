@@ -35,6 +35,7 @@ from distnn.parallel.world import World, check_launch
 from distnn.run.checkpointing import fingerprint_names, run_fingerprint
 from distnn.run.options import TrainConfig
 from distnn.run.outputs import check_no_output_over_an_input, check_outputs_writable
+from distnn.run.stopping import Target, parse_target
 
 
 @dataclass
@@ -113,6 +114,8 @@ def prepare_run(
         raise DistnnError(
             f"{config.name('loss')} cross-entropy needs class labels, but the targets are vectors"
         )
+    if config.target is not None:
+        check_target_measurable(parse_target(config.target), data, config.name("target"))
     sizes = [data.n_features, *config.hidden, data.n_outputs] if net is None else net.sizes
     V = config.virtual_shards if config.deterministic else None
     names = {k: config.name(k) for k in ("hidden", "batch_size", "virtual_shards")}
@@ -167,6 +170,17 @@ def prepare_run(
                 f"to continue that run, or choose another {config.name('checkpoint_dir')}"
             )
     return run
+
+
+def check_target_measurable(target: Target, data: Dataset, flag: str) -> None:
+    """DistnnError unless the run will measure what ``target`` watches."""
+    if target.metric in ("accuracy", "test_loss") and data.x_test is None:
+        raise DistnnError(
+            f"{flag} {target} needs test data, and the data set has none "
+            "(watch val_accuracy or val_loss with a validation split instead)"
+        )
+    if target.metric.endswith("accuracy") and not data.is_classification:
+        raise DistnnError(f"{flag} {target}: the targets are vectors, so there is no accuracy")
 
 
 def check_same_on_every_rank(run: Run, world: World) -> None:

@@ -1,0 +1,120 @@
+"""The records a run writes: one per epoch, and one per ``--eval-every`` evaluation.
+
+Each is built by one function from values every rank shares, so every rank's
+``History`` holds the same numbers (rank 0 also writes them to ``--metrics`` and
+TensorBoard). An evaluation record carries ``"eval": true``; readers that want epochs
+skip it (:func:`distnn.io.metrics_log.is_epoch`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from distnn.data.preprocess import Split
+from distnn.parallel.noise_scale import efficiency, steps_ratio
+from distnn.parallel.trainer import Trainer
+from distnn.parallel.world import World
+from distnn.run.clock import RunClock
+
+PHASE_KEYS = ("data_s", "compute_s", "allreduce_s", "update_s")
+
+
+def epoch_record(
+    trainer: Trainer,
+    world: World,
+    loss: float,
+    samples_per_sec: float,
+    clock: RunClock,
+    validation: Split | None,
+) -> dict[str, Any]:
+    """The epoch just closed (``trainer.end_epoch`` gave its mean ``loss``): its record.
+
+    Collective: the time split is summed over the ranks, the test and validation data
+    evaluated by all of them.
+    """
+    record = {
+        "epoch": trainer.epoch,
+        "loss": loss,
+        "samples_per_sec": samples_per_sec,
+        **_position(trainer, world),
+        **time_split(trainer, world),
+        **learning_speed(trainer, samples_per_sec),
+    }
+    with clock.evaluating():
+        record |= evaluations(trainer, validation)
+    return record | clock.fields()
+
+
+def evaluation_record(
+    trainer: Trainer, world: World, clock: RunClock, validation: Split | None
+) -> dict[str, Any]:
+    """An evaluation inside epoch ``epoch`` (the one under way), after step ``step``.
+
+    ``loss`` is the mean training loss of the epoch's steps so far. Collective.
+    """
+    seen = min(trainer.batch_in_epoch * trainer.batch_size, len(trainer.data.x))
+    record = {
+        "eval": True,
+        "epoch": trainer.epoch + 1,
+        "batch": trainer.batch_in_epoch,
+        "loss": trainer.epoch_loss_sum / max(seen, 1),
+        **_position(trainer, world),
+    }
+    with clock.evaluating():
+        record |= evaluations(trainer, validation)
+    return record | clock.fields()
+
+
+def _position(trainer: Trainer, world: World) -> dict[str, Any]:
+    return {
+        "step": trainer.step,
+        "samples": trainer.samples_seen(),
+        # The rate of the last step taken (the schedule has taken t steps).
+        "lr": float(trainer.schedule.lr_schedule(max(trainer.schedule.t - 1, 0))),
+        "ranks": world.size,
+        "batch_size": trainer.batch_size,
+    }
+
+
+def learning_speed(trainer: Trainer, samples_per_sec: float) -> dict[str, Any]:
+    """The epoch's gradient noise scale (:mod:`distnn.parallel.noise_scale`); the global
+    batch's ``steps_ratio`` S/S_min = 1 + B_noise/B and sample ``efficiency``
+    1/(1 + B/B_noise); ``goodput`` = samples/s × efficiency."""
+    noise = trainer.noise.take()
+    B = trainer.batch_size
+    eff = efficiency(noise["noise_scale"], B)
+    goodput = samples_per_sec * eff if eff is not None else None
+    return noise | {
+        "steps_ratio": steps_ratio(noise["noise_scale"], B),
+        "efficiency": eff,
+        "goodput": goodput,
+    }
+
+
+def evaluations(trainer: Trainer, validation: Split | None) -> dict[str, Any]:
+    """Test loss and accuracy (None without test data), validation's if there is a split."""
+    data = trainer.data
+    found: dict[str, Any] = {"test_loss": None, "accuracy": None}
+    if data.x_test is not None:
+        found["test_loss"], found["accuracy"] = trainer.evaluate(
+            data.x_test, data.y_test, data.labels_test
+        )
+    if validation is not None:
+        found["val_loss"], found["val_accuracy"] = trainer.evaluate(*validation)
+    return found
+
+
+def time_split(trainer: Trainer, world: World) -> dict[str, Any]:
+    """The epoch's seconds per phase on rank 0, and which rank computed longest.
+
+    One small collective per epoch (never per step): each rank's four sums in its own
+    row of a zero matrix, summed, so every rank's record holds the same numbers.
+    """
+    rows = np.zeros((world.size, len(PHASE_KEYS)))
+    rows[world.rank] = trainer.take_phase_times()
+    world.allreduce_sum(rows)
+    compute = rows[:, 1]
+    split = dict(zip(PHASE_KEYS, rows[0].tolist(), strict=True))
+    return split | {"compute_s_max": float(compute.max()), "slowest_rank": int(compute.argmax())}
