@@ -250,7 +250,8 @@ def test_both_transports_give_one_ranks_bits_and_sum_the_votes(scatter):
     world = World()
     params, votes = train(world, scatter)
     assert params == train(World(MPI.COMM_SELF), False)[0]
-    assert votes == [[1, world.size * (step % 2), int(world.size > 1)] for step in range(len(votes))]
+    want = [[1, world.size * (step % 2), int(world.size > 1)] for step in range(len(votes))]
+    assert votes == want
 
 
 @pytest.mark.mpi(min_size=2)
