@@ -9,6 +9,12 @@ the silent rank (or the one stuck in another phase) in one line and aborts the j
 :data:`~distnn.errors.EXIT_HUNG`. Rank 1 judges only rank 0, in case rank 0 is the one
 that froze. A checkpoint is written atomically, so the newest one stays valid.
 
+The beats are signed with a key rank 0 draws and broadcasts over MPI (no environment, no
+file): a datagram from anyone else is dropped and counted, never believed. The judges
+listen on loopback when every rank is on this host, else on the one address the host
+name resolves to, never on every interface. The judging thread outlives any error in a
+poll (counted in ``errors``): a watchdog that died would let a frozen rank hang the job.
+
 Not armed before the first step (data loading may take long), nor with ``--watchdog 0``.
 """
 
@@ -19,6 +25,7 @@ import socket
 import threading
 
 from distnn.errors import EXIT_HUNG
+from distnn.parallel.beat_codec import new_key
 from distnn.parallel.heartbeat import ATTEMPT_VARIABLE, Heartbeat, HeartbeatListener
 from distnn.parallel.world import World
 
@@ -31,18 +38,24 @@ class Watchdog:
         ``what`` is how a message names the option that set the floor."""
         self.world, self.floor_s, self.what = world, floor_s, what
         self.listener: HeartbeatListener | None = None
+        self.errors = 0  # polls or judgements that raised, survived
         self._stop = threading.Event()
         if not floor_s or world.size == 1:
             return
+        # Collective, on every rank: the key comes with the judges' addresses below.
+        spans_hosts = world.local_size() < world.size
+        key = world.bcast_object(new_key() if world.rank == 0 else None)
         if world.rank in (0, 1):  # the judges: rank 0 of all, rank 1 of rank 0
             try:
-                self.listener = HeartbeatListener(socket.gethostname(), bind="0.0.0.0")
-                self.listener.reset(os.environ.get(ATTEMPT_VARIABLE, ""), 0, beat.interval)
+                self.listener = HeartbeatListener(key, job_address(spans_hosts))
+                self.listener.reset(
+                    os.environ.get(ATTEMPT_VARIABLE, ""), 0, beat.interval, world.size
+                )
             except OSError:  # no UDP here: this judge stays away, the run goes on
                 self.listener = None
         gathered = world.gather_object(self.listener.address if self.listener else None)
         judges = world.bcast_object(gathered[:2] if gathered else None)
-        beat.also([a for a in (judges if world.rank == 0 else judges[:1]) if a])
+        beat.also([a for a in (judges if world.rank == 0 else judges[:1]) if a], key)
         beat.start()
         threading.Thread(target=self._watch, name="distnn-watchdog", daemon=True).start()
 
@@ -60,22 +73,40 @@ class Watchdog:
             return
         while not self._stop.wait(listener.interval):
             try:
-                listener.poll()
-            except OSError:  # closed on the way out
-                return
-            if listener.first_advance_at is None:
-                continue  # not armed before the first step
-            limit = max(self.floor_s, FACTOR * listener.longest_gap)
-            if listener.stalled_for() <= limit:
+                verdict = self._judge(listener)
+            except Exception:  # the judge must outlive whatever one poll met
+                self.errors += 1
                 continue
-            culprits, why = listener.diagnose(self.world.size)
-            if self.world.rank == 1 and culprits != [0]:
-                continue  # rank 1 only stands in for a silent rank 0
-            self._end(f"no step finished for {listener.stalled_for():.0f} s ({self.what} "
-                      f"{self.floor_s:g}): {why}; ending the job (exit {EXIT_HUNG})")  # fmt: skip
-            return
+            if verdict:
+                self._end(verdict)
+                return
+
+    def _judge(self, listener: HeartbeatListener) -> str | None:
+        """Why the job must end now, or None."""
+        listener.poll()
+        if listener.first_advance_at is None:
+            return None  # not armed before the first step
+        limit = max(self.floor_s, FACTOR * listener.longest_gap)
+        if listener.stalled_for() <= limit:
+            return None
+        culprits, why = listener.diagnose(self.world.size)
+        if self.world.rank == 1 and culprits != [0]:
+            return None  # rank 1 only stands in for a silent rank 0
+        return (f"no step finished for {listener.stalled_for():.0f} s ({self.what} "
+                f"{self.floor_s:g}): {why}; ending the job (exit {EXIT_HUNG})")  # fmt: skip
 
     def _end(self, message: str) -> None:
         if self._stop.is_set():
             return
         self.world.say_and_abort(f"distnn: error: {message}\n", EXIT_HUNG)
+
+
+def job_address(spans_hosts: bool) -> str:
+    """Where a judge listens: loopback when the whole job is on this host, else the address
+    this host's name resolves to (the one the other hosts reach it by)."""
+    if not spans_hosts:
+        return "127.0.0.1"
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:  # no name to resolve: the other hosts could not reach us anyway
+        return "127.0.0.1"

@@ -7,6 +7,13 @@ orphaned by a dead launcher are re-parented to it, and the job is every descenda
 the supervisor. Ending it: SIGTERM to all of them, a grace period, then SIGKILL to the
 survivors (MPICH ranks spinning in a collective ignore SIGTERM; a stopped rank only
 dies of SIGKILL).
+
+A pid a heartbeat reported is only a hint (for ranks a dead launcher left behind where
+re-parenting does not bring them here, e.g. under ``srun`` or without a subreaper): it
+is signalled only if the process is verifiably the job's own, in the launcher's session
+or carrying the job's secret mark in the environment it was started with
+(``/proc/PID/environ``, readable only by its own user and root). Never because a
+datagram named it.
 """
 
 from __future__ import annotations
@@ -83,8 +90,11 @@ def reap(keep: int) -> None:
 class Job:
     """One attempt's launcher process and everything it started."""
 
-    def __init__(self, command: list[str], env: dict[str, str]) -> None:
+    def __init__(self, command: list[str], env: dict[str, str], mark: str | None = None) -> None:
+        """Start ``command``; ``mark`` (``NAME=secret``, one of ``env``'s entries) is what
+        tells the job's processes from others: none but the job's was started with it."""
         self.command = command
+        self._mark = mark.encode() if mark else None
         self.proc = subprocess.Popen(
             command, env=env, start_new_session=True, stderr=subprocess.PIPE, text=True,
             errors="replace", preexec_fn=_term_when_parent_dies,
@@ -148,8 +158,28 @@ class Job:
         self.proc.poll()
 
     def _alive(self, extra_pids: list[int]) -> list[int]:
-        pids = set(descendants(os.getpid())) | {p for p in extra_pids if _running(p)}
-        return sorted(pids)
+        extra = {p for p in extra_pids if _running(p) and self.owns(p)}
+        return sorted(set(descendants(os.getpid())) | extra)
+
+    def owns(self, pid: int) -> bool:
+        """Whether ``pid`` is verifiably one of this job's processes: in the session the
+        launcher leads, or started with the job's mark in its environment."""
+        if pid <= 1 or pid == os.getpid():
+            return False
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                session = int(f.read().rsplit(")", 1)[1].split()[3])
+        except (OSError, ValueError, IndexError):
+            return False
+        if session == self.proc.pid:  # start_new_session: the launcher leads its session
+            return True
+        if self._mark is None:
+            return False
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                return self._mark in f.read().split(b"\0")
+        except OSError:  # another user's process, or gone
+            return False
 
 
 def _running(pid: int) -> bool:

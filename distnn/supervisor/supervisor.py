@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from distnn.errors import EXIT_GAVE_UP, EXIT_PREEMPTED
 from distnn.io.checkpoints import newest_step
+from distnn.parallel.beat_codec import KEY_VARIABLE, new_key
 from distnn.parallel.heartbeat import (
     ADDRESS_VARIABLE,
     ATTEMPT_VARIABLE,
@@ -85,13 +86,16 @@ class Supervisor:
         self.stop_signal: int | None = None
         self.attempts: list[Attempt] = []
         self.longest_gap = 0.0  # between two steps, over every attempt so far
+        # The run's heartbeat secret: its ranks sign their beats with it (given in the
+        # environment, never on a command line), and the job's processes carry it.
+        self.key = new_key()
 
     # --- the loop ---------------------------------------------------------------------
 
     def run(self) -> int:
         become_subreaper()
         previous = {s: signal.signal(s, self._stop) for s in (signal.SIGTERM, signal.SIGINT)}
-        listener = HeartbeatListener()
+        listener = HeartbeatListener(self.key)
         try:
             return self._loop(listener)
         finally:
@@ -157,8 +161,11 @@ class Supervisor:
 
     def _start(self, attempt: Attempt, listener: HeartbeatListener) -> Job:
         number, ranks = attempt.number, attempt.ranks
-        listener.reset(str(number), attempt.from_step, interval_for(ranks))
-        env = {**os.environ, ADDRESS_VARIABLE: listener.address, ATTEMPT_VARIABLE: str(number)}
+        listener.reset(str(number), attempt.from_step, interval_for(ranks), ranks)
+        env = {
+            **os.environ, ADDRESS_VARIABLE: listener.address, ATTEMPT_VARIABLE: str(number),
+            KEY_VARIABLE: self.key.hex(),
+        }  # fmt: skip
         train = [*self.train_args, *(() if "--resume" in self.train_args else ("--resume",))]
         shown = " ".join([*self.launcher(ranks), "python -m distnn.train", *train])
         self.log.event(
@@ -166,7 +173,8 @@ class Supervisor:
             attempt=number, ranks=ranks, from_step=attempt.from_step,
         )  # fmt: skip
         self.log.flush()  # the job is not running yet: nobody else writes the file
-        return Job([*self.launcher(ranks), sys.executable, "-m", "distnn.train", *train], env)
+        command = [*self.launcher(ranks), sys.executable, "-m", "distnn.train", *train]
+        return Job(command, env, mark=f"{KEY_VARIABLE}={self.key.hex()}")
 
     def _watch(self, job: Job, listener: HeartbeatListener, attempt: Attempt) -> str | None:
         """Until the job ends: stop it on request, grow it when slots return, tear it down
