@@ -143,34 +143,31 @@ class LRScheduleError(DistnnError):
     message names the spec and the valid forms."""
 
 
-class _Unreadable(Exception):
-    """Why a spec cannot be read, before the message names the spec (never escapes)."""
-
-
 def steps_of(text: str, steps_per_epoch: int | None, what: str) -> int:
     """A count of steps written as steps (``"90"``) or epochs (``"2ep"``, ``"0.5ep"``).
 
     Epochs resolve to ⌈N · steps_per_epoch⌉ steps, with N read as the exact decimal it
     is written as (so ``0.1ep`` of 30 steps is 3, not 4 from 0.1·30 = 3.0000000000000004):
     a whole number of epochs is exact, a fraction rounds up, so the count covers at
-    least the epochs asked for and is never 0.
+    least the epochs asked for and is never 0. ``LRScheduleError`` names ``what``
+    when ``text`` is neither.
     """
     text = text.strip()
     if not text.endswith("ep"):
         try:
             return int(text)
         except ValueError:
-            raise _Unreadable(f"{what} {text!r} is not a whole number of steps") from None
+            raise LRScheduleError(f"{what} {text!r} is not a whole number of steps") from None
     if steps_per_epoch is None:
-        raise _Unreadable(f"{what} {text!r} in epochs needs the data size")
+        raise LRScheduleError(f"{what} {text!r} in epochs needs the data size")
     try:  # float first: an absurd exponent is inf there, not a huge exact Fraction
         if not math.isfinite(float(text[:-2])):
             raise ValueError
         epochs = Fraction(text[:-2].strip())
     except ValueError:
-        raise _Unreadable(f"{what} {text!r} is not a number of epochs") from None
+        raise LRScheduleError(f"{what} {text!r} is not a number of epochs") from None
     if epochs <= 0:
-        raise _Unreadable(f"{what} {text!r} must be more than 0 epochs")
+        raise LRScheduleError(f"{what} {text!r} must be more than 0 epochs")
     return math.ceil(epochs * steps_per_epoch)
 
 
@@ -186,7 +183,7 @@ def parse_lr_schedule(
     _positive("learning rate", lr)
     try:
         return _build(spec, lr, total_steps, steps_per_epoch)
-    except (_Unreadable, DistnnError) as exc:  # a reason: the constructors' checks too
+    except DistnnError as exc:  # the reason, from the reading or a constructor's check
         raise LRScheduleError(
             f"bad learning-rate schedule {spec!r}: {exc}; valid forms: {VALID_FORMS}"
         ) from None
@@ -197,9 +194,9 @@ def _build(spec: str, lr: float, total_steps: int, steps_per_epoch: int | None) 
     name, *args = [p.strip() for p in base.split(":")]
     nargs = {"constant": (0,), "step": (2,), "exp": (1,), "inverse": (1,), "cosine": (0, 1)}
     if name not in nargs:
-        raise _Unreadable(f"unknown schedule {name!r}")
+        raise LRScheduleError(f"unknown schedule {name!r}")
     if len(args) not in nargs[name]:
-        raise _Unreadable(f"wrong number of ':' arguments for {name!r}")
+        raise LRScheduleError(f"wrong number of ':' arguments for {name!r}")
     if name == "step":
         every = steps_of(args[0], steps_per_epoch, "step decay 'every'")
         schedule: LRSchedule = StepDecay(lr, every, _number(args[1]))
@@ -211,7 +208,7 @@ def _build(spec: str, lr: float, total_steps: int, steps_per_epoch: int | None) 
     if plus:
         wname, colon, n = warm.strip().partition(":")
         if wname.strip() != "warmup" or not colon:
-            raise _Unreadable(f"expected '+warmup:N' after the schedule, got {'+' + warm!r}")
+            raise LRScheduleError(f"expected '+warmup:N' after the schedule, got {'+' + warm!r}")
         schedule = Warmup(schedule, steps_of(n, steps_per_epoch, "warmup"))
     return schedule
 
@@ -220,4 +217,4 @@ def _number(text: str) -> float:
     try:
         return float(text)
     except ValueError:
-        raise _Unreadable(f"{text!r} is not a number") from None
+        raise LRScheduleError(f"{text!r} is not a number") from None
