@@ -18,6 +18,7 @@ from distnn.engine.lr_schedules import (
     LRScheduleError,
     StepDecay,
     Warmup,
+    in_steps,
     parse_lr_schedule,
     steps_of,
 )
@@ -87,6 +88,23 @@ def test_steps_of_counts_in_epochs(text, per_epoch, steps):
 def test_parse_lr_schedule_with_epochs(spec, expected):
     s = parse_lr_schedule(spec, 0.1, 200, steps_per_epoch=10)
     assert repr(s) == repr(expected)
+
+
+@pytest.mark.parametrize(
+    ("spec", "resolved"),
+    [
+        ("constant", "constant"),
+        ("step:10:0.5", "step:10:0.5"),  # 'step' ends in 'ep' but is no count
+        ("step:2ep:0.5", "step:20:0.5"),
+        ("cosine:0.001+warmup:0.25ep", "cosine:0.001+warmup:3"),
+        ("exp:0.99+warmup:5", "exp:0.99+warmup:5"),
+    ],
+)
+def test_in_steps_rewrites_only_counts(spec, resolved):
+    assert in_steps(spec, 10) == resolved
+    assert repr(parse_lr_schedule(resolved, 0.1, 200)) == repr(
+        parse_lr_schedule(spec, 0.1, 200, steps_per_epoch=10)
+    )
 
 
 @pytest.mark.parametrize(

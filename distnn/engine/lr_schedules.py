@@ -218,3 +218,17 @@ def _number(text: str) -> float:
         return float(text)
     except ValueError:
         raise LRScheduleError(f"{text!r} is not a number") from None
+
+
+def in_steps(spec: str, steps_per_epoch: int) -> str:
+    """A spec that :func:`parse_lr_schedule` read without error, with each count given
+    in epochs written in steps: ``cosine+warmup:2ep`` → ``cosine+warmup:90``."""
+    base, plus, warm = spec.strip().partition("+")
+    name, *args = [p.strip() for p in base.split(":")]
+    if name == "step":
+        args[0] = str(steps_of(args[0], steps_per_epoch, "step decay 'every'"))
+    resolved = ":".join([name, *args])
+    if plus:
+        _, _, n = warm.partition(":")
+        resolved += f"+warmup:{steps_of(n, steps_per_epoch, 'warmup')}"
+    return resolved

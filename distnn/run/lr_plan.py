@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from distnn.engine.lr_scaling import describe_factor, lr_factor
-from distnn.engine.lr_schedules import LRSchedule, Warmup, parse_lr_schedule, steps_of
+from distnn.engine.lr_schedules import LRSchedule, Warmup, in_steps, parse_lr_schedule
 from distnn.run.options import TrainConfig
 
 
@@ -79,18 +79,7 @@ def resolve_lr(config: TrainConfig, train_rows: int) -> LRPlan:
         base_batch=config.base_batch,
         peak=peak,
         spec=config.lr_schedule,
-        in_steps=_in_steps(config.lr_schedule, steps_per_epoch),
+        in_steps=in_steps(config.lr_schedule, steps_per_epoch),
         steps_per_epoch=steps_per_epoch,
         schedule=schedule,
-    )
-
-
-def _in_steps(spec: str, steps_per_epoch: int) -> str:
-    """``spec`` (already read without error) with each count in epochs given in steps."""
-    return "+".join(
-        ":".join(
-            str(steps_of(token, steps_per_epoch, "")) if token.strip().endswith("ep") else token
-            for token in part.split(":")
-        )
-        for part in spec.split("+")
     )
