@@ -86,7 +86,8 @@ def test_every_option_travels_through_toml_and_the_command_line(tmp_path):
     """A config with every option away from its default comes back whole from TOML."""
     changed = TrainConfig(
         dataset="synthetic:100:4:3", hidden=(7, 5), activation="tanh", activations=None,
-        loss="cross-entropy", schedule="sgd", lr=0.5, lr_schedule="exp:0.9", batch_size=9,
+        loss="cross-entropy", schedule="sgd", lr=0.5, lr_schedule="exp:0.9",
+        lr_scaling="sqrt", base_batch=16, batch_size=9,
         epochs=3, seed=4, dtype="float64", save="m.npz", metrics="m.jsonl", quiet=True,
         checkpoint_dir="ck", checkpoint_every=5, keep_checkpoints=2, resume=True,
         overlap=False, deterministic=True, virtual_shards=2, label_column="k",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import math
 import numbers
+from fractions import Fraction
 
 from distnn.errors import DistnnError
 
@@ -132,53 +133,102 @@ def as_lr_schedule(x: LRSchedule | float) -> LRSchedule:
 
 VALID_FORMS = (
     "constant, step:EVERY:GAMMA, exp:GAMMA, inverse:K, cosine, cosine:MIN_LR, "
-    "each optionally followed by +warmup:N (e.g. cosine+warmup:100)"
+    "each optionally followed by +warmup:N (e.g. cosine+warmup:100); EVERY and N are "
+    "steps, or epochs with 'ep' (step:2ep:0.5, +warmup:0.5ep)"
 )
 
 
-def parse_lr_schedule(spec: str, lr: float, total_steps: int) -> LRSchedule:
+class LRScheduleError(DistnnError):
+    """A ``--lr-schedule`` spec that cannot be read or holds an invalid value; the
+    message names the spec and the valid forms."""
+
+
+def steps_of(text: str, steps_per_epoch: int | None, what: str) -> int:
+    """A count of steps written as steps (``"90"``) or epochs (``"2ep"``, ``"0.5ep"``).
+
+    Epochs resolve to ⌈N · steps_per_epoch⌉ steps, with N read as the exact decimal it
+    is written as (so ``0.1ep`` of 30 steps is 3, not 4 from 0.1·30 = 3.0000000000000004):
+    a whole number of epochs is exact, a fraction rounds up, so the count covers at
+    least the epochs asked for and is never 0. ``LRScheduleError`` names ``what``
+    when ``text`` is neither.
+    """
+    text = text.strip()
+    if not text.endswith("ep"):
+        try:
+            return int(text)
+        except ValueError:
+            raise LRScheduleError(f"{what} {text!r} is not a whole number of steps") from None
+    if steps_per_epoch is None:
+        raise LRScheduleError(f"{what} {text!r} in epochs needs the data size")
+    try:  # float first: an absurd exponent is inf there, not a huge exact Fraction
+        if not math.isfinite(float(text[:-2])):
+            raise ValueError
+        epochs = Fraction(text[:-2].strip())
+    except ValueError:
+        raise LRScheduleError(f"{what} {text!r} is not a number of epochs") from None
+    if epochs <= 0:
+        raise LRScheduleError(f"{what} {text!r} must be more than 0 epochs")
+    return math.ceil(epochs * steps_per_epoch)
+
+
+def parse_lr_schedule(
+    spec: str, lr: float, total_steps: int, steps_per_epoch: int | None = None
+) -> LRSchedule:
     """Build a schedule from a command-line ``spec`` (see ``VALID_FORMS``).
 
-    ``lr`` is the base (peak) learning rate; ``total_steps`` is used by ``cosine``.
-    Raises ``DistnnError`` on a malformed spec or invalid value.
+    ``lr`` is the base (peak) learning rate; ``total_steps`` is used by ``cosine``;
+    ``steps_per_epoch`` turns counts given in epochs into steps (see :func:`steps_of`).
+    Raises ``LRScheduleError`` on a malformed spec or invalid value.
     """
     _positive("learning rate", lr)
+    try:
+        return _build(spec, lr, total_steps, steps_per_epoch)
+    except DistnnError as exc:  # the reason, from the reading or a constructor's check
+        raise LRScheduleError(
+            f"bad learning-rate schedule {spec!r}: {exc}; valid forms: {VALID_FORMS}"
+        ) from None
 
-    def bad(reason: str) -> DistnnError:
-        return DistnnError(
-            f"bad learning-rate schedule {spec!r}: {reason}; valid forms: {VALID_FORMS}"
-        )
 
+def _build(spec: str, lr: float, total_steps: int, steps_per_epoch: int | None) -> LRSchedule:
     base, plus, warm = spec.strip().partition("+")
     name, *args = [p.strip() for p in base.split(":")]
     nargs = {"constant": (0,), "step": (2,), "exp": (1,), "inverse": (1,), "cosine": (0, 1)}
     if name not in nargs:
-        raise bad(f"unknown schedule {name!r}")
+        raise LRScheduleError(f"unknown schedule {name!r}")
     if len(args) not in nargs[name]:
-        raise bad(f"wrong number of ':' arguments for {name!r}")
-    try:
-        nums = [float(a) for a in args]
-        if name == "step":
-            nums[0] = int(args[0])
-        if name == "cosine":
-            schedule: LRSchedule = Cosine(lr, total_steps, *nums)
-        else:
-            cls = {
-                "constant": Constant,
-                "step": StepDecay,
-                "exp": Exponential,
-                "inverse": InverseTime,
-            }[name]
-            schedule = cls(lr, *nums)
-        if plus:
-            wname, colon, n = warm.strip().partition(":")
-            if wname.strip() != "warmup" or not colon:
-                raise bad(f"expected '+warmup:N' after the schedule, got {'+' + warm!r}")
-            schedule = Warmup(schedule, int(n))
-    except ValueError as exc:
-        raise bad(f"not a number ({exc})") from None
-    except DistnnError as exc:
-        if str(exc).startswith("bad learning-rate schedule"):
-            raise
-        raise bad(str(exc)) from None
+        raise LRScheduleError(f"wrong number of ':' arguments for {name!r}")
+    if name == "step":
+        every = steps_of(args[0], steps_per_epoch, "step decay 'every'")
+        schedule: LRSchedule = StepDecay(lr, every, _number(args[1]))
+    elif name == "cosine":
+        schedule = Cosine(lr, total_steps, *map(_number, args))
+    else:
+        cls = {"constant": Constant, "exp": Exponential, "inverse": InverseTime}[name]
+        schedule = cls(lr, *map(_number, args))
+    if plus:
+        wname, colon, n = warm.strip().partition(":")
+        if wname.strip() != "warmup" or not colon:
+            raise LRScheduleError(f"expected '+warmup:N' after the schedule, got {'+' + warm!r}")
+        schedule = Warmup(schedule, steps_of(n, steps_per_epoch, "warmup"))
     return schedule
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise LRScheduleError(f"{text!r} is not a number") from None
+
+
+def in_steps(spec: str, steps_per_epoch: int) -> str:
+    """A spec that :func:`parse_lr_schedule` read without error, with each count given
+    in epochs written in steps: ``cosine+warmup:2ep`` → ``cosine+warmup:90``."""
+    base, plus, warm = spec.strip().partition("+")
+    name, *args = [p.strip() for p in base.split(":")]
+    if name == "step":
+        args[0] = str(steps_of(args[0], steps_per_epoch, "step decay 'every'"))
+    resolved = ":".join([name, *args])
+    if plus:
+        _, _, n = warm.partition(":")
+        resolved += f"+warmup:{steps_of(n, steps_per_epoch, 'warmup')}"
+    return resolved

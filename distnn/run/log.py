@@ -18,13 +18,22 @@ from distnn.engine.network import Network
 from distnn.io.metrics_log import MetricsLog
 from distnn.parallel.threads import blas_name
 from distnn.parallel.world import World
+from distnn.run.lr_plan import LRPlan
 from distnn.run.options import TrainConfig
 
 
 def header_text(
-    config: TrainConfig, data: Dataset, net: Network, world: World, threads: int, source: str
+    config: TrainConfig,
+    data: Dataset,
+    net: Network,
+    world: World,
+    threads: int,
+    source: str,
+    lr_plan: LRPlan | None = None,
 ) -> str:
-    """The two lines a run prints first: versions and resources, then data and network."""
+    """The two lines a run prints first: versions and resources, then data and network
+    with the learning rate as resolved (``lr_plan``; None: as given)."""
+    lr = lr_plan.text() if lr_plan else f"lr {config.lr} ({config.lr_schedule})"
     test = f", {len(data.x_test)} test" if data.x_test is not None else ""
     deterministic = (
         f" | deterministic, {config.virtual_shards} virtual shards" if config.deterministic else ""
@@ -33,14 +42,17 @@ def header_text(
         f"distnn {__version__} | {world.library_version()} | {world.size} rank(s) | "
         f"BLAS {blas_name()}, {threads} thread(s) per rank ({source})\n"
         f"data {data.name}: {len(data.x)} train{test}, {data.n_features} features | "
-        f"network {net.describe()} | {config.schedule} lr {config.lr} "
-        f"({config.lr_schedule}) | batch {config.batch_size} | {config.epochs} epochs"
-        + deterministic
+        f"network {net.describe()} | {config.schedule} {lr} | batch {config.batch_size} | "
+        f"{config.epochs} epochs" + deterministic
     )
 
 
-def header_record(config: TrainConfig, world: World, threads: int) -> dict[str, Any]:
-    """The metrics file's first record (one per start of the run)."""
+def header_record(
+    config: TrainConfig, world: World, threads: int, lr_plan: LRPlan | None = None
+) -> dict[str, Any]:
+    """The metrics file's first record (one per start of the run); ``lr_resolved``: the
+    learning rate as ``lr_plan`` resolved it (absent for a schedule instance)."""
+    resolved = {"lr_resolved": lr_plan.record()} if lr_plan else {}
     return {
         "header": True,
         "distnn": __version__,
@@ -49,6 +61,7 @@ def header_record(config: TrainConfig, world: World, threads: int) -> dict[str, 
         "threads": threads,
         "ranks": world.size,
         "config": config.to_dict(),
+        **resolved,
     }
 
 

@@ -111,7 +111,9 @@ def train_config(
             steps=world.is_root,
         )
         if not config.quiet:
-            progress.say(header_text(run.config, run.data, run.net, world, threads, source))
+            progress.say(
+                header_text(run.config, run.data, run.net, world, threads, source, run.lr_plan)
+            )
             if ranks_on_node > usable_cores():
                 progress.say(
                     f"note: {ranks_on_node} ranks share {usable_cores()} cores on this node "
@@ -120,7 +122,7 @@ def train_config(
                 )
             for note in run.notes:
                 progress.say(f"note: {note}")
-        head = header_record(run.config, world, threads)
+        head = header_record(run.config, world, threads, run.lr_plan)
         with Watchdog(world, config.watchdog, beat, config.name("watchdog")):
             return _train(run, world, progress, requests, beat, callbacks, head, clock)
 

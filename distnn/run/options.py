@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from distnn.data.load import dataset_path
 from distnn.engine.activations import ACTIVATIONS
 from distnn.engine.losses import LOSSES
+from distnn.engine.lr_scaling import LR_SCALINGS
 from distnn.errors import DistnnError
 from distnn.parallel.timeline import parse_steps
 from distnn.run import declaring
@@ -42,6 +43,7 @@ from distnn.run.stopping import parse_target
 
 HIDDEN_ACTIVATIONS = tuple(a for a in ACTIVATIONS if a != "softmax")  # softmax: the loss's
 DTYPES = ("float32", "float64")
+DEFAULT_BATCH = 32  # --batch-size's default, and --base-batch's: the default --lr's batch
 
 
 @dataclass
@@ -91,11 +93,26 @@ class TrainConfig:
     lr_schedule: str = option(
         "constant",
         "constant | step:EVERY:GAMMA | exp:GAMMA | inverse:K | cosine[:MIN_LR], "
-        "optionally +warmup:N",
+        "optionally +warmup:N; EVERY and N in steps, or in epochs as 2ep, 0.5ep",
+        fingerprint=True,
+    )
+    lr_scaling: str = option(
+        "none",
+        "scale --lr with the global batch B: linear (× B/B0, Goyal et al. 2017) | sqrt "
+        "(× √(B/B0), Krizhevsky 2014) | none (default: %(default)s)",
+        choices=LR_SCALINGS,
+        fingerprint=True,
+    )
+    base_batch: int = option(
+        DEFAULT_BATCH,
+        "with --lr-scaling: the global batch B0 that --lr is tuned for (default: "
+        "%(default)s, the default --batch-size, which the default --lr goes with)",
+        metavar="B0",
+        bound=AT_LEAST_1,
         fingerprint=True,
     )
     batch_size: int = option(
-        32,
+        DEFAULT_BATCH,
         "global batch size, split across ranks (default: %(default)s)",
         bound=AT_LEAST_1,
         fingerprint=True,
@@ -302,6 +319,11 @@ class TrainConfig:
             raise DistnnError(
                 f"{name('virtual_shards')} {self.virtual_shards} has no effect without "
                 f"{name('deterministic')}"
+            )
+        if self.lr_scaling == "none" and self.base_batch != default_of("base_batch"):
+            raise DistnnError(
+                f"{name('base_batch')} {self.base_batch} has no effect without "
+                f"{name('lr_scaling')} linear or sqrt"
             )
         if self.trace_steps is not None:
             if not self.trace:

@@ -18,7 +18,6 @@ import numpy as np
 from distnn.data import Dataset, load_dataset
 from distnn.data.dataset import Source, classification, from_arrays
 from distnn.data.preprocess import Split, fit_standardization, split_validation, standardize
-from distnn.engine.lr_schedules import parse_lr_schedule
 from distnn.engine.network import Network
 from distnn.engine.schedules import GradientUpdateSchedule, make_schedule
 from distnn.errors import DistnnError
@@ -33,6 +32,7 @@ from distnn.parallel.timeline import Timeline, parse_steps
 from distnn.parallel.trainer import Trainer, make_reducer
 from distnn.parallel.world import World, check_launch
 from distnn.run.checkpointing import fingerprint_names, run_fingerprint
+from distnn.run.lr_plan import LRPlan, resolve_lr
 from distnn.run.options import TrainConfig
 from distnn.run.outputs import check_no_output_over_an_input, check_outputs_writable
 from distnn.run.stopping import Target, parse_target
@@ -53,6 +53,7 @@ class Run:
     resumed: bool = False
     run_state: dict = field(default_factory=dict)  # restored: wall_s, early stopping
     run_arrays: dict = field(default_factory=dict)
+    lr_plan: LRPlan | None = None  # None: fit was given a schedule instance
 
     def restore(self, world: World) -> None:
         """Every rank continues from the checkpoint rank 0 found (if any)."""
@@ -142,10 +143,15 @@ def prepare_run(
             x_val = (validation.x - net.input_mean) / net.input_std
             validation = validation._replace(x=x_val.astype(net.dtype))
 
-    steps_per_epoch = -(-len(data.x) // min(config.batch_size, len(data.x)))
+    lr_plan = None
     if schedule is None:
-        lr = parse_lr_schedule(config.lr_schedule, config.lr, steps_per_epoch * config.epochs)
-        schedule = make_schedule(config.schedule, lr)
+        lr_plan = resolve_lr(config, len(data.x))  # the training rows: after the split
+        schedule = make_schedule(config.schedule, lr_plan.schedule)
+    elif config.lr_scaling != "none":
+        raise DistnnError(
+            f"{config.name('lr_scaling')} scales {config.name('lr')}, which a schedule "
+            "instance does not use: give it the scaled learning rate itself"
+        )
     reducer = make_reducer(net, world, overlap=config.overlap, virtual_shards=V)
     timeline = Timeline(world, config.trace, parse_steps(config.trace_steps))
     trainer = Trainer(net, schedule, data, world, config.batch_size, reducer, config.seed, timeline)
@@ -156,7 +162,7 @@ def prepare_run(
             f"{config.name('virtual_shards')} to use them",
         )
     fingerprint = run_fingerprint(config, net, data_hash, len(data.x))
-    run = Run(config, data, net, trainer, fingerprint, validation, notes=notes)
+    run = Run(config, data, net, trainer, fingerprint, validation, notes=notes, lr_plan=lr_plan)
     if world.is_root:  # find out now, not after hours of training, that an output can't land
         check_outputs_writable(config)
         if config.checkpoint_dir and config.resume:
