@@ -1,5 +1,5 @@
 """One declaration of the run's options drives the CLI, fit, TOML, the resume
-fingerprint, the path checks and the README's tables: each derived piece is checked
+fingerprint, the path checks and the documentation's tables: each derived piece is checked
 against the declaration here, so a new option cannot be half added."""
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from distnn.errors import DistnnError
 from distnn.run.checkpointing import fingerprint_names, run_fingerprint
 from distnn.run.options import TrainConfig, declared, flag_of, read_toml
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+OPTIONS_PAGE = (DOCS / "options.md").read_text(encoding="utf-8")  # the options, by group
+FAULTS_PAGE = (DOCS / "faults.md").read_text(encoding="utf-8")  # what resume must match
 OPTIONS = [f.name for f, _ in declared()]
 NET = distnn.Network([4, 5, 3], seed=0)
 
@@ -147,14 +149,14 @@ def test_paths_come_from_the_declaration():
     assert ("save", "m.npz") in fit_config.outputs()
 
 
-def readme_options_table() -> list[str]:
-    section = README.split("## Options", 1)[1].split("\n### ", 1)[0]
-    return [line for line in section.splitlines() if line.startswith("| `")]
+def options_table() -> list[str]:
+    """Every row of docs/options.md's tables, one table per group of options."""
+    return [line for line in OPTIONS_PAGE.splitlines() if line.startswith("| `")]
 
 
-def test_readme_options_table_names_only_real_flags_with_their_defaults():
+def test_options_table_names_only_real_flags_with_their_defaults():
     flags = parser_flags()
-    rows = readme_options_table()
+    rows = options_table()
     assert len(rows) > 20
     for row in rows:
         first_cell = row.split(" | ")[0]
@@ -169,9 +171,16 @@ def test_readme_options_table_names_only_real_flags_with_their_defaults():
                 assert str(declared_default) == default, row
 
 
-def test_readme_resume_list_is_the_fingerprint():
-    """The README's list of what a checkpoint must match is the declaration's."""
-    paragraph = README.split("**Resume continues the same run, or nothing.**", 1)[1]
+def test_options_table_lists_every_declared_option():
+    """docs/options.md is the full list: every declared option has a row in some group."""
+    named = {f for row in options_table() for f in re.findall(r"`(--[a-z-]+)", row.split(" | ")[0])}
+    missing = [flag_of(f.name) for f, _ in declared() if flag_of(f.name) not in named]
+    assert not missing, f"options with no row in docs/options.md: {missing}"
+
+
+def test_resume_list_is_the_fingerprint():
+    """docs/faults.md's list of what a checkpoint must match is the declaration's."""
+    paragraph = FAULTS_PAGE.split("**Resume continues the same run, or nothing.**", 1)[1]
     paragraph = paragraph.split("What may change on resume", 1)[0]
     listed = set(re.findall(r"`(--[a-z-]+)`", paragraph.replace("`/`", "` `"))) - {"--resume"}
     declared_flags = {flag_of(f.name) for f, opt in declared() if opt.fingerprint}

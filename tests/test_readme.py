@@ -1,11 +1,12 @@
-"""README.md's code blocks, run as the README shows them (issue 17).
+"""The code blocks of README.md and of every docs/*.md page, run as the pages show them
+(issues 17 and 25).
 
-Every fenced block of README.md is one test:
+Every fenced block of every page is one test:
 
 - ``python``: run with this interpreter in a fresh folder. A fragment that uses names
   defined elsewhere (``X``, ``model.npz``) gets a small preamble from ``PREAMBLES``, keyed
   by a distinctive line of the block, and ``CHECKS`` can verify what its comments claim.
-  A block whose first line is ``# NAME.py`` is written to NAME.py, and the README's
+  A block whose first line is ``# NAME.py`` is written to NAME.py, and its page's
   inline commands that use ``NAME:`` are run beside it.
 - ``sh``: run with bash (``set -e -o pipefail``) in a fresh folder, the venv's ``python``
   and ``mpirun`` first on PATH; ``SETUPS`` makes the files a block reads, ``CHECKS``
@@ -15,11 +16,13 @@ Every fenced block of README.md is one test:
   free and the machine-dependent parts (MPI library, BLAS, where the thread count came
   from) free too: the shapes of the lines, not their numbers.
 - Anything else is listed in ``SKIP`` with the reason. A block that is neither run nor
-  listed fails, and so does a ``SKIP`` (or any other) key that matches no block: a new
-  block cannot go untested and a stale entry cannot linger.
+  listed fails, and so does a ``SKIP`` (or any other) key that matches no block, or
+  several, across all pages: a new block cannot go untested and a stale entry cannot
+  linger.
 
-The README's inline commands that complete a block (the user schedule's command line, and
-``--config model.toml --save again.npz``) are run too.
+The inline commands that complete a block (the user schedule's command line, and
+``--config model.toml --save again.npz``) are run too, and every relative link of every
+page must name a file (and heading) that exists.
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
+# The pages whose blocks run: the front page and every page of docs/.
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BIN = Path(sys.executable).parent  # the venv's python, mpirun, mpiexec
 TIMEOUT = 90  # seconds, per subprocess: a hang fails the test instead of stalling CI
 
@@ -51,23 +55,28 @@ class Block:
     lang: str
     text: str
     line: int  # of the opening fence, 1-based
+    page: str = "README.md"  # relative to the repository
 
     @property
     def id(self) -> str:
         first = next((x for x in self.text.splitlines() if x.strip()), "")
         first = first.removeprefix("$ ")
-        return f"L{self.line}-{self.lang or 'plain'}-" + re.sub(r"[^\w.:-]+", "_", first)[:48]
+        where = f"{Path(self.page).stem}-L{self.line}-{self.lang or 'plain'}-"
+        return where + re.sub(r"[^\w.:-]+", "_", first)[:48]
 
 
-def readme_blocks(text: str) -> list[Block]:
+_FENCED = re.compile(r"^```([\w-]*)[ \t]*\n(.*?)^```[ \t]*$", re.M | re.S)
+
+
+def readme_blocks(text: str, page: str = "README.md") -> list[Block]:
     blocks = []
-    for m in re.finditer(r"^```([\w-]*)[ \t]*\n(.*?)^```[ \t]*$", text, re.M | re.S):
-        blocks.append(Block(m.group(1), m.group(2), text.count("\n", 0, m.start()) + 1))
+    for m in _FENCED.finditer(text):
+        blocks.append(Block(m.group(1), m.group(2), text.count("\n", 0, m.start()) + 1, page))
     return blocks
 
 
-README_TEXT = README.read_text(encoding="utf-8")
-BLOCKS = readme_blocks(README_TEXT)
+TEXTS = {str(p.relative_to(ROOT)): p.read_text(encoding="utf-8") for p in PAGES}
+BLOCKS = [block for page, text in TEXTS.items() for block in readme_blocks(text, page)]
 
 # --- what cannot run here ---------------------------------------------------------
 
@@ -89,6 +98,24 @@ SKIP = {
     ),
     "  engine/     the NumPy engine of MATH.md": (
         "the package's file tree: neither a command nor a command's output"
+    ),
+    # docs/scaling.md: measurements of minutes, recorded with their machine and commit.
+    "python scripts/scaling.py --quick": (
+        "the full sweeps take minutes on 2 cores; tests/test_scaling.py runs `--quick` end "
+        "to end and `--model-only` with a cluster's numbers"
+    ),
+    "#SBATCH --nodes=4 --ntasks-per-node=32": "needs a 4-node Slurm allocation",
+    "t_comp = b / r": "the scaling model's formulas: neither a command nor its output",
+    "python scripts/scaling.py --plot-dir docs": (
+        "a 63 s measurement that rewrites docs/*.png; tests/test_scaling.py runs the script"
+    ),
+    "mode    ranks global batch": (
+        "the recorded output of one measurement (its machine and commit are stated): the "
+        "numbers are the record, not a shape to match"
+    ),
+    "Allreduce ms │ strong: 256 global": (
+        "the recorded projection from that measurement's fit; tests/test_scaling.py checks "
+        "the model by hand"
     ),
 }
 
@@ -148,6 +175,13 @@ def _check_evaluate_block(path: Path, out: str) -> None:
     assert (path / "curves.png").stat().st_size > 0
 
 
+def _check_tour_block(path: Path, out: str) -> None:
+    assert re.search(r"^confusion matrix", out, re.M), out  # evaluate's report
+    classes = (path / "classes.csv").read_text().splitlines()
+    assert classes[0] == "class" and len(classes) == 21, classes[:3]
+    assert (path / "curves.png").stat().st_size > 0
+
+
 def _check_identical_hashes(path: Path, out: str) -> None:
     hashes = [line.split()[0] for line in out.splitlines() if line.endswith(".npz")]
     assert len(hashes) == 4 and len(set(hashes)) == 1, out  # "four identical hashes"
@@ -165,11 +199,19 @@ CHECKS: dict[str, str | Callable[[Path, str], None]] = {
     'print(f"test accuracy {report': _check_fit_block,
     "python -m distnn.evaluate model.npz --dataset digits --json eval.json": _check_evaluate_block,
     "sha256sum m*.npz": _check_identical_hashes,
+    "python -m distnn.predict model.npz rows.csv -o classes.csv --classes": _check_tour_block,
     "python -m distnn.launch --max-ranks 4": _check_supervised_run,
 }
 
 # Files a block reads, made first (bash).
 SETUPS = {
+    "python -m distnn.predict model.npz rows.csv -o classes.csv --classes": """
+python -c '
+import numpy as np
+from distnn.data import load_dataset
+np.savetxt("rows.csv", load_dataset("digits").x_test[:20], delimiter=",", fmt="%.4f")
+'
+""",
     "python -m distnn.evaluate model.npz --dataset digits --json eval.json": """
 mkdir run1 run2
 python -m distnn.train --epochs 2 --save model.npz --metrics run1/m.jsonl --quiet
@@ -305,15 +347,15 @@ def _check_sample(block: Block, path: Path) -> None:
         pattern = re.compile(_sample_pattern(line))
         found = next((i for i in range(at, len(out)) if pattern.match(out[i])), None)
         assert found is not None, (
-            f"README sample line (line {block.line}):\n  {line}\nhas no match, after the "
+            f"{block.page} sample line (line {block.line}):\n  {line}\nhas no match, after the "
             f"lines matched before it, in the output of `{command}`:\n" + "\n".join(out)
         )
         at = found + 1
 
 
-def _inline_commands(module: str) -> list[str]:
-    """The README's inline `mpirun …`/`python …` commands that name ``module:``."""
-    return re.findall(rf"`((?:mpirun|mpiexec|python)\b[^`]*\b{module}:[^`]*)`", README_TEXT)
+def _inline_commands(module: str, page: str) -> list[str]:
+    """The page's inline `mpirun …`/`python …` commands that name ``module:``."""
+    return re.findall(rf"`((?:mpirun|mpiexec|python)\b[^`]*\b{module}:[^`]*)`", TEXTS[page])
 
 
 def _module_name(block: Block) -> str | None:
@@ -329,10 +371,10 @@ def _run_block(block: Block, path: Path) -> None:
         custom(block, path)
     elif block.lang == "python":
         module = _module_name(block)
-        if module:  # a module the README's commands use
+        if module:  # a module the page's commands use
             (path / f"{module}.py").write_text(block.text, encoding="utf-8")
-            commands = _inline_commands(module)
-            assert commands, f"no README command uses {module}.py"
+            commands = _inline_commands(module, block.page)
+            assert commands, f"no command of {block.page} uses {module}.py"
             for command in commands:
                 out = _bash(command, path).stdout
                 assert re.search(r"^done: test accuracy", out, re.M), out
@@ -355,7 +397,7 @@ def _run_block(block: Block, path: Path) -> None:
         _check_sample(block, path)
     else:
         pytest.fail(
-            f"README block at line {block.line} ({block.lang or 'no language'}) is neither "
+            f"{block.page} block at line {block.line} ({block.lang or 'no language'}) is neither "
             "run nor listed in SKIP: give it a way to run here, or a reason in SKIP"
         )
 
@@ -363,7 +405,7 @@ def _run_block(block: Block, path: Path) -> None:
 def _params():
     for block in BLOCKS:
         # An MPI job of 2-4 ranks on 2 cores takes seconds: slow (CI still runs it).
-        runs = block.text + "".join(_inline_commands(_module_name(block) or "-"))
+        runs = block.text + "".join(_inline_commands(_module_name(block) or "-", block.page))
         marks = [pytest.mark.slow] if "mpirun" in runs or "distnn.launch" in runs else []
         yield pytest.param(block, marks=marks, id=block.id)
 
@@ -377,21 +419,21 @@ def test_readme_block(block: Block, tmp_path: Path) -> None:
 
 
 def test_every_key_matches_one_block() -> None:
-    """A SKIP (or preamble, check, setup) entry must name exactly one README block."""
+    """A SKIP (or preamble, check, setup) entry must name exactly one block of all pages."""
     for name, table in [
         ("SKIP", SKIP), ("PREAMBLES", PREAMBLES), ("CHECKS", CHECKS), ("SETUPS", SETUPS),
         ("CUSTOM", CUSTOM),
     ]:  # fmt: skip
         for key in table:
-            hits = [b.line for b in BLOCKS if key in b.text]
-            assert len(hits) == 1, f"{name} key {key!r} matches blocks at lines {hits}"
+            hits = [f"{b.page}:{b.line}" for b in BLOCKS if key in b.text]
+            assert len(hits) == 1, f"{name} key {key!r} matches blocks at {hits}"
 
 
 def test_config_file_repeats_a_run(tmp_path: Path) -> None:
     """The options table: every run writes its configuration beside its outputs, and
     ``--config model.toml --save again.npz`` repeats it (same weights)."""
     options = "--config model.toml --save again.npz"
-    assert f"`{options}` repeats it" in README_TEXT
+    assert f"`{options}` repeats it" in TEXTS["docs/options.md"]
     _bash("python -m distnn.train --epochs 2 --save model.npz --quiet", tmp_path)
     assert (tmp_path / "model.toml").is_file()
     _bash(f"python -m distnn.train {options} --quiet", tmp_path)
@@ -418,3 +460,45 @@ def test_sample_pattern() -> None:
     assert re.match(
         _sample_pattern("done: 82.22%, … on 4 rank(s)"), "done: 1.00%, a, b on 4 rank(s)"
     )
+
+
+# --- links between the pages ------------------------------------------------------------
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _anchors(text: str) -> set[str]:
+    prose = _FENCED.sub("", text)
+    return {_anchor(m.group(1)) for m in re.finditer(r"^#{1,6} (.+)$", prose, re.M)}
+
+
+def _relative_links(text: str) -> list[str]:
+    """Every link and image target of the page's prose that is not a URL."""
+    prose = _FENCED.sub("", text)
+    targets = re.findall(r"\]\(([^)\s]+)\)", prose)
+    return [t for t in targets if not re.match(r"[a-z][a-z0-9+.-]*:", t)]
+
+
+@pytest.mark.parametrize("page", list(TEXTS))
+def test_relative_links_resolve(page: str) -> None:
+    """A link from one page to another file (and heading) names one that exists."""
+    links = _relative_links(TEXTS[page])
+    for link in links:
+        target, _, anchor = link.partition("#")
+        path = (ROOT / page).parent / target if target else ROOT / page
+        assert path.resolve().exists(), f"{page}: link {link!r}: no {path}"
+        if anchor and path.suffix == ".md":
+            headings = _anchors(path.read_text(encoding="utf-8"))
+            assert anchor in headings, f"{page}: link {link!r}: no heading #{anchor} in {path}"
+
+
+def test_link_checks_see_links() -> None:
+    """The link finder finds links, anchors are GitHub's, and code blocks are not prose."""
+    text = "See [a](docs/a.md#x-y) and ![p](p.png), [w](https://x.org).\n```sh\n[c](no.md)\n```\n"
+    assert _relative_links(text) == ["docs/a.md#x-y", "p.png"]
+    assert _anchor("Your cluster's MPI") == "your-clusters-mpi"
+    assert _anchor("Surviving failures: `distnn.launch`") == "surviving-failures-distnnlaunch"
+    assert "docs/clusters.md#your-clusters-mpi" in _relative_links(TEXTS["README.md"])
