@@ -89,7 +89,8 @@ class RunLog:
         if self.metrics is not None:
             self.metrics.write(record)
         if self.tensorboard is not None:
-            self.tensorboard.write_text("run", "```\n" + json.dumps(record, indent=1) + "\n```")
+            text = "```\n" + json.dumps(record, indent=1) + "\n```"
+            self.tensorboard.write_header(record, text)
 
     def write(self, record: dict[str, Any]) -> None:
         if self.metrics is not None:
