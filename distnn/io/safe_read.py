@@ -113,9 +113,9 @@ def check_regular(path: str) -> None:
         raise DistnnError(f"{path}: is {_kind(mode)}, not a regular file")
 
 
-def available_memory() -> int | None:
-    """Bytes this process may still allocate: the least of the node's available memory,
-    the cgroup's (container's) limit, and the address-space limit (``ulimit -v``)."""
+def node_memory() -> int | None:
+    """Bytes the processes of this node (or of this container) may still allocate
+    together: the least of the node's available memory and the cgroup's room, else None."""
     limits = []
     try:
         with open("/proc/meminfo") as f:
@@ -132,17 +132,30 @@ def available_memory() -> int | None:
                 limits.append(max(0, int(cap) - int(f.read())))
     except (OSError, ValueError):
         pass
+    return min(limits) if limits else None
+
+
+def address_space_room() -> int | None:
+    """Bytes this process may still map under its address-space limit (``ulimit -v``),
+    or None without one."""
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
-    if soft != resource.RLIM_INFINITY:
-        used = 0
-        try:
-            with open("/proc/self/status") as f:
-                for line in f:
-                    if line.startswith("VmSize:"):
-                        used = int(line.split()[1]) * 1024
-        except (OSError, ValueError, IndexError):
-            pass
-        limits.append(max(0, soft - used))
+    if soft == resource.RLIM_INFINITY:
+        return None
+    used = 0
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmSize:"):
+                    used = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return max(0, soft - used)
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still allocate: the least of the node's (or container's)
+    room and its own address-space room."""
+    limits = [m for m in (node_memory(), address_space_room()) if m is not None]
     return min(limits) if limits else None
 
 
