@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from distnn.data import Dataset, load_dataset
-from distnn.data.dataset import Source, classification, from_arrays
+from distnn.data.dataset import Source, classification, from_arrays, one_hot
 from distnn.data.preprocess import Split, fit_standardization, split_validation, standardize
-from distnn.engine.network import Network
+from distnn.engine.network import Network, standardize_rows
 from distnn.engine.schedules import GradientUpdateSchedule, make_schedule
 from distnn.errors import DistnnError
 from distnn.io.checkpoints import (
@@ -140,8 +140,8 @@ def prepare_run(
     if net.input_mean is not None:
         data = standardize(data, net.input_mean, net.input_std)
         if validation is not None:
-            x_val = (validation.x - net.input_mean) / net.input_std
-            validation = validation._replace(x=x_val.astype(net.dtype))
+            x_val = standardize_rows(validation.x, net.input_mean, net.input_std)
+            validation = validation._replace(x=x_val)
 
     lr_plan = None
     if schedule is None:
@@ -286,5 +286,5 @@ def _fit_to_network(
                 f"validation_data: labels go up to {validation.labels.max()}, but the network "
                 f"has only {n_out} outputs"
             )
-        validation = validation._replace(y=np.eye(n_out, dtype=data.x.dtype)[validation.labels])
+        validation = validation._replace(y=one_hot(validation.labels, n_out, data.x.dtype))
     return data, validation
