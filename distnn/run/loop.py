@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from typing import Any
 
 import numpy as np
@@ -69,6 +70,7 @@ def train_config(
         failures_end_the_job(world),
         StopRequests() as stop,
         Heartbeat.from_env(world.rank, world.size) as beat,
+        ExitStack() as held,  # the checkpoint folder's lock, while the run lasts
     ):
         # Deterministic mode fixes one BLAS thread: a product's bits may depend on it.
         ranks_on_node = world.local_size()
@@ -77,7 +79,7 @@ def train_config(
         )
         run = world.agree(
             lambda: prepare_run(
-                config, world, ranks_on_node, net, arrays, validation_data, schedule
+                config, world, ranks_on_node, net, arrays, validation_data, schedule, held=held
             )
         )
         check_same_on_every_rank(run, world)
@@ -189,7 +191,7 @@ def _train(
                             f"stopped on request after step {trainer.step}; without "
                             f"{config.name('checkpoint_dir')} there is nothing to resume from"
                         )
-                    checkpoints.save(trainer)
+                    checkpoints.save(trainer, last=True)
                     raise Preempted(f"stopped on request after step {trainer.step}")
                 if trainer.votes[TIME_VOTE]:
                     history.stop_reason = (
@@ -245,7 +247,7 @@ def _train(
     else:  # the weights kept are not those the last record describes
         history.final = {"epoch": trainer.epoch, "loss": trainer.evaluate(data.x, data.y, None)[0]}
         history.final |= _test_metrics(trainer, data) | {"samples_per_sec": rate}
-    write_outputs(config, run.net, world, checkpoints.last_path if checkpoints else None)
+    write_outputs(config, run.net, world, checkpoints)
     return history
 
 
