@@ -128,15 +128,11 @@ class Checkpointer:
             self.last_saved = position
             if written:
                 self.last_path = written[0]
-        elif last:
-
-            def stop() -> None:
-                raise CheckpointFailed(
-                    f"stopped on request after step {trainer.step}, but "
-                    + self.failed_end(trainer.net)
-                )
-
-            self.world.on_root(stop)  # raises on every rank, with its exit status
+        elif last:  # every rank knows it failed; rank 0 knows where the parameters went
+            ending = self.world.bcast_object(
+                self.failed_end(trainer.net) if self.world.is_root else None
+            )
+            raise CheckpointFailed(f"stopped on request after step {trainer.step}, but {ending}")
         if trainer.timeline.covers(trainer.step):
             trainer.timeline.add(CHECKPOINT, t0, time.perf_counter())
 
@@ -144,7 +140,10 @@ class Checkpointer:
         """On rank 0, a run's end after its last checkpoint failed, in words: where the
         parameters are (``where``, else a rescue copy written now) and which checkpoint
         is the newest."""
-        older = [p for p in list_checkpoints(self.directory) if os.path.isfile(p)][:1]
+        try:
+            older = [p for p in list_checkpoints(self.directory) if os.path.isfile(p)][:1]
+        except OSError:  # the folder itself gone unreadable
+            older = []
         newest = f"the newest checkpoint is the older {older[0]}" if older else "there is none"
         return (
             f"its last checkpoint could not be written in {self.directory} ({self.failure}); "

@@ -66,7 +66,7 @@ def write_outputs(
     """
     failed = checkpoints is not None and checkpoints.failure is not None
 
-    def write() -> None:
+    def write() -> str | None:
         if config.save:
             try:
                 net.save(config.save)
@@ -79,12 +79,11 @@ def write_outputs(
         text = config.to_toml()
         for _, path in config.config_copies():
             atomic_write(path, lambda f: f.write(text.encode()))
-        if failed:
-            raise CheckpointFailed(
-                "training ended, but " + checkpoints.failed_end(net, config.save)
-            )
+        return checkpoints.failed_end(net, config.save) if failed else None
 
-    world.on_root(write)
+    ending = world.bcast_object(world.on_root(write))
+    if failed:  # known on every rank: the checkpoints' outcome is broadcast
+        raise CheckpointFailed(f"training ended, but {ending}")
 
 
 def rescue_copy(net: Network) -> str:
