@@ -29,16 +29,18 @@ from distnn.cli import evaluate as evaluate_cli
 from distnn.cli import plot as plot_cli
 from distnn.cli import predict as predict_cli
 from distnn.cli import train as train_cli
+from distnn.io.folder_lock import LOCK_NAME
 
 SMALL = ["--dataset", "synthetic:60:4:3", "--hidden", "5", "--epochs", "2", "--quiet"]
 
 
 def digest(root: Path) -> dict[str, str]:
-    """Content hash of every file below ``root`` (symbolic links by their own name)."""
+    """Content hash of every file below ``root`` (symbolic links by their own name); not
+    a checkpoint folder's lock file, which names whichever run last held the folder."""
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(root.rglob("*"))
-        if p.is_file() and not p.is_symlink()
+        if p.is_file() and not p.is_symlink() and p.name != LOCK_NAME
     }
 
 
