@@ -28,6 +28,14 @@ def _yerr(intervals) -> np.ndarray:
     return np.array([[i.mean - i.low for i in intervals], [i.high - i.mean for i in intervals]])
 
 
+def _limits(ax, values: list[float]) -> None:
+    """Room for every run, reached or not (the ▲ sit at the top): log axes need limits
+    when nothing was reached."""
+    values = [v for v in values if v is not None and v > 0]
+    if values:
+        ax.set_ylim(min(values) / 1.5, max(values) * 2)
+
+
 def _footer(fig, rows: list[dict[str, Any]]) -> None:
     loads = [r[k] for r in rows for k in ("start_load", "end_load") if r.get(k) is not None]
     load = f"load {min(loads):.1f}–{max(loads):.1f}" if loads else "load unknown"
@@ -96,6 +104,7 @@ def steps_figure(rows: list[dict[str, Any]], path: Path) -> None:
                     label=None if unreached_shown else "a run that did not reach",
                 )
                 unreached_shown = True
+    _limits(ax, [r["steps"] for r in base])
     noise = measured_noise_scale(base)
     if noise:
         ax.axvline(
@@ -155,6 +164,7 @@ def time_figure(rows: list[dict[str, Any]], path: Path) -> None:
             xticks=ranks,
             xticklabels=[str(r) for r in ranks],
         )
+        _limits(ax, [r["train_s"] for r in rows if r["lr_scaling"] == rule])
         ax.minorticks_off()
         ax.legend(fontsize=7)
     _footer(fig, rows)
