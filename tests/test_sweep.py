@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from conftest import error_lines, launch
 
+from distnn.run.provenance import load_warning
 from distnn.scaling import (
     COLUMNS,
     bootstrap_interval,
@@ -18,7 +19,6 @@ from distnn.scaling import (
     read_runs,
     sweep,
 )
-from distnn.scaling.provenance import load_warning
 from distnn.scaling.report import report
 from distnn.scaling.summary import points
 
@@ -181,3 +181,17 @@ def test_the_figures_draw_unreached_runs_from_the_csv_alone(tmp_path):
     steps_figure(rows, tmp_path / "s.png")
     time_figure(rows, tmp_path / "t.png")
     assert (tmp_path / "s.png").stat().st_size > 1000 and (tmp_path / "t.png").stat().st_size > 1000
+
+
+def test_the_metrics_header_says_where_and_when(tmp_path):
+    import distnn
+    from distnn.io.metrics_log import header_records
+
+    net = distnn.Network([64, 8, 10], seed=0)
+    history = distnn.fit(net, "digits", epochs=1, verbose=0, metrics=str(tmp_path / "m.jsonl"))
+    (header,) = header_records(str(tmp_path / "m.jsonl"))
+    machine = header["machine"]
+    assert machine == history.header["machine"]
+    for key in ("commit", "host", "cpu_model", "cores", "affinity", "start_date", "start_load"):
+        assert machine[key] not in (None, ""), key
+    assert "start_steal_s" in machine

@@ -7,7 +7,7 @@
 lr rule × seeds) to a target in the calling process; ``python -m distnn.scaling`` runs
 it once per rank count under ``mpiexec``, writes the CSV, and plots it
 (:mod:`distnn.scaling.plots`); :mod:`distnn.scaling.stats` holds the intervals and
-McCandlish's steps model, :mod:`distnn.scaling.provenance` the machine's state.
+McCandlish's steps model, :mod:`distnn.run.provenance` the machine's state.
 """
 
 from distnn.scaling.grid import Cell, Grid, parse_grid

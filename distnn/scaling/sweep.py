@@ -25,8 +25,8 @@ from distnn.data.load import load_dataset
 from distnn.engine.network import Network
 from distnn.errors import DivergenceError
 from distnn.parallel.world import World
+from distnn.run import provenance
 from distnn.run.stopping import parse_target
-from distnn.scaling import provenance
 from distnn.scaling.grid import Cell, Grid
 
 # One row per run: the cell, its outcome, its seconds, how it was trained, where.

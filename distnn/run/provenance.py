@@ -3,13 +3,15 @@
 A time measured on a shared host means little without the host's state: its CPU, the
 cores this process may use (its affinity), the load average and the steal time (CPU
 time the hypervisor gave to other guests, from ``/proc/stat``) at a run's start and end.
-Everything here is cheap (a few small file reads) and never fails: what cannot be read
+Every scaling CSV row and every metrics header record carries them. Everything here is
+cheap (a few small file reads, one ``git`` per process) and never fails: what cannot be read
 is "unknown" (or None for numbers).
 """
 
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import platform
 import socket
@@ -19,8 +21,10 @@ from pathlib import Path
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
+@functools.cache
 def commit(where: Path | None = None) -> str:
-    """The git commit of distnn's source (``+dirty`` if it has changes), else "unknown"."""
+    """The git commit of distnn's source (``+dirty`` if it has changes), else "unknown".
+    Asked once per process: a sweep's runs, or a run's restarts, share it."""
     where = where or Path(__file__).resolve().parent
     try:
         head = subprocess.run(
@@ -97,6 +101,11 @@ def moment(prefix: str) -> dict[str, object]:
         f"{prefix}load": load_average(),
         f"{prefix}steal_s": steal_seconds(),
     }
+
+
+def header_fields() -> dict[str, object]:
+    """The metrics header's ``machine``: :func:`machine` and the start's :func:`moment`."""
+    return machine() | moment("start_")
 
 
 def load_warning(load: float | None, ranks: int) -> str:
