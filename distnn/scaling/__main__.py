@@ -14,6 +14,7 @@ with distnn; ``scripts/scaling.py`` stays the throughput benchmark.
 
 from __future__ import annotations
 
+import argparse
 import os
 import shlex
 import subprocess
@@ -53,14 +54,9 @@ def parser(rank: int = 0) -> CliParser:
     add("--timeout", type=float, default=3600, help="seconds per rank count (default: 3600)")
     add("--no-plot", action="store_true", help="the CSV and report only")
     add("--plot-only", type=Path, metavar="CSV", help="draw the figures and report of CSV")
-    add("--worker", action="store_true", help=argparse_suppress())
+    add("--plot-dir", type=Path, help="where they go (default: --out, or CSV's folder)")
+    add("--worker", action="store_true", help=argparse.SUPPRESS)  # one rank count's process
     return p
-
-
-def argparse_suppress() -> str:
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 def checked(argv: list[str], rank: int = 0):
@@ -164,14 +160,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = checked(argv)
         if args.plot_only is not None:
-            draw(args.plot_only, args.plot_only.parent, not args.no_plot)
+            folder = args.plot_dir or args.plot_only.parent
+            folder.mkdir(parents=True, exist_ok=True)
+            draw(args.plot_only, folder, not args.no_plot)
             return 0
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "runs.csv").unlink(missing_ok=True)
         forwarded = _without(argv, "--ranks")
         for ranks in args.grid.ranks:
             launch(args, ranks, forwarded)
-        draw(args.out / "runs.csv", args.out, not args.no_plot)
+        folder = args.plot_dir or args.out
+        folder.mkdir(parents=True, exist_ok=True)
+        draw(args.out / "runs.csv", folder, not args.no_plot)
     except DistnnError as e:
         print(f"distnn: error: {e}", file=sys.stderr)
         return e.exit_code
