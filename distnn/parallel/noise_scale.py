@@ -22,12 +22,18 @@ B/B_noise) samples to reach a target (McCandlish eqs. 2.11, 2.12): below B_noise
 batch cuts the steps nearly in proportion; far above it, extra ranks buy little time.
 
 Each |G_v|² is summed in the step's one collective (the reducers), so measuring costs one
-dot product per piece and one for G_B, and no extra message.
+dot product per piece and one for G_B, and no extra message. It is measured on every
+``NOISE_EVERY``-th step (the step count decides, so every rank and every world size
+measures the same steps): a sample of the steps estimates the same averages, and the
+dot products and their bookkeeping stay within 1% of a step even for small networks,
+where a step is tens of microseconds.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+NOISE_EVERY = 4  # steps between two measurements
 
 
 class NoiseScale:

@@ -140,7 +140,7 @@ class OrderedSum:
             extras = self.send[sums_size:]
         self.piece_losses = extras[: len(self.my_pieces)].reshape(-1, 1, 1)
         self.piece_sqnorms = extras[most : most + len(self.my_pieces)]
-        self.norm_scales = np.zeros(len(self.my_pieces))
+        self.norm_scales, self.measure_norms = np.zeros(len(self.my_pieces)), False
         self.votes = extras[-NUM_VOTES:]  # the trainer's, then the world's sums
         others = [r for r in range(P) if r != world.rank]
         self.others_votes = [received[r, segment - NUM_VOTES :] for r in others]
@@ -168,7 +168,7 @@ class OrderedSum:
         self.global_ops = plan_tree_sum(root, V, gathered, mine)
 
     def reduce(self) -> tuple[float, float]:
-        if self.norm_scales.any():  # each piece's |g_v|², before the tree sums overwrite it
+        if self.measure_norms:  # each piece's |g_v|², before the tree sums overwrite it
             for j, g in enumerate(self.piece_grads):
                 self.piece_sqnorms[j] = self.norm_scales[j] * float(np.dot(g, g))
         run(self.local_ops)

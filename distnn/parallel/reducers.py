@@ -55,8 +55,8 @@ class Reducer(Protocol):
     (a stack of gradients when ``stacked``, else one); after ``reduce`` the global
     gradient is in ``grad`` and the world's vote sums in ``votes``. ``layer_done(ℓ)``,
     if set, is called by backprop as soon as layer ℓ's gradient is final.
-    ``norm_scales`` (one per piece of this rank; all 0: don't measure) weighs each
-    piece's squared gradient norm in the sum ``reduce`` returns.
+    When ``measure_norms`` is set for a step, ``norm_scales`` (one per piece of this
+    rank) weighs each piece's squared gradient norm in the sum ``reduce`` returns.
     """
 
     stacked: bool
@@ -65,6 +65,7 @@ class Reducer(Protocol):
     piece_grads: np.ndarray
     piece_losses: np.ndarray
     norm_scales: np.ndarray
+    measure_norms: bool
     grad: np.ndarray
     votes: np.ndarray
     layer_done: Callable[[int], None] | None
@@ -95,11 +96,11 @@ class FusedAllreduce:
         self.piece_sqnorms = self.buffer[n + 1 : n + 2]  # and this piece's weighted |g_v|²
         self.extras = self.buffer[n:]
         self.votes = self.buffer[n + 2 :]
-        self.norm_scales = np.zeros(1)
+        self.norm_scales, self.measure_norms = np.zeros(1), False
         self.layer_done: Callable[[int], None] | None = None
 
     def reduce(self) -> tuple[float, float]:
-        if self.norm_scales[0]:
+        if self.measure_norms:
             self.piece_sqnorms[0] = self.norm_scales[0] * float(np.dot(self.grad, self.grad))
         self.world.allreduce_sum(self.buffer)
         return float(self.piece_losses[0]), float(self.piece_sqnorms[0])
@@ -118,7 +119,7 @@ class OverlappedAllreduce(FusedAllreduce):
 
     def _send_layer(self, ell: int) -> None:
         bucket = self.buckets[ell - 1]
-        if self.norm_scales[0]:  # its |g|² before the in-place sum overwrites it
+        if self.measure_norms:  # its |g|² before the in-place sum overwrites it
             first = ell == len(self.buckets)  # backprop finishes the last layer first
             sqnorm = self.norm_scales[0] * float(np.dot(bucket, bucket))
             self.piece_sqnorms[0] = sqnorm if first else self.piece_sqnorms[0] + sqnorm

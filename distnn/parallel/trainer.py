@@ -25,7 +25,7 @@ from distnn.engine.network import Network
 from distnn.engine.schedules import GradientUpdateSchedule
 from distnn.errors import DivergenceError, ScheduleError
 from distnn.parallel.evaluation import EVAL_CHUNK, evaluate_sharded
-from distnn.parallel.noise_scale import NoiseScale, piece_scales
+from distnn.parallel.noise_scale import NOISE_EVERY, NoiseScale, piece_scales
 from distnn.parallel.ordered_sum import OrderedSum
 from distnn.parallel.reducers import FusedAllreduce, OverlappedAllreduce, Reducer, shard_bounds
 from distnn.parallel.timeline import EVALUATE, Timeline
@@ -145,9 +145,12 @@ class Trainer:
         )
         t2 = perf_counter()
 
-        # Reduce: the global batch's gradient, loss, votes and the pieces' gradient norms.
-        if self.noise.measures and self._noise_B != B:
+        # Reduce: the global batch's gradient, loss, votes (and, every NOISE_EVERY steps,
+        # the pieces' squared gradient norms for the noise scale).
+        measure = self.noise.measures and self.step % NOISE_EVERY == 0
+        if measure and self._noise_B != B:
             self._measure_noise_at(B)
+        reducer.measure_norms = measure
         loss_sum, pieces_sqnorm = reducer.reduce()
         loss = loss_sum * scale
         t3 = perf_counter()
@@ -162,7 +165,7 @@ class Trainer:
         if self.step == 0:  # a user schedule's bad step: one line, not a NumPy traceback
             check_schedule_step(step, self.net.params, type(self.schedule).__name__)
         self.net.params -= step
-        if self.noise.measures:  # |G_B|² beside the pieces': the noise scale's two sizes
+        if measure:  # |G_B|² beside the pieces': the noise scale's two sizes
             big = float(np.dot(reducer.grad, reducer.grad))
             self.noise.add(pieces_sqnorm / self._pieces_used, self._inv_b_small, big, B)
         t4 = perf_counter()
@@ -186,7 +189,7 @@ class Trainer:
         self._inv_b_small = sum(1.0 / b for b in used) / len(used)
         self._pieces_used, self._noise_B = len(used), B
         mine = [bounds[v] for v in reducer.my_pieces]
-        reducer.norm_scales[...] = piece_scales(B, mine) if len(used) > 1 else 0.0
+        reducer.norm_scales[...] = piece_scales(B, mine)
 
     def take_phase_times(self) -> tuple[float, float, float, float]:
         """This rank's (data, compute, allreduce, update) seconds since the last call."""
