@@ -98,7 +98,8 @@ def batch_hint(noise_scale: float | None, batch: int, ranks: int) -> str:
         return (
             f"global batch {batch} is {1 / ratio:,.0f}× below the noise scale "
             f"({noise_scale:,.0f}): it takes {steps_ratio(noise_scale, batch):.1f}× the fewest "
-            "steps; a larger batch (more ranks), its rate scaled with it (--lr-scaling), would cut the steps nearly in proportion"
+            "steps; a larger batch (more ranks), its rate scaled with it (--lr-scaling), "
+            "would cut the steps nearly in proportion"
         )
     return ""
 
