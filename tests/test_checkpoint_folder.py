@@ -354,11 +354,11 @@ def _damage(arrays: dict, **changes) -> dict:
 
 
 DAMAGED = {
-    "fingerprint_empty": lambda a: _damage(a, shape=np.array("{}")),
+    "fingerprint_empty": lambda a: _damage(a, fingerprint=np.array("{}")),
     "fingerprint_without_data": lambda a: _damage(
         a,
-        shape=np.array(
-            json.dumps({k: v for k, v in json.loads(str(a["shape"])).items() if k != "data"})
+        fingerprint=np.array(
+            json.dumps({k: v for k, v in json.loads(str(a["fingerprint"])).items() if k != "data"})
         ),
     ),
     "step_negative": lambda a: _damage(a, step=np.array(-12)),
@@ -397,3 +397,18 @@ def test_a_damaged_newest_checkpoint_falls_back(checkpoints, tmp_path, variant):
     assert len(skipped) == 1 and target.name in skipped[0], out[-3000:]
     older_step = int(Path(older).stem.split("-")[1])
     assert f"step {older_step}" in out, out[-3000:]  # "resuming at epoch …, step …"
+
+
+def test_a_format_2_checkpoint_still_resumes(tmp_path):
+    # Format 3 renamed the fingerprint's key from "shape" to "fingerprint".
+    args = [*SMALL, "--epochs", "2", "--checkpoint-dir", "ck", "--quiet"]
+    assert launch(args, cwd=tmp_path).returncode == 0
+    for path in list_checkpoints(str(tmp_path / "ck")):
+        with np.load(path) as f:
+            arrays = {k: f[k] for k in f.files}
+        arrays["shape"] = arrays.pop("fingerprint")
+        arrays["format_version"] = np.array(2)
+        np.savez(path, **arrays)
+    result = launch([*SMALL, "--epochs", "3", "--checkpoint-dir", "ck", "--resume"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "resuming at epoch 3, step 12" in result.stdout

@@ -330,7 +330,7 @@ def _params_variant(variant: Variant, arrays: dict) -> bytes:
 CHECKPOINT_VARIANTS: dict[str, Callable[[dict], bytes]] = {
     **{name: functools.partial(_params_variant, v) for name, v in MEMBER_VARIANTS.items()},
     "nested_json_config": lambda a: npz_with({**a, "config": _nested_json()}),
-    "fingerprint_not_object": lambda a: npz_with({**a, "shape": np.array("[1, 2]")}),
+    "fingerprint_not_object": lambda a: npz_with({**a, "fingerprint": np.array("[1, 2]")}),
     "params_strings": lambda a: npz_with({**a, "params": a["params"].astype(str)}),
     "params_nan": lambda a: npz_with({**a, "params": a["params"] * np.nan}),
     "epoch_negative": lambda a: npz_with({**a, "epoch": np.array(-5)}),

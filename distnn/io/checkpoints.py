@@ -34,7 +34,9 @@ from distnn.errors import DistnnError
 from distnn.io.outputs import atomic_savez
 from distnn.io.safe_read import read_npz
 
-FORMAT_VERSION = 2  # 2: run_state (early stopping, wall time); full fingerprint
+# 2: run_state (early stopping, wall time); full fingerprint. 3: the fingerprint is
+# stored as "fingerprint" (formats 1 and 2 called it "shape", and still resume).
+FORMAT_VERSION = 3
 _NAME = re.compile(r"^checkpoint-(\d+)\.npz$")
 # atomic_write's temporary file for a checkpoint: ".tmp-" + mkstemp's 8 characters + name
 _DEBRIS = re.compile(r"^\.tmp-\w{8}checkpoint-\d+\.npz$")
@@ -87,7 +89,7 @@ def save_checkpoint(directory: str, ckpt: Checkpoint, keep: int) -> str:
         "epoch_loss_sum": np.array(ckpt.position["epoch_loss_sum"], np.float64),
         "step": np.array(ckpt.position["step"]),
         "config": np.array(json.dumps(ckpt.config)),
-        "shape": np.array(json.dumps(ckpt.fingerprint)),  # the file's name for it
+        "fingerprint": np.array(json.dumps(ckpt.fingerprint)),
         "run_state": np.array(json.dumps(ckpt.run_state)),
     }
     for key, value in ckpt.run_arrays.items():
@@ -142,7 +144,7 @@ def load_checkpoint(
                 f"{path}: checkpoint format {version} is newer than this distnn reads "
                 f"({FORMAT_VERSION}); upgrade distnn"
             )
-        fingerprint = _json_object(arrays["shape"])
+        fingerprint = _json_object(arrays["fingerprint" if version >= 3 else "shape"])
         ckpt = Checkpoint(
             params=arrays["params"],
             schedule_state={

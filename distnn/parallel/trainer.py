@@ -136,7 +136,7 @@ class Trainer:
         t0 = perf_counter()
 
         # Shard: this rank's piece(s) of the batch, gathered into preallocated buffers.
-        x, y, padding = self.gather(batch)
+        x, y, padding = self.take_shard(batch)
         t1 = perf_counter()
 
         # Backprop over every piece in one call, born in the buffers the reducer sends.
@@ -197,7 +197,7 @@ class Trainer:
         self.data_s = self.compute_s = self.allreduce_s = self.update_s = 0.0
         return times
 
-    def gather(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, list]:
+    def take_shard(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, list]:
         """This rank's rows of ``batch`` as backprop takes them, and the stack's padding.
 
         One piece: rows [lo, hi) of the batch. Stacked virtual shards: one block of

@@ -86,12 +86,12 @@ class Checkpointer:
         config: dict,
         fingerprint: dict,
         world: World,
-        run_state: Callable[[], tuple[dict, dict]],
+        snapshot_run_state: Callable[[], tuple[dict, dict]],
         beat: Heartbeat | None = None,
     ) -> None:
         self.directory, self.every, self.keep = directory, every, keep
         self.config, self.fingerprint, self.world = config, fingerprint, world
-        self.run_state = run_state  # the run's own (state, arrays) at this moment
+        self.snapshot_run_state = snapshot_run_state  # the run's own (state, arrays) now
         self.beat = beat  # tells a supervisor that a slow step is a checkpoint
         self.last_saved: tuple[int, int] | None = None  # (step, epoch) of the newest
         self.last_path: str | None = None  # on rank 0: the newest checkpoint written
@@ -116,7 +116,7 @@ class Checkpointer:
             trainer.position(),
             self.config,
             self.fingerprint,
-            *self.run_state(),
+            *self.snapshot_run_state(),
         )
         if self.beat is not None:
             self.beat.phase = "checkpoint"

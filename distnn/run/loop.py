@@ -149,7 +149,7 @@ def _train(
     target = parse_target(config.target) if config.target else None
     rules = StopRules(requests, target, config.target_loss, early, config.name)
 
-    def run_state() -> tuple[dict, dict]:  # what a checkpoint keeps besides the trainer's
+    def snapshot_run_state() -> tuple[dict, dict]:  # a checkpoint's besides the trainer's
         scalars, arrays = early.state() if early else ({}, {})
         return {"wall_s": clock.wall_s(), **scalars}, arrays
 
@@ -162,7 +162,7 @@ def _train(
             config.to_dict(),
             run.fingerprint,
             world,
-            run_state,
+            snapshot_run_state,
             beat,
         )
     if run.resumed and trainer.epoch >= config.epochs:
