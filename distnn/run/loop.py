@@ -141,6 +141,7 @@ def _train(
     config, trainer = run.config, run.trainer
     B = trainer.batch_size
     step_callbacks = [c for c in callbacks if hasattr(c, "on_step")]
+    epoch_callbacks = [c for c in callbacks if hasattr(c, "on_epoch_end")]
     early = EarlyStopping(config.patience, run.net.params) if config.patience else None
     if early:
         early.load_state(run.run_state, run.run_arrays)
@@ -224,7 +225,7 @@ def _train(
             history.append(record)
             log.write(record)
             progress.end_epoch(record)
-            for callback in callbacks:
+            for callback in epoch_callbacks:
                 rules.ask_callback(callback.on_epoch_end, record)
             stop = rules.after_epoch(record, trainer.epoch)
             stop = rules.agree_at_epoch_end(world.allreduce_sum, trainer.step) or stop
