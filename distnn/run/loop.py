@@ -81,6 +81,8 @@ def train_config(
         failures_end_the_job(world),
         StopRequests() as requests,
         Heartbeat.from_env(world.rank, world.size) as beat,
+        # First: its rendezvous is the run's first exchange, and it never waits forever.
+        Watchdog(world, config.watchdog, beat, config.name("watchdog")),
     ):
         # Deterministic mode fixes one BLAS thread: a product's bits may depend on it.
         ranks_on_node = world.local_size()
@@ -123,8 +125,7 @@ def train_config(
             for note in run.notes:
                 progress.say(f"note: {note}")
         head = header_record(run.config, world, threads, run.lr_plan)
-        with Watchdog(world, config.watchdog, beat, config.name("watchdog")):
-            return _train(run, world, progress, requests, beat, callbacks, head, clock)
+        return _train(run, world, progress, requests, beat, callbacks, head, clock)
 
 
 def _train(
