@@ -41,7 +41,6 @@ from distnn.parallel.heartbeat import (
     ATTEMPT_VARIABLE,
     Heartbeat,
     HeartbeatListener,
-    interval_for,
 )
 from distnn.parallel.world import World
 
@@ -61,7 +60,7 @@ class Watchdog:
         The rendezvous that starts it uses only messages polled against a deadline, never a
         blocking collective: a rank that never comes (it returned before ``fit``, called it
         once less, froze while starting) ends the job in one line instead of hanging it."""
-        self.world, self.floor_s, self.what = world, floor_s, what
+        self.world, self.floor_s, self.what, self.beat = world, floor_s, what, beat
         self.listener: HeartbeatListener | None = None
         self.errors = 0  # polls or judgements that raised, survived
         self._stop = threading.Event()
@@ -81,13 +80,9 @@ class Watchdog:
         try:
             self.listener = HeartbeatListener(key, job_address(spans_hosts))
             attempt = os.environ.get(ATTEMPT_VARIABLE, "")
-            self.listener.reset(attempt, 0, self.beat_interval, self.world.size)
+            self.listener.reset(attempt, 0, self.beat.interval, self.world.size)
         except OSError:  # no UDP here: this judge stays away, the run goes on
             self.listener = None
-
-    @property
-    def beat_interval(self) -> float:
-        return interval_for(self.world.size)
 
     def _convene(self, deadline: float) -> tuple[bytes, list[str | None]]:
         """Rank 0: hear every rank's hello, draw the key, start judging, tell everyone."""
