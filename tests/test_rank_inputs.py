@@ -188,3 +188,22 @@ def test_idle_ranks_are_noted():
     result = launch(args, ranks=3, timeout=HANG)
     assert result.returncode == 0, result.stderr
     assert "1 rank(s) idle" in result.stdout + result.stderr
+
+
+# --- unknown flags --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("module", "args", "hint"),
+    [
+        ("distnn.train", ["--dataset", "digits", "--hiden", "8"], "--hidden"),
+        ("distnn.train", ["--watchdgo", "3"], "--watchdog"),
+        ("distnn.evaluate", ["m.npz", "--dataset", "digits", "--jsn", "o.json"], "--json"),
+    ],
+    ids=["train-hiden", "train-watchdgo", "evaluate-jsn"],
+)
+def test_unknown_flag_suggests_the_near_one(module, args, hint):
+    result = launch(args, module=module)
+    assert result.returncode == 2, result.stderr
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and f"(did you mean {hint}?)" in lines[0], result.stderr
