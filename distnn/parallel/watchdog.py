@@ -30,6 +30,7 @@ Nothing of this with ``--watchdog 0``, nor in a world of one.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import threading
@@ -64,7 +65,8 @@ class Watchdog:
         self.listener: HeartbeatListener | None = None
         self.errors = 0  # polls or judgements that raised, survived
         self._stop = threading.Event()
-        if not floor_s or world.size == 1:
+        valid = isinstance(floor_s, int | float) and 0 < floor_s < math.inf
+        if not valid or world.size == 1:  # a bad value: the run's own checks refuse it
             return
         self.startup_s = STARTUP_FACTOR * floor_s
         deadline = time.monotonic() + self.startup_s

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from distnn.errors import (
     EXIT_BAD_INPUT,
+    EXIT_CHECKPOINT_FAILED,
     EXIT_DIVERGED,
     EXIT_INTERRUPTED,
     EXIT_OUT_OF_SYNC,
@@ -25,6 +26,7 @@ from distnn.errors import (
 # A job that ends so has nothing a restart would change.
 FINAL_STATUSES = (
     EXIT_BAD_INPUT,
+    EXIT_CHECKPOINT_FAILED,
     EXIT_DIVERGED,
     EXIT_OUT_OF_SYNC,
     EXIT_SAVE_FAILED,
