@@ -23,6 +23,7 @@ import numpy as np
 
 from distnn.engine.network import Network
 from distnn.engine.schedules import GradientUpdateSchedule
+from distnn.errors import DistnnError
 from distnn.parallel.world import World
 from distnn.run.loop import History, train_config
 from distnn.run.options import TrainConfig, declared, fit_default_of
@@ -62,6 +63,7 @@ def fit(
         close = difflib.get_close_matches(unknown[0], OPTIONS, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise TypeError(f"fit() got an unexpected keyword argument {unknown[0]!r}{hint}")
+    check_callbacks(callbacks)
     options = OPTIONS | options
     schedule = options["schedule"]
     if isinstance(schedule, GradientUpdateSchedule):
@@ -96,6 +98,22 @@ def fit(
         schedule=schedule if isinstance(schedule, GradientUpdateSchedule) else None,
         callbacks=callbacks,
     )
+
+
+def check_callbacks(callbacks: Sequence[Any]) -> None:
+    """DistnnError now, not after an epoch's work, unless every callback has a method
+    ``fit`` calls (``on_epoch_end`` or ``on_step``)."""
+    if isinstance(callbacks, str | bytes) or not hasattr(callbacks, "__iter__"):
+        raise DistnnError(
+            f"fit: callbacks must be a list of objects, not {type(callbacks).__name__}"
+        )
+    for i, callback in enumerate(callbacks):
+        found = [m for m in ("on_epoch_end", "on_step") if callable(getattr(callback, m, None))]
+        if not found:
+            raise DistnnError(
+                f"fit: callbacks[{i}] ({type(callback).__name__}) has neither on_epoch_end(record) "
+                "nor on_step(step, loss): it would never be called"
+            )
 
 
 def _options_help() -> str:

@@ -79,3 +79,16 @@ class FailingLater(Slow):
         if self.rank == int(os.environ["FAULT_RANK"]) and self.t == self.first + after:
             raise RuntimeError(f"injected fault at step {self.t}")
         super()._step(grad, lr, out)
+
+
+class Freezing(SGD):
+    """Stops its own rank (SIGSTOP) on FREEZE_RANK while the run is being set up, after the
+    start-up rendezvous: a rank frozen in setup, as by a stuck disk. Writes its pid first."""
+
+    def __init__(self, lr):
+        super().__init__(lr)
+        rank = MPI.COMM_WORLD.Get_rank()
+        with open(os.path.join(os.environ["PID_DIR"], f"rank-{rank}"), "w") as f:
+            f.write(str(os.getpid()))
+        if rank == int(os.environ["FREEZE_RANK"]):
+            os.kill(os.getpid(), __import__("signal").SIGSTOP)

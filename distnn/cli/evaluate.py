@@ -3,10 +3,11 @@
     python -m distnn.evaluate model.npz --dataset digits
     mpirun -n 4 python -m distnn.evaluate model.npz --dataset data/ --split all --json ev.json
 
-Every rank loads the model and the data set; each evaluates its share of the chosen
-split's fixed chunks, and one Allreduce sums [chunk losses, confusion-matrix counts]
-(:mod:`distnn.parallel.evaluation`): the same numbers, to the last bit, at any number
-of ranks. Raw inputs go through the standardization saved with the model
+Every rank loads the model and the data set, and checks that every other rank holds the
+same model, options and rows (:mod:`distnn.parallel.agreement`); each evaluates its
+share of the chosen split's fixed chunks, and one Allreduce sums [chunk losses,
+confusion-matrix counts] (:mod:`distnn.parallel.evaluation`): the same numbers, to the
+last bit, at any number of ranks. Raw inputs go through the standardization saved with the model
 (``Network.predict``); the loss is the model's own loss function, averaged over samples
 (as ``test_loss`` in training). Errors in the input are printed once by rank 0 and every
 rank exits with status 2; any other error aborts the whole job.
@@ -25,6 +26,7 @@ from distnn.engine.metrics import report, summary, to_json
 from distnn.engine.network import Network
 from distnn.errors import DistnnError
 from distnn.io.outputs import atomic_write, check_no_clash, check_output_path
+from distnn.parallel.agreement import check_same_everywhere
 from distnn.parallel.evaluation import (
     Part,
     check_compatible,
@@ -105,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         args, net, data, split, parts, note = world.agree(setup)
+        same = {"options": repr(sorted(vars(args).items())), "model": net.params}
+        for i, (x, y, labels) in enumerate(parts):
+            same |= {f"inputs[{i}]": x, f"targets[{i}]": y, f"labels[{i}]": labels}
+        check_same_everywhere(world, same)  # else a silent mix, or MPI's raw error
         evaluation = evaluate_sharded(
             net, parts, world, raw_inputs=True, confusion=net.is_classifier
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import sys
 
 from distnn import __version__
@@ -24,7 +25,17 @@ class CliParser(argparse.ArgumentParser):
         self.rank = rank
 
     def error(self, message: str):
-        raise DistnnError(message)
+        raise DistnnError(message + self._did_you_mean(message))
+
+    def _did_you_mean(self, message: str) -> str:
+        """The hint for an unknown flag near a known one (`` (did you mean --json?)``),
+        as ``fit`` suggests the near keyword."""
+        if not message.startswith("unrecognized arguments:"):
+            return ""
+        flags = [w.split("=")[0] for w in message.split(":", 1)[1].split() if w.startswith("--")]
+        known = [s for action in self._actions for s in action.option_strings]
+        close = difflib.get_close_matches(flags[0], known, n=1) if flags else []
+        return f" (did you mean {close[0]}?)" if close else ""
 
     def _print_message(self, message, file=None):
         if self.rank == 0:

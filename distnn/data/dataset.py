@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from distnn.data.labels import encode_class_names
+from distnn.data.labels import encode_class_names, integer_labels
 from distnn.errors import DistnnError
 from distnn.io.safe_read import check_fits
 
@@ -144,6 +144,21 @@ def _count_nonfinite(a: np.ndarray) -> tuple[int, int]:
     return n_nan, n_inf
 
 
+def _as_array(src: Source, key: str, a: object) -> np.ndarray:
+    """``a`` as an array (lists welcome); DistnnError when it is missing or cannot be one."""
+    if a is None:
+        raise DistnnError(
+            f"{src.name}: no {src.array(key)} (give the "
+            f"{'rows' if key.startswith('x') else 'class labels or targets'} with the data)"
+        )
+    if isinstance(a, np.ndarray):
+        return a
+    try:
+        return np.asarray(a)
+    except (ValueError, TypeError) as e:  # ragged nested lists
+        raise DistnnError(f"{src.name}: {src.array(key)} is not an array ({e})") from None
+
+
 def _check_dtype(src: Source, key: str, a: np.ndarray) -> None:
     """Reject non-numeric dtypes; bool counts as numeric (0/1)."""
     if a.dtype.kind not in "biuf":
@@ -269,7 +284,11 @@ def from_arrays(
     ``class_names``, a model's, in that order). ``notes`` from the reader come first in
     the Dataset's notes.
     """
-    arrays = dict(arrays)
+    arrays = {key: _as_array(src, key, a) for key, a in arrays.items()}
+    for key in ("y", "y_test"):  # object arrays of ints are indices, not names
+        as_int = None if arrays.get(key) is None else integer_labels(arrays[key])
+        if as_int is not None:
+            arrays[key] = as_int
     names: tuple[str, ...] | None = None
     if arrays["y"].ndim == 1 and arrays["y"].dtype.kind in "USO":
         y_test = arrays.get("y_test")

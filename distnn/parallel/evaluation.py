@@ -20,6 +20,7 @@ from distnn.engine.metrics import macro_average, per_class
 from distnn.engine.network import Network, standardize_rows
 from distnn.engine.workspace import Workspace
 from distnn.errors import DistnnError
+from distnn.parallel.agreement import check_same_everywhere
 from distnn.parallel.reducers import shard_bounds
 from distnn.parallel.world import World, process_world
 
@@ -152,11 +153,27 @@ def evaluate(
     shapes or labels raise DistnnError.
     """
     world = process_world() if world is None else world
-    x, y = np.asarray(x), None if y is None else np.asarray(y)
-    part: Part = (x, None, y) if net.is_classifier else (x, y, None)
-    check_compatible(net, [part], "evaluate")
+
+    def checked() -> Part:
+        inputs = _as_array(x, "x")
+        given = None if y is None else _as_array(y, "y")
+        part: Part = (inputs, None, given) if net.is_classifier else (inputs, given, None)
+        check_compatible(net, [part], "evaluate")
+        return part
+
+    part = world.agree(checked)  # one rank's bad input stops every rank, in one line
+    same = {"model": net.params, "x": part[0], "y": part[1], "labels": part[2]}
+    check_same_everywhere(world, same)  # else a silent mix, or MPI's raw error
     result = evaluate_sharded(net, [part], world, raw_inputs=True, confusion=net.is_classifier)
     return evaluation_report(net, result)
+
+
+def _as_array(a: object, name: str) -> np.ndarray:
+    """``a`` as an array (a list welcome); DistnnError when it cannot be one."""
+    try:
+        return np.asarray(a)
+    except (ValueError, TypeError) as e:  # ragged nested lists
+        raise DistnnError(f"evaluate: {name} is not an array ({e})") from None
 
 
 def check_compatible(net: Network, parts: Sequence[Part], name: str) -> None:
@@ -167,6 +184,11 @@ def check_compatible(net: Network, parts: Sequence[Part], name: str) -> None:
             raise DistnnError(f"{name}: inputs of shape {x.shape}; need rows of {n_in} features")
         if x.shape[1] != n_in:
             raise DistnnError(f"{name}: {x.shape[1]} features per row, but the model takes {n_in}")
+        if len(x) == 0:
+            raise DistnnError(f"{name}: no rows to evaluate (inputs of shape {x.shape})")
+        for what, a in (("inputs", x), ("targets", y)):
+            if a is not None:
+                _check_numbers(a, f"{name}: {what}")
         if net.is_classifier:
             if labels is None:
                 raise DistnnError(
@@ -192,3 +214,14 @@ def check_compatible(net: Network, parts: Sequence[Part], name: str) -> None:
                     f"{name}: targets of shape {y.shape}, but the model predicts "
                     f"{n_out} outputs for each of {len(x)} rows"
                 )
+
+
+def _check_numbers(a: np.ndarray, what: str) -> None:
+    """DistnnError unless ``a`` holds real, finite numbers (bools count as 0/1)."""
+    if a.dtype.kind not in "biuf":
+        raise DistnnError(f"{what} have dtype {a.dtype}; need real numbers (ints, floats, bools)")
+    if a.dtype.kind == "f":
+        bad = sum(int(np.count_nonzero(~np.isfinite(a[i : i + EVAL_CHUNK * 64])))
+                  for i in range(0, len(a), EVAL_CHUNK * 64))  # fmt: skip
+        if bad:
+            raise DistnnError(f"{what} hold {bad} NaN or infinite values")

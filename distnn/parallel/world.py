@@ -156,6 +156,21 @@ class World:
             out[key] = buf
         return out
 
+    def post_object(self, obj: object, dest: int, tag: int) -> None:
+        """Send a small picklable ``obj`` to rank ``dest`` without waiting: that rank may
+        never come to receive it (the start-up rendezvous of
+        :mod:`distnn.parallel.watchdog`)."""
+        posted = self.__dict__.setdefault("_posted", [])
+        posted.append(self.comm.isend(obj, dest=dest, tag=tag))
+        MPI.Request.Testall(posted)
+
+    def take_object(self, source: int, tag: int) -> tuple[bool, Any]:
+        """``(True, obj)`` if rank ``source`` has sent an object with ``tag``, else
+        ``(False, None)``; never waits."""
+        if self.comm.Iprobe(source=source, tag=tag):
+            return True, self.comm.recv(source=source, tag=tag)
+        return False, None
+
     def agree(self, work: Callable[[], T]) -> T:
         """Run ``work()`` on every rank; if it raised DistnnError anywhere, raise it everywhere.
 

@@ -82,6 +82,8 @@ def train_config(
         failures_end_the_job(world),
         StopRequests() as requests,
         Heartbeat.from_env(world.rank, world.size) as beat,
+        # First: its rendezvous is the run's first exchange, and it never waits forever.
+        Watchdog(world, config.watchdog, beat, config.name("watchdog")),
         ExitStack() as held,  # the checkpoint folder's lock, while the run lasts
     ):
         # Deterministic mode fixes one BLAS thread: a product's bits may depend on it.
@@ -125,8 +127,7 @@ def train_config(
             for note in run.notes:
                 progress.say(f"note: {note}")
         head = header_record(run.config, world, threads, run.lr_plan)
-        with Watchdog(world, config.watchdog, beat, config.name("watchdog")):
-            return _train(run, world, progress, requests, beat, callbacks, head, clock)
+        return _train(run, world, progress, requests, beat, callbacks, head, clock)
 
 
 def _train(
@@ -143,6 +144,7 @@ def _train(
     config, trainer = run.config, run.trainer
     B = trainer.batch_size
     step_callbacks = [c for c in callbacks if hasattr(c, "on_step")]
+    epoch_callbacks = [c for c in callbacks if hasattr(c, "on_epoch_end")]
     early = EarlyStopping(config.patience, run.net.params) if config.patience else None
     if early:
         early.load_state(run.run_state, run.run_arrays)
@@ -226,7 +228,7 @@ def _train(
             history.append(record)
             log.write(record)
             progress.end_epoch(record)
-            for callback in callbacks:
+            for callback in epoch_callbacks:
                 rules.ask_callback(callback.on_epoch_end, record)
             stop = rules.after_epoch(record, trainer.epoch)
             stop = rules.agree_at_epoch_end(world.allreduce_sum, trainer.step) or stop

@@ -118,7 +118,7 @@ class TrainConfig:
         fingerprint=True,
     )
     epochs: int = option(40, "default: %(default)s", bound=AT_LEAST_1, fit_default=10)
-    seed: int = option(0, "default: %(default)s", fingerprint=True)
+    seed: int = option(0, "default: %(default)s", bound=ZERO_OR_MORE, fingerprint=True)
     dtype: str = option("float32", "float32 (default) | float64", choices=DTYPES, cli_only=True)
     save: str | None = option(
         None, "write the trained model here", metavar="MODEL.npz", path="output"
@@ -319,6 +319,13 @@ class TrainConfig:
             raise DistnnError(
                 f"{name('virtual_shards')} {self.virtual_shards} has no effect without "
                 f"{name('deterministic')}"
+            )
+        if self.deterministic and self.virtual_shards > self.batch_size:
+            raise DistnnError(
+                f"{name('virtual_shards')} {self.virtual_shards} is more than "
+                f"{name('batch_size')} {self.batch_size}: every batch would leave "
+                f"{self.virtual_shards - self.batch_size} shards empty (use at most "
+                f"{self.batch_size})"
             )
         if self.lr_scaling == "none" and self.base_batch != default_of("base_batch"):
             raise DistnnError(

@@ -10,7 +10,6 @@ from; :meth:`Run.restore` then gives every rank that checkpoint.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from distnn.io.checkpoints import (
     newest_valid_checkpoint,
 )
 from distnn.io.folder_lock import FolderLock
+from distnn.parallel.agreement import check_same_everywhere
 from distnn.parallel.memory import check_memory
 from distnn.parallel.timeline import Timeline, parse_steps
 from distnn.parallel.trainer import Trainer, make_reducer
@@ -171,6 +171,12 @@ def prepare_run(
             f"splits each batch into {config.virtual_shards} virtual shards; raise "
             f"{config.name('virtual_shards')} to use them",
         )
+    if not config.deterministic and trainer.batch_size < world.size:
+        notes += (
+            f"{world.size - trainer.batch_size} rank(s) idle: a batch of "
+            f"{trainer.batch_size} rows gives one row to each of {trainer.batch_size} of the "
+            f"{world.size} ranks; raise {config.name('batch_size')} to use them",
+        )
     fingerprint = run_fingerprint(config, net, data_hash, len(data.x))
     run = Run(config, data, net, trainer, fingerprint, validation, notes=notes, lr_plan=lr_plan)
     if world.is_root:  # find out now, not after hours of training, that an output can't land
@@ -227,38 +233,16 @@ def check_same_on_every_rank(run: Run, world: World) -> None:
     """Stop every rank, in one line, unless all were given the same options and data.
 
     Under ``mpirun`` each rank calls ``fit`` (or reads ``--dataset``) for itself; given
-    other data on one rank, the run would train on a mix or die in a collective with a
-    truncated message. Compared: the options, and each array's shape, dtype and a
-    sample of its rows (a cheap hash: sampled rows, not every byte).
+    other data on one rank, the run would train on the mix or die in a collective with a
+    truncated message. Compared: the options, and a digest of every byte of the training,
+    test and validation arrays (:mod:`distnn.parallel.agreement`).
     """
-    parts = {"options": json.dumps(run.config.to_dict(), sort_keys=True, default=str)}
     data = run.data
-    named = {"x": data.x, "y": data.y, "test_data": data.x_test, "test labels": data.y_test}
+    parts = {"options": json.dumps(run.config.to_dict(), sort_keys=True, default=str)}
+    parts |= {"x": data.x, "y": data.y, "test_data": data.x_test, "test labels": data.y_test}
     if run.validation is not None:
-        named |= {"validation_data": run.validation.x, "validation targets": run.validation.y}
-    parts |= {name: _sample_hash(a) for name, a in named.items()}
-    everyone = world.gather_object(parts)
-
-    def compare() -> None:
-        for rank, theirs in enumerate(everyone or []):
-            differ = [name for name in parts if theirs[name] != parts[name]]
-            if differ:
-                raise DistnnError(
-                    f"rank {rank} was given other {', '.join(differ)} than rank 0: every rank "
-                    "must run with the same options and data"
-                )
-
-    world.on_root(compare)
-
-
-def _sample_hash(a: np.ndarray | None, rows: int = 64) -> str:
-    """Shape, dtype and ``rows`` evenly spaced rows of ``a``: cheap even for memory maps."""
-    if a is None:
-        return "none"
-    h = hashlib.blake2b(repr((a.shape, a.dtype.str)).encode(), digest_size=16)
-    if len(a):
-        h.update(np.ascontiguousarray(a[np.linspace(0, len(a) - 1, rows).astype(int)]).data)
-    return h.hexdigest()
+        parts |= {"validation_data": run.validation.x, "validation targets": run.validation.y}
+    check_same_everywhere(world, parts)
 
 
 def warm_start(net: Network, path: str, what: str) -> None:
