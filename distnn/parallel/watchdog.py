@@ -3,8 +3,9 @@
 A rank stopped (SIGSTOP, a stuck disk, a dead node) leaves every other rank waiting in
 the step's collective forever, spinning, deaf to SIGTERM. Every rank beats
 (:mod:`distnn.parallel.heartbeat`) to rank 0's listener, and rank 0 beats to rank 1's
-too. Rank 0 judges: when no step has finished for ``limit`` (the ``--watchdog`` floor,
-or ``FACTOR`` × the longest gap between steps seen so far, whichever is more), it names
+too. Rank 0 judges: when no step has finished for ``limit`` (the ``--watchdog`` floor, or
+``WATCHDOG_FACTOR`` × the longest gap between steps seen so far, whichever is more;
+:func:`~distnn.parallel.heartbeat.stall_limit`, shared with the supervisor), it names
 the silent rank (or the one stuck in another phase) in one line and aborts the job with
 :data:`~distnn.errors.EXIT_HUNG`. Rank 1 judges only rank 0, in case rank 0 is the one
 that froze. A checkpoint is written atomically, so the newest one stays valid.
@@ -26,10 +27,14 @@ import threading
 
 from distnn.errors import EXIT_HUNG
 from distnn.parallel.beat_codec import new_key
-from distnn.parallel.heartbeat import ATTEMPT_VARIABLE, Heartbeat, HeartbeatListener
+from distnn.parallel.heartbeat import (
+    ATTEMPT_VARIABLE,
+    WATCHDOG_FACTOR,
+    Heartbeat,
+    HeartbeatListener,
+    stall_limit,
+)
 from distnn.parallel.world import World
-
-FACTOR = 10.0
 
 
 class Watchdog:
@@ -86,7 +91,7 @@ class Watchdog:
         listener.poll()
         if listener.first_advance_at is None:
             return None  # not armed before the first step
-        limit = max(self.floor_s, FACTOR * listener.longest_gap)
+        limit = stall_limit(self.floor_s, WATCHDOG_FACTOR, listener.longest_gap)
         if listener.stalled_for() <= limit:
             return None
         culprits, why = listener.diagnose(self.world.size)
