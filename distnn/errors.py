@@ -4,6 +4,11 @@ EXIT_BROKEN_PIPE = 1  # stdout closed early (| head): Python's own status on EPI
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 EXIT_OUT_OF_SYNC = 4
+# EX_CANTCREAT: the run ended (trained, or stopped on request) but its last checkpoint
+# could not be written (folder full or unwritable, a folder where the file goes): the
+# model is saved with --save or rescued, and the error names where; the newest checkpoint
+# in the folder, if any, is older. Restarting would redo work into the same folder.
+EXIT_CHECKPOINT_FAILED = 73
 EXIT_SAVE_FAILED = 74  # EX_IOERR: trained, but --save failed; the error names a copy
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on request, a checkpoint to resume from
 EXIT_GAVE_UP = 76  # distnn.launch: restarting could not help (budget, the same failure twice)
@@ -51,6 +56,12 @@ class SaveFailed(CollectiveError):
     """Training finished but the model could not be written where asked."""
 
     exit_code = EXIT_SAVE_FAILED
+
+
+class CheckpointFailed(CollectiveError):
+    """The run ended without its last checkpoint written; the model is saved or rescued."""
+
+    exit_code = EXIT_CHECKPOINT_FAILED
 
 
 class ScheduleError(CollectiveError):

@@ -178,6 +178,23 @@ def test_options_table_lists_every_declared_option():
     assert not missing, f"options with no row in docs/options.md: {missing}"
 
 
+def test_every_option_is_in_one_group_and_the_docs_sections_are_the_groups():
+    from distnn.run.options import GROUPS
+
+    grouped = [name for names in GROUPS.values() for name in names]
+    assert sorted(grouped) == sorted(f.name for f, _ in declared()), "in no group, or in two"
+    sections = re.split(r"^## ", OPTIONS_PAGE, flags=re.M)[1:]
+    titles = [section.split("\n", 1)[0].strip().lower() for section in sections]
+    assert titles == list(GROUPS), "docs/options.md's sections are --help's groups, in order"
+    for title, section in zip(titles, sections, strict=True):
+        rows = [line for line in section.splitlines() if line.startswith("| `")]
+        flags = {f for row in rows for f in re.findall(r"`(--[a-z-]+)", row.split(" | ")[0])}
+        flags -= {"--print-config"}
+        assert flags == {flag_of(name) for name in GROUPS[title]}, title
+    helped = build_parser().format_help()
+    assert [t for t in GROUPS if f"\n{t}:\n" in helped] == list(GROUPS)
+
+
 def test_resume_list_is_the_fingerprint():
     """docs/faults.md's list of what a checkpoint must match is the declaration's."""
     paragraph = FAULTS_PAGE.split("**Resume continues the same run, or nothing.**", 1)[1]

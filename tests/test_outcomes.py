@@ -14,6 +14,7 @@ import pytest
 
 from distnn.errors import (
     EXIT_BAD_INPUT,
+    EXIT_CHECKPOINT_FAILED,
     EXIT_DIVERGED,
     EXIT_HUNG,
     EXIT_INTERRUPTED,
@@ -80,7 +81,15 @@ def test_each_way_an_attempt_ends(facts, expected):
 
 
 @pytest.mark.parametrize(
-    "status", [EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_OUT_OF_SYNC, EXIT_SAVE_FAILED, EXIT_INTERRUPTED]
+    "status",
+    [
+        EXIT_BAD_INPUT,
+        EXIT_CHECKPOINT_FAILED,
+        EXIT_DIVERGED,
+        EXIT_OUT_OF_SYNC,
+        EXIT_SAVE_FAILED,
+        EXIT_INTERRUPTED,
+    ],
 )
 def test_statuses_no_restart_changes_are_final(status):
     verdict = classify(Facts(status, reported=RAISED))

@@ -15,7 +15,10 @@ import hashlib
 import itertools
 import json
 import os
+import resource
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,16 +29,18 @@ from distnn.cli import evaluate as evaluate_cli
 from distnn.cli import plot as plot_cli
 from distnn.cli import predict as predict_cli
 from distnn.cli import train as train_cli
+from distnn.io.folder_lock import LOCK_NAME
 
 SMALL = ["--dataset", "synthetic:60:4:3", "--hidden", "5", "--epochs", "2", "--quiet"]
 
 
 def digest(root: Path) -> dict[str, str]:
-    """Content hash of every file below ``root`` (symbolic links by their own name)."""
+    """Content hash of every file below ``root`` (symbolic links by their own name); not
+    a checkpoint folder's lock file, which names whichever run last held the folder."""
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(root.rglob("*"))
-        if p.is_file() and not p.is_symlink()
+        if p.is_file() and not p.is_symlink() and p.name != LOCK_NAME
     }
 
 
@@ -381,3 +386,17 @@ def test_a_failed_final_save_keeps_the_parameters(tmp_path, capsys, monkeypatch,
     if not with_checkpoints:
         distnn.Network.load(where)  # a whole model
         os.unlink(where)
+
+
+def test_the_network_estimate_honours_the_address_space_limit(tmp_path):
+    # 5.8 GB for one rank: room on the node, not under a 3 GiB `ulimit -v` (where the
+    # estimate once passed and the allocation then died with a MemoryError traceback).
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+
+    command = [sys.executable, "-m", "distnn.train", "--hidden", "12000,12000", "--quiet"]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=120, cwd=tmp_path, preexec_fn=limit
+    )
+    assert result.returncode == 2, result.stderr
+    assert "under its address-space limit" in result.stderr and "Traceback" not in result.stderr

@@ -105,6 +105,10 @@ SKIP = {
         "to end and `--model-only` with a cluster's numbers"
     ),
     "#SBATCH --nodes=4 --ntasks-per-node=32": "needs a 4-node Slurm allocation",
+    "python -m distnn.scaling --ranks 1,2 --batches 8..512": (
+        "a 3-minute sweep; tests/test_sweep.py runs the same command on a tiny grid, and "
+        "--plot-only from a CSV"
+    ),
     "t_comp = b / r": "the scaling model's formulas: neither a command nor its output",
     "python scripts/scaling.py --plot-dir docs": (
         "a 63 s measurement that rewrites docs/*.png; tests/test_scaling.py runs the script"

@@ -117,6 +117,14 @@ def test_tensorboard_scalars_read_back(tmp_path):
             if value.HasField("simple_value"):
                 scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
     records = epoch_records(str(tmp_path / "m.jsonl"))
-    assert [s for s, _ in scalars["loss"]] == [r["step"] for r in records]
-    assert [v for _, v in scalars["loss"]] == pytest.approx([r["loss"] for r in records])
-    assert {"test_loss", "accuracy", "samples_per_sec", "lr", "wall_s"} <= set(scalars)
+    assert [s for s, _ in scalars["loss/train"]] == [r["step"] for r in records]
+    assert [v for _, v in scalars["loss/train"]] == pytest.approx([r["loss"] for r in records])
+    want = {"loss/test", "accuracy/test", "speed/samples_per_sec", "optim/lr", "time/wall_s"}
+    assert want | {"noise/noise_scale", "speed/goodput"} <= set(scalars)
+    assert not any("rank" in tag for tag in scalars), "slowest_rank is an index, not a curve"
+    # The run's options and final numbers on the HParams dashboard.
+    (hparams_file,) = (tmp_path / "tb" / "hparams").glob("events.out.tfevents.*")
+    final = {v.tag: v.simple_value for e in read_events(hparams_file) for v in e.summary.value}
+    assert final["hparam/accuracy"] == pytest.approx(records[-1]["accuracy"])
+    blob = hparams_file.read_bytes()
+    assert b"batch_size" in blob and b"schedule" in blob

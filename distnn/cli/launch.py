@@ -19,6 +19,7 @@ from pathlib import Path
 
 from distnn.cli.options import CliParser, parse_config
 from distnn.errors import DistnnError
+from distnn.io.folder_lock import SHARE_VARIABLE, FolderLock
 from distnn.io.safe_read import read_limited
 from distnn.parallel.failures import stdout_to_devnull
 from distnn.run.outputs import check_no_output_over_an_input, check_outputs_writable
@@ -189,9 +190,13 @@ def main(argv: list[str] | None = None) -> int:
         check_no_output_over_an_input(config, None, [])
         check_outputs_writable(config)
         command = launcher(args.launcher)
+        # One run per folder, across every attempt: the jobs run under this lock.
+        lock = FolderLock.take(config.checkpoint_dir, "--checkpoint-dir " + config.checkpoint_dir,
+                               "distnn.launch")  # fmt: skip
     except DistnnError as e:
         print(f"distnn: error: {e}", file=sys.stderr)
         return e.exit_code
+    os.environ[SHARE_VARIABLE] = lock.token
     supervisor = Supervisor(
         train_args,
         config.checkpoint_dir,
@@ -209,4 +214,5 @@ def main(argv: list[str] | None = None) -> int:
         hang=HangLimits(floor_s=args.hang_timeout, startup_s=args.startup_timeout),
         say=say,
     )  # fmt: skip
-    return supervisor.run()
+    with lock:
+        return supervisor.run()

@@ -7,11 +7,13 @@ raises DistnnError instead, which the CLI reports once, and prints help on rank 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from distnn import __version__
 from distnn.errors import DistnnError
-from distnn.run.options import TrainConfig, declared, flag_of, read_toml, value_type
+from distnn.run.declaring import Option
+from distnn.run.options import GROUPS, TrainConfig, declared, flag_of, read_toml, value_type
 
 
 class CliParser(argparse.ArgumentParser):
@@ -51,17 +53,11 @@ def build_parser(rank: int = 0) -> argparse.ArgumentParser:
             "'mpirun -n N' for N ranks, or alone for one."
         ),
     )
-    for f, opt in declared():
-        kind, element = value_type(f)
-        flag = flag_of(f.name)
-        if kind is bool:
-            p.add_argument(flag, dest=f.name, action="store_true", help=opt.help)
-            continue
-        convert = {int: _int_list, str: _name_list}[element] if kind is tuple else kind
-        p.add_argument(
-            flag, dest=f.name, type=convert, default=f.default, metavar=opt.metavar,
-            help=opt.help,
-        )  # fmt: skip
+    fields = {f.name: (f, opt) for f, opt in declared()}
+    for title, names in GROUPS.items():
+        group = p.add_argument_group(title)
+        for name in names:
+            _add_option(group, *fields[name])
     p.add_argument(
         "--print-config",
         action="store_true",
@@ -69,6 +65,18 @@ def build_parser(rank: int = 0) -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"distnn {__version__}")
     return p
+
+
+def _add_option(group: argparse._ArgumentGroup, f: dataclasses.Field, opt: Option) -> None:
+    kind, element = value_type(f)
+    flag = flag_of(f.name)
+    if kind is bool:
+        group.add_argument(flag, dest=f.name, action="store_true", help=opt.help)
+        return
+    convert = {int: _int_list, str: _name_list}[element] if kind is tuple else kind
+    group.add_argument(
+        flag, dest=f.name, type=convert, default=f.default, metavar=opt.metavar, help=opt.help
+    )
 
 
 def toml_to_argv(options: dict) -> list[str]:

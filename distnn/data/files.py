@@ -25,7 +25,17 @@ import numpy as np
 
 from distnn.data.dataset import Dataset, Source, from_arrays
 from distnn.errors import DistnnError, one_line
-from distnn.io.safe_read import READ_ERRORS, Npz, check_fits, npy_header, open_regular
+from distnn.io.safe_read import (
+    READ_ERRORS,
+    NotArchiveError,
+    NotNpyError,
+    Npz,
+    ObjectArrayError,
+    TruncatedError,
+    check_fits,
+    npy_header,
+    open_regular,
+)
 
 KEYS = ("x", "y", "x_test", "y_test")
 # What np.load / zipfile / numpy's .npy reader raise on files that are not valid npz data.
@@ -65,15 +75,13 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
         archive = Npz(path, "data file")
     except OSError as exc:
         raise DistnnError(f"{path}: cannot open file ({exc.strerror or exc})") from None
-    except DistnnError as exc:
-        if " not a readable data file " not in str(exc):
-            raise
+    except NotArchiveError as exc:
         if _starts_with(path, b"\x93NUMPY"):
             raise DistnnError(
                 f"{path}: is a single .npy array, not an .npz archive; save with "
                 "np.savez(path, x=..., y=...), or pass a directory holding x.npy and y.npy"
             ) from None
-        detail = str(exc).split(" not a readable data file ", 1)[1].strip("()")
+        detail = exc.detail
         if "not a zip file" in detail:
             detail = "neither a zip archive nor a .npy array"
         raise DistnnError(f"{path}: not a valid .npz file ({detail})") from None
@@ -88,14 +96,11 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
         present = [k for k in KEYS if k in keys]
         try:
             return archive.read_all(present)
-        except DistnnError as exc:
-            if "has dtype object" in str(exc):
-                key = next(k for k in present if f"'{k}'" in str(exc))
-                raise DistnnError(
-                    f"{path}: array '{key}' has dtype object (ragged or pickled data is "
-                    "not supported)"
-                ) from None
-            raise
+        except ObjectArrayError as exc:
+            raise DistnnError(
+                f"{path}: array '{exc.key}' has dtype object (ragged or pickled data is "
+                "not supported)"
+            ) from None
 
 
 def _starts_with(path: str, magic: bytes) -> bool:
@@ -160,24 +165,17 @@ def _open_npy(file: str) -> np.ndarray:
         shape, dtype, fortran, offset = npy_header(file)
     except OSError as exc:
         raise DistnnError(f"{file}: cannot open file ({exc.strerror or exc})") from None
-    except DistnnError as exc:
-        message = str(exc)
-        if "has dtype object" in message:
-            raise DistnnError(
-                f"{file}: has dtype object (ragged or pickled data is not supported)"
-            ) from None
-        if "not a valid .npy array" in message:
-            if _starts_with(file, b"PK"):
-                raise DistnnError(f"{file}: is an .npz archive, not a single .npy array") from None
-            if "magic string" in message:  # numpy's words for files that are not .npy
-                detail = "no .npy header"
-            else:
-                detail = message.split("not a valid .npy array ", 1)[1].strip("()")
-            raise DistnnError(f"{file}: not a valid .npy file ({detail})") from None
-        if f"{file}: truncated: " in message:
-            detail = message.split(f"{file}: ", 1)[1]
-            raise DistnnError(f"{file}: not a valid .npy file ({detail})") from None
-        raise
+    except ObjectArrayError:
+        raise DistnnError(
+            f"{file}: has dtype object (ragged or pickled data is not supported)"
+        ) from None
+    except NotNpyError as exc:
+        if _starts_with(file, b"PK"):
+            raise DistnnError(f"{file}: is an .npz archive, not a single .npy array") from None
+        detail = "no .npy header" if exc.no_header else exc.detail
+        raise DistnnError(f"{file}: not a valid .npy file ({detail})") from None
+    except TruncatedError as exc:
+        raise DistnnError(f"{file}: not a valid .npy file ({exc.detail})") from None
     if 0 in shape:
         return np.empty(shape, dtype)
     try:

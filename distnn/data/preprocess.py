@@ -12,6 +12,7 @@ from typing import NamedTuple
 import numpy as np
 
 from distnn.data.dataset import Dataset
+from distnn.engine.network import standardize_rows
 from distnn.errors import DistnnError
 
 
@@ -64,6 +65,6 @@ def standardize(data: Dataset, mean: np.ndarray, std: np.ndarray) -> Dataset:
     """``data`` with every feature array mapped x ↦ (x − mean) / std (new arrays)."""
 
     def scaled(x: np.ndarray | None) -> np.ndarray | None:
-        return None if x is None else ((x - mean) / std).astype(x.dtype, copy=False)
+        return None if x is None else standardize_rows(x, mean, std)
 
     return dataclasses.replace(data, x=scaled(data.x), x_test=scaled(data.x_test))

@@ -239,8 +239,7 @@ class Network:
         for lo in range(0, len(X), chunk):
             rows = np.array(X[lo : lo + chunk], dtype=self.dtype)
             if self.input_mean is not None:
-                rows -= self.input_mean
-                rows /= self.input_std
+                standardize_rows(rows, self.input_mean, self.input_std, out=rows)
             out[lo : lo + len(rows)] = self.feed_forward(rows, ws)
         return out
 
@@ -337,3 +336,18 @@ class Network:
         Y = np.ascontiguousarray(Y, self.dtype)
         self.backprop(X, Y, grad, self.workspace(len(X)), scale=1.0 / len(X))
         return grad
+
+
+def standardize_rows(
+    x: np.ndarray, mean: np.ndarray, std: np.ndarray, out: np.ndarray | None = None
+) -> np.ndarray:
+    """x ↦ (x − input_mean) / input_std, feature by feature (``--standardize``): the one
+    implementation, for training data, validation data, evaluation and prediction.
+
+    Into ``out`` (which may be ``x``) when given; else a new array of ``x``'s dtype.
+    """
+    if out is None:
+        return ((x - mean) / std).astype(x.dtype, copy=False)
+    np.subtract(x, mean, out=out)
+    out /= std
+    return out

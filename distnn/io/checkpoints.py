@@ -10,8 +10,12 @@ run's own state (early stopping, wall time so far), and a format version. None o
 depends on the number of ranks, so a run stopped on 4 ranks continues on 1 or 2.
 
 Rank 0 writes it atomically (temporary file, fsync, rename: see ``distnn.io.outputs``) as
-``checkpoint-<step>.npz`` and keeps the newest ``keep``. Loading never unpickles, so a
-crafted file cannot run code; a damaged or incompatible file is refused with its
+``checkpoint-<step>.npz`` and keeps the newest ``keep``; the folder is locked to one run
+(:mod:`distnn.io.folder_lock`), so every temporary file of a checkpoint found there
+outside a save is a killed writer's debris, and is removed (:func:`clear_debris`).
+Loading never unpickles, so a crafted file cannot run code; every field is checked (the
+fingerprint names this run, positions and counts are possible, every state array is
+the parameters' size and finite), a damaged or incompatible file is refused with its
 name, and ``--resume`` falls back to the next newest.
 """
 
@@ -21,7 +25,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +36,12 @@ from distnn.io.safe_read import read_npz
 
 FORMAT_VERSION = 2  # 2: run_state (early stopping, wall time); full fingerprint
 _NAME = re.compile(r"^checkpoint-(\d+)\.npz$")
+# atomic_write's temporary file for a checkpoint: ".tmp-" + mkstemp's 8 characters + name
+_DEBRIS = re.compile(r"^\.tmp-\w{8}checkpoint-\d+\.npz$")
+_MAX_COUNT = 2**53  # steps and epochs beyond this are no run's (and lose float exactness)
+# What every checkpoint's fingerprint holds, from format 1 on; an older distnn may lack
+# later options' entries, but never these.
+_ALWAYS_FINGERPRINTED = ("sizes", "activations", "loss", "schedule", "train_samples", "num_params")
 
 
 @dataclass
@@ -87,8 +97,30 @@ def save_checkpoint(directory: str, ckpt: Checkpoint, keep: int) -> str:
     path = checkpoint_path(directory, ckpt.position["step"])
     atomic_savez(path, arrays)
     for old in list_checkpoints(directory)[keep:]:
-        os.unlink(old)
+        if os.path.isfile(old) and not os.path.islink(old):  # never a folder put there
+            os.unlink(old)
     return path
+
+
+def clear_debris(directory: str) -> list[str]:
+    """Remove the temporary files of checkpoints whose writer was killed; their names.
+
+    Only with the folder's lock held and no save under way: then no live writer owns one.
+    """
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        path = os.path.join(directory, name)
+        if _DEBRIS.match(name) and os.path.isfile(path) and not os.path.islink(path):
+            try:
+                os.unlink(path)
+                removed.append(name)
+            except OSError:
+                pass  # the save that follows reports a folder it cannot write
+    return removed
 
 
 def load_checkpoint(
@@ -139,6 +171,10 @@ def load_checkpoint(
         raise DistnnError(f"{path}: damaged checkpoint (JSON nested too deeply)") from None
     except (TypeError, ValueError, OverflowError) as e:
         raise DistnnError(f"{path}: damaged checkpoint ({type(e).__name__}: {e})") from None
+    always = (*_ALWAYS_FINGERPRINTED, "data") if version >= 2 else _ALWAYS_FINGERPRINTED
+    lacking = [key for key in always if key in expected and key not in fingerprint]
+    if lacking:  # an empty fingerprint says nothing about whose run it was
+        raise DistnnError(f"{path}: damaged checkpoint (its fingerprint lacks {lacking})")
     differences = [
         f"{(names or {}).get(key, key)} {fingerprint[key]} there, {want} here"
         for key, want in expected.items()
@@ -157,6 +193,17 @@ def load_checkpoint(
             raise DistnnError(
                 f"{path}: damaged checkpoint ('{key}' is not {ckpt.params.size} finite numbers)"
             )
+    for key, a in ckpt.schedule_state.items():
+        if key != "t" and (a.shape != ckpt.params.shape or a.dtype.kind != "f"
+                           or not np.isfinite(a).all()):  # fmt: skip
+            raise DistnnError(
+                f"{path}: damaged checkpoint (optimizer state '{key}' is not "
+                f"{ckpt.params.size} finite numbers)"
+            )
+    if "t" in ckpt.schedule_state:
+        _count(ckpt.schedule_state["t"], path, "optimizer step")
+    if not np.isfinite(ckpt.position["epoch_loss_sum"]):
+        raise DistnnError(f"{path}: damaged checkpoint (epoch_loss_sum is not finite)")
     state = ckpt.run_state
     if any(isinstance(v, bool) or not isinstance(v, int | float) for v in state.values()) or (
         ckpt.run_arrays and not {"best_loss", "best_epoch", "waited"} <= state.keys()
@@ -175,10 +222,17 @@ def _json_object(a: np.ndarray) -> dict:
     return value
 
 
-def _count(a: np.ndarray) -> int:
-    """A non-negative integer held by a 0-d integer array."""
-    if a.ndim != 0 or a.dtype.kind not in "iu" or int(a) < 0:
-        raise ValueError(f"expected a count, found {a.dtype} {a.shape}")
+def _count(a: np.ndarray, path: str | None = None, what: str = "a count") -> int:
+    """A non-negative integer below 2**53 held by a 0-d integer array.
+
+    ValueError, or with ``path`` a DistnnError naming the file and ``what``.
+    """
+    a = np.asarray(a)
+    if a.ndim != 0 or a.dtype.kind not in "iu" or not 0 <= int(a) < _MAX_COUNT:
+        found = int(a) if a.ndim == 0 and a.dtype.kind in "iu" else f"{a.dtype} {a.shape}"
+        if path is not None:
+            raise DistnnError(f"{path}: damaged checkpoint ({what} {found})")
+        raise ValueError(f"expected a count below 2**53, found {found}")
     return int(a)
 
 
@@ -197,17 +251,26 @@ def content_hash(*arrays: np.ndarray | None, block_bytes: int = 1 << 26) -> str:
 
 
 def newest_valid_checkpoint(
-    directory: str, expected: dict, names: Mapping[str, str] | None = None
+    directory: str,
+    expected: dict,
+    names: Mapping[str, str] | None = None,
+    fits: Callable[[Checkpoint], str | None] = lambda ckpt: None,
 ) -> tuple[Checkpoint | None, str | None, list[str]]:
     """The newest checkpoint in ``directory`` that loads and fits this run.
 
+    ``fits(ckpt)``: what the run itself finds wrong with a loaded checkpoint (a position
+    past its epoch, an optimizer state its schedule refuses), None if nothing.
     Returns (checkpoint, its path, one message per newer file that was skipped). With
     files present but none usable, raises DistnnError listing why each was refused.
     """
     skipped = []
     for path in list_checkpoints(directory):
         try:
-            return load_checkpoint(path, expected, names), path, skipped
+            ckpt = load_checkpoint(path, expected, names)
+            wrong = fits(ckpt)
+            if wrong:
+                raise DistnnError(f"{path}: damaged checkpoint ({wrong})")
+            return ckpt, path, skipped
         except DistnnError as e:
             skipped.append(str(e))
     if skipped:

@@ -110,9 +110,9 @@ def check_regular(path: str) -> None:
         raise DistnnError(f"{path}: is {file_kind(mode)}, not a regular file")
 
 
-def available_memory() -> int | None:
-    """Bytes this process may still allocate: the least of the node's available memory,
-    the cgroup's (container's) limit, and the address-space limit (``ulimit -v``)."""
+def node_memory() -> int | None:
+    """Bytes the processes of this node (or of this container) may still allocate
+    together: the least of the node's available memory and the cgroup's room, else None."""
     limits = []
     try:
         with open("/proc/meminfo") as f:
@@ -129,17 +129,30 @@ def available_memory() -> int | None:
                 limits.append(max(0, int(cap) - int(f.read())))
     except (OSError, ValueError):
         pass
+    return min(limits) if limits else None
+
+
+def address_space_room() -> int | None:
+    """Bytes this process may still map under its address-space limit (``ulimit -v``),
+    or None without one."""
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
-    if soft != resource.RLIM_INFINITY:
-        used = 0
-        try:
-            with open("/proc/self/status") as f:
-                for line in f:
-                    if line.startswith("VmSize:"):
-                        used = int(line.split()[1]) * 1024
-        except (OSError, ValueError, IndexError):
-            pass
-        limits.append(max(0, soft - used))
+    if soft == resource.RLIM_INFINITY:
+        return None
+    used = 0
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmSize:"):
+                    used = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return max(0, soft - used)
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still allocate: the least of the node's (or container's)
+    room and its own address-space room."""
+    limits = [m for m in (node_memory(), address_space_room()) if m is not None]
     return min(limits) if limits else None
 
 
@@ -156,11 +169,50 @@ def check_fits(nbytes: int, path: str, what: str) -> None:
 # ---------------------------------------------------------------- .npy headers
 
 
-def _read_header(fp: BinaryIO, where: str) -> tuple[tuple[int, ...], np.dtype, bool, int]:
+class NotNpyError(DistnnError):
+    """Not a ``.npy`` array: ``detail`` says why; ``no_header``: not even .npy's magic."""
+
+    def __init__(self, where: str, detail: str, no_header: bool) -> None:
+        super().__init__(f"{where}: not a valid .npy array ({detail})")
+        self.detail, self.no_header = detail, no_header
+
+
+class ObjectArrayError(DistnnError):
+    """An array of dtype object (pickled data, never read); ``key``: the archive member."""
+
+    def __init__(self, where: str, key: str | None = None) -> None:
+        super().__init__(f"{where}: has dtype object (pickled data is not read)")
+        self.key = key
+
+
+class TruncatedError(DistnnError):
+    """A ``.npy`` file holding less data than its header announces."""
+
+    def __init__(self, path: str, detail: str) -> None:
+        super().__init__(f"{path}: truncated: {detail}")
+        self.detail = f"truncated: {detail}"
+
+
+class NotArchiveError(DistnnError):
+    """A file that is not a readable zip archive; ``detail`` says why."""
+
+    def __init__(self, path: str, what: str, detail: str) -> None:
+        super().__init__(f"{path}: not a readable {what} ({detail})")
+        self.detail = detail
+
+
+def _read_header(
+    fp: BinaryIO, where: str, key: str | None = None
+) -> tuple[tuple[int, ...], np.dtype, bool, int]:
     """(shape, dtype, Fortran order, data bytes) from a .npy header at ``fp``'s position;
     DistnnError (naming ``where``) for anything distnn will not allocate."""
     try:
         version = np.lib.format.read_magic(fp)
+    except (zlib.error, zipfile.BadZipFile, EOFError) as exc:  # the compressed data
+        raise DistnnError(f"{where} is corrupt ({one_line(exc)})") from None
+    except READ_ERRORS as exc:
+        raise NotNpyError(where, one_line(exc), no_header=True) from None
+    try:
         if version == (1, 0):
             shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp, MAX_NPY_HEADER)
         elif version == (2, 0):
@@ -172,9 +224,9 @@ def _read_header(fp: BinaryIO, where: str) -> tuple[tuple[int, ...], np.dtype, b
     except (zlib.error, zipfile.BadZipFile, EOFError) as exc:  # the compressed data
         raise DistnnError(f"{where} is corrupt ({one_line(exc)})") from None
     except READ_ERRORS as exc:
-        raise DistnnError(f"{where}: not a valid .npy array ({one_line(exc)})") from None
+        raise NotNpyError(where, one_line(exc), no_header=False) from None
     if dtype.hasobject:
-        raise DistnnError(f"{where}: has dtype object (pickled data is not read)")
+        raise ObjectArrayError(where, key)
     if any(n < 0 for n in shape):
         raise DistnnError(f"{where}: negative dimension in shape {shape}")
     if dtype.itemsize == 0:
@@ -194,9 +246,10 @@ def npy_header(path: str) -> tuple[tuple[int, ...], np.dtype, bool, int]:
         shape, dtype, fortran, nbytes = _read_header(f, path)
         offset = f.tell()
     if size - offset < nbytes:
-        raise DistnnError(
-            f"{path}: truncated: {_announces(shape, dtype, nbytes)} but the file holds "
-            f"{size_text(max(0, size - offset))} of data"
+        raise TruncatedError(
+            path,
+            f"{_announces(shape, dtype, nbytes)} but the file holds "
+            f"{size_text(max(0, size - offset))} of data",
         )
     return shape, dtype, fortran, offset
 
@@ -220,7 +273,7 @@ class Npz:
             raise
         except READ_ERRORS as exc:
             self._file.close()
-            raise DistnnError(f"{path}: not a readable {what} ({one_line(exc)})") from None
+            raise NotArchiveError(path, what, one_line(exc)) from None
         if len(infos) > MAX_MEMBERS:
             self.close()
             raise DistnnError(
@@ -260,7 +313,7 @@ class Npz:
         except READ_ERRORS as exc:
             raise DistnnError(f"{where}: cannot be read ({one_line(exc)})") from None
         try:
-            shape, dtype, fortran, nbytes = _read_header(fp, where)
+            shape, dtype, fortran, nbytes = _read_header(fp, where, key)
             header = fp.tell()
         except BaseException:
             fp.close()

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import numpy as np
 
 from distnn.engine.metrics import macro_average, per_class
-from distnn.engine.network import Network
+from distnn.engine.network import Network, standardize_rows
 from distnn.engine.workspace import Workspace
 from distnn.errors import DistnnError
 from distnn.parallel.reducers import shard_bounds
@@ -81,8 +81,7 @@ def evaluate_sharded(
         a_in = rows[:n]
         np.copyto(a_in, x[lo:hi], casting="unsafe")
         if raw_inputs and net.input_mean is not None:
-            a_in -= net.input_mean
-            a_in /= net.input_std
+            standardize_rows(a_in, net.input_mean, net.input_std, out=a_in)
         a = net.feed_forward(a_in, ws)
         if y is None:  # a classifier's targets: the labels' one-hot rows
             target[:n].fill(0)

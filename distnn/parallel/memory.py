@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 
 from distnn.errors import DistnnError
+from distnn.io.safe_read import address_space_room, node_memory
 from distnn.parallel.ordered_sum import gradients_held
 
 
@@ -38,28 +39,25 @@ def check_memory(
         copies += gradients_held(virtual_shards, ranks)
     pieces = virtual_shards or ranks
     rows = max(-(-batch_size // pieces), 256)
-    need = itemsize * (copies * params + 3 * rows * sum(sizes[1:])) * ranks_on_node
-    available = available_memory()
-    if available is not None and need > available:
+    per_rank = itemsize * (copies * params + 3 * rows * sum(sizes[1:]))
+    # Every rank on the node draws on the node's (or container's) memory; each also on
+    # its own address-space limit.
+    short = [
+        (need, room, who)
+        for need, room, who in (
+            (per_rank * ranks_on_node, node_memory(), f"{ranks_on_node} rank(s) on this node"),
+            (per_rank, address_space_room(), "one rank under its address-space limit"),
+        )
+        if room is not None and need > room
+    ]
+    if short:
+        need, room, who = short[0]
         shards = f", fewer {names['virtual_shards']}" if virtual_shards else ""
         raise DistnnError(
             f"network {' → '.join(map(str, sizes))} ({params:,} parameters) needs about "
-            f"{_gib(need)} for {ranks_on_node} rank(s) on this node, but {_gib(available)} is "
-            f"available: choose smaller {names['hidden']} widths or {names['batch_size']}"
-            f"{shards}, or fewer ranks per node"
+            f"{_gib(need)} for {who}, but {_gib(room)} is available: choose smaller "
+            f"{names['hidden']} widths or {names['batch_size']}{shards}, or fewer ranks per node"
         )
-
-
-def available_memory() -> int | None:
-    """Bytes of memory available to new allocations on this node (Linux), else None."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 def _gib(n: int) -> str:

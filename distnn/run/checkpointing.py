@@ -8,17 +8,21 @@ count, the same on every rank) and derives the fingerprint from the options decl
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import time
 from collections.abc import Callable
 
 from distnn.engine.network import Network
-from distnn.errors import DistnnError
-from distnn.io.checkpoints import Checkpoint, save_checkpoint
+from distnn.errors import CheckpointFailed, DistnnError
+from distnn.io.checkpoints import Checkpoint, clear_debris, list_checkpoints, save_checkpoint
 from distnn.parallel.heartbeat import Heartbeat
 from distnn.parallel.timeline import CHECKPOINT
 from distnn.parallel.trainer import Trainer
 from distnn.parallel.world import World
 from distnn.run.options import TrainConfig, declared
+from distnn.run.outputs import rescue_copy
 
 # The fingerprint's entries that the network and the data set give, not an option.
 _NETWORK_AND_DATA = {
@@ -65,7 +69,14 @@ def fingerprint_names(config: TrainConfig) -> dict[str, str]:
 class Checkpointer:
     """When to checkpoint: every ``every`` steps (0: never mid-epoch), at every epoch
     end, at the end and on preemption. Decided from the step count, the same on every
-    rank; only rank 0 writes, and a failure to write stops every rank alike."""
+    rank; only rank 0 writes, and whether it wrote is broadcast, so every rank agrees.
+
+    Trouble writing a checkpoint (a full or unwritable folder, a folder where the file
+    goes) is not bad input: rank 0 warns once on stderr, training goes on, and the next
+    checkpoint tries again. ``failure`` says why the newest attempt failed (None once
+    one succeeds): the run's end then rescues the model and ends with
+    :data:`~distnn.errors.EXIT_CHECKPOINT_FAILED` (:mod:`distnn.run.outputs`).
+    """
 
     def __init__(
         self,
@@ -83,17 +94,20 @@ class Checkpointer:
         self.run_state = run_state  # the run's own (state, arrays) at this moment
         self.beat = beat  # tells a supervisor that a slow step is a checkpoint
         self.last_saved: tuple[int, int] | None = None  # (step, epoch) of the newest
-        self.last_path: str | None = None
+        self.last_path: str | None = None  # on rank 0: the newest checkpoint written
+        self.failure: str | None = None  # why the newest attempt failed; every rank
+        self.warned = False
 
     def after_step(self, trainer: Trainer) -> None:
         if self.every and trainer.step % self.every == 0:
             self.save(trainer)
 
-    def save(self, trainer: Trainer) -> None:
+    def save(self, trainer: Trainer, last: bool = False) -> None:
+        """Checkpoint where ``trainer`` stands (once per position). ``last``: the run
+        stops here, so a failed write ends it (CheckpointFailed, the model rescued)."""
         position = (trainer.step, trainer.epoch)  # an epoch end moves on without a step
         if position == self.last_saved:
             return
-        self.last_saved = position
         t0 = time.perf_counter()
         trainer.check_params(f"the checkpoint of step {trainer.step}")
         ckpt = Checkpoint(
@@ -106,16 +120,49 @@ class Checkpointer:
         )
         if self.beat is not None:
             self.beat.phase = "checkpoint"
-        self.last_path = self.world.on_root(lambda: self._write(ckpt))
+        written = self._write(ckpt) if self.world.is_root else None
+        self.failure = self.world.bcast_object(written[1] if written else None)
         if self.beat is not None:
             self.beat.phase = "train"
+        if self.failure is None:
+            self.last_saved = position
+            if written:
+                self.last_path = written[0]
+        elif last:  # every rank knows it failed; rank 0 knows where the parameters went
+            ending = self.world.bcast_object(
+                self.failed_end(trainer.net) if self.world.is_root else None
+            )
+            raise CheckpointFailed(f"stopped on request after step {trainer.step}, but {ending}")
         if trainer.timeline.covers(trainer.step):
             trainer.timeline.add(CHECKPOINT, t0, time.perf_counter())
 
-    def _write(self, ckpt: Checkpoint) -> str:
+    def failed_end(self, net: Network, where: str | None = None) -> str:
+        """On rank 0, a run's end after its last checkpoint failed, in words: where the
+        parameters are (``where``, else a rescue copy written now) and which checkpoint
+        is the newest."""
         try:
-            return save_checkpoint(self.directory, ckpt, self.keep)
-        except OSError as e:
-            raise DistnnError(
-                f"cannot write a checkpoint in {self.directory} ({e.strerror or e})"
-            ) from None
+            older = [p for p in list_checkpoints(self.directory) if os.path.isfile(p)][:1]
+        except OSError:  # the folder itself gone unreadable
+            older = []
+        newest = f"the newest checkpoint is the older {older[0]}" if older else "there is none"
+        return (
+            f"its last checkpoint could not be written in {self.directory} ({self.failure}); "
+            f"the parameters are in {where or rescue_copy(net)}; {newest}"
+        )
+
+    def _write(self, ckpt: Checkpoint) -> tuple[str | None, str | None]:
+        """(path, None) once written, (None, why) if not; warns once, on rank 0."""
+        try:
+            clear_debris(self.directory)  # a killed writer's; ours are gone after a save
+            return save_checkpoint(self.directory, ckpt, self.keep), None
+        except (OSError, DistnnError) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        if not self.warned:
+            self.warned = True
+            with contextlib.suppress(OSError, ValueError):  # a closed stderr
+                print(
+                    f"distnn: warning: cannot write a checkpoint in {self.directory} "
+                    f"({reason}): training goes on, and each checkpoint tries again",
+                    file=sys.stderr, flush=True,
+                )  # fmt: skip
+        return None, reason

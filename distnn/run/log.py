@@ -20,6 +20,7 @@ from distnn.parallel.threads import blas_name
 from distnn.parallel.world import World
 from distnn.run.lr_plan import LRPlan
 from distnn.run.options import TrainConfig
+from distnn.run.provenance import header_fields
 
 
 def header_text(
@@ -51,7 +52,9 @@ def header_record(
     config: TrainConfig, world: World, threads: int, lr_plan: LRPlan | None = None
 ) -> dict[str, Any]:
     """The metrics file's first record (one per start of the run); ``lr_resolved``: the
-    learning rate as ``lr_plan`` resolved it (absent for a schedule instance)."""
+    learning rate as ``lr_plan`` resolved it (absent for a schedule instance); ``machine``:
+    where and when (:mod:`distnn.run.provenance`: commit, host, CPU, cores, affinity, the
+    start's date, load average and steal time)."""
     resolved = {"lr_resolved": lr_plan.record()} if lr_plan else {}
     return {
         "header": True,
@@ -62,6 +65,7 @@ def header_record(
         "ranks": world.size,
         "config": config.to_dict(),
         **resolved,
+        "machine": header_fields(),
     }
 
 
@@ -89,7 +93,8 @@ class RunLog:
         if self.metrics is not None:
             self.metrics.write(record)
         if self.tensorboard is not None:
-            self.tensorboard.write_text("run", "```\n" + json.dumps(record, indent=1) + "\n```")
+            text = "```\n" + json.dumps(record, indent=1) + "\n```"
+            self.tensorboard.write_header(record, text)
 
     def write(self, record: dict[str, Any]) -> None:
         if self.metrics is not None:

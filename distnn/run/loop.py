@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from typing import Any
 
 import numpy as np
@@ -81,6 +82,7 @@ def train_config(
         failures_end_the_job(world),
         StopRequests() as requests,
         Heartbeat.from_env(world.rank, world.size) as beat,
+        ExitStack() as held,  # the checkpoint folder's lock, while the run lasts
     ):
         # Deterministic mode fixes one BLAS thread: a product's bits may depend on it.
         ranks_on_node = world.local_size()
@@ -89,7 +91,7 @@ def train_config(
         )
         run = world.agree(
             lambda: prepare_run(
-                config, world, ranks_on_node, net, arrays, validation_data, schedule
+                config, world, ranks_on_node, net, arrays, validation_data, schedule, held=held
             )
         )
         check_same_on_every_rank(run, world)
@@ -213,7 +215,7 @@ def _train(
                     )
                 if checkpoints:
                     with clock.checkpointing():
-                        checkpoints.save(trainer)
+                        checkpoints.save(trainer, last=stop.preempted)
                 if stop.preempted:
                     raise Preempted(stop.reason)
                 break
@@ -260,7 +262,7 @@ def _train(
     hint = batch_hint(history.final.get("noise_scale"), trainer.batch_size, world.size)
     if hint:
         progress.say(f"note: {hint}")
-    write_outputs(config, run.net, world, checkpoints.last_path if checkpoints else None)
+    write_outputs(config, run.net, world, checkpoints)
     return history
 
 

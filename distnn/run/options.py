@@ -402,6 +402,29 @@ class TrainConfig:
         return "\n".join(lines) + "\n"
 
 
+# The options by group, as ``--help`` and docs/options.md show them; every declared
+# option is in exactly one (tests/test_declaration.py).
+GROUPS: dict[str, tuple[str, ...]] = {
+    "data": ("dataset", "label_column", "standardize", "val_fraction"),
+    "network": ("hidden", "activation", "activations", "loss", "dtype", "init_from"),
+    "optimisation": (
+        "schedule", "lr", "lr_schedule", "lr_scaling", "base_batch", "batch_size", "seed",
+    ),
+    "run length and stopping": (
+        "epochs", "target", "eval_every", "target_loss", "max_time", "patience",
+    ),
+    "outputs and logging": (
+        "save", "metrics", "tensorboard", "progress", "log_every", "quiet", "verbose",
+        "config_file",
+    ),
+    "checkpoints and faults": (
+        "checkpoint_dir", "checkpoint_every", "keep_checkpoints", "resume", "watchdog",
+    ),
+    "parallel and determinism": ("deterministic", "virtual_shards"),
+    "performance": ("overlap", "trace", "trace_steps"),
+}  # fmt: skip
+
+
 def declared() -> Iterator[tuple[dataclasses.Field, Option]]:
     """Every option of a run, in declaration order, with its declaration."""
     for f in dataclasses.fields(TrainConfig):

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from typing import TYPE_CHECKING
 
 from distnn.engine.network import Network
-from distnn.errors import DistnnError, SaveFailed
+from distnn.errors import CheckpointFailed, DistnnError, SaveFailed
 from distnn.io.outputs import (
     atomic_write,
     check_no_clash,
@@ -21,6 +22,9 @@ from distnn.io.outputs import (
 )
 from distnn.parallel.world import World
 from distnn.run.options import TrainConfig
+
+if TYPE_CHECKING:  # checkpointing imports this module's rescue_copy
+    from distnn.run.checkpointing import Checkpointer
 
 
 def check_no_output_over_an_input(
@@ -50,30 +54,36 @@ def check_outputs_writable(config: TrainConfig) -> None:
 
 
 def write_outputs(
-    config: TrainConfig, net: Network, world: World, newest_checkpoint: str | None
+    config: TrainConfig, net: Network, world: World, checkpoints: Checkpointer | None
 ) -> None:
     """The model and the configuration beside each output, by rank 0.
 
     If the model cannot be written (disk full, permissions), the trained parameters
     are never left only in memory: the newest checkpoint holds them, or else a rescue
-    copy is written to the temporary folder; the error names where they are.
+    copy is written to the temporary folder; the error names where they are. If the
+    run's last checkpoint failed, the model is saved (or rescued) all the same and the
+    run ends with CheckpointFailed, naming where it is.
     """
+    failed = checkpoints is not None and checkpoints.failure is not None
 
-    def write() -> None:
+    def write() -> str | None:
         if config.save:
             try:
                 net.save(config.save)
             except (DistnnError, OSError) as e:
-                where = newest_checkpoint or rescue_copy(net)
+                current = None if failed or checkpoints is None else checkpoints.last_path
                 raise SaveFailed(
                     f"{config.name('save')} {config.save}: {_reason(e)}; the trained "
-                    f"parameters are in {where}"
+                    f"parameters are in {current or rescue_copy(net)}"
                 ) from None
         text = config.to_toml()
         for _, path in config.config_copies():
             atomic_write(path, lambda f: f.write(text.encode()))
+        return checkpoints.failed_end(net, config.save) if failed else None
 
-    world.on_root(write)
+    ending = world.bcast_object(world.on_root(write))
+    if failed:  # known on every rank: the checkpoints' outcome is broadcast
+        raise CheckpointFailed(f"training ended, but {ending}")
 
 
 def rescue_copy(net: Network) -> str:

@@ -111,10 +111,24 @@ def time_split(trainer: Trainer, world: World) -> dict[str, Any]:
 
     One small collective per epoch (never per step): each rank's four sums in its own
     row of a zero matrix, summed, so every rank's record holds the same numbers.
+
+    ``allreduce_s`` splits into ``transfer_s`` and ``wait_s`` (waiting for the slowest
+    rank to arrive) with no clock and no per-step cost: the rank that arrives last
+    waits for no one, so its Allreduce time is the transfer alone. Per epoch, the
+    transfer is the least Allreduce time of any rank and rank 0's wait the rest of its
+    own. Exact when the same rank is the slowest at every step (a straggler); when the
+    slowest changes from step to step, the transfer is over-counted and ``wait_s`` is a
+    lower bound.
     """
     rows = np.zeros((world.size, len(PHASE_KEYS)))
     rows[world.rank] = trainer.take_phase_times()
     world.allreduce_sum(rows)
-    compute = rows[:, 1]
+    compute, allreduce = rows[:, 1], rows[:, 2]
     split = dict(zip(PHASE_KEYS, rows[0].tolist(), strict=True))
-    return split | {"compute_s_max": float(compute.max()), "slowest_rank": int(compute.argmax())}
+    transfer = float(allreduce.min())
+    return split | {
+        "wait_s": float(allreduce[0]) - transfer,
+        "transfer_s": transfer,
+        "compute_s_max": float(compute.max()),
+        "slowest_rank": int(compute.argmax()),
+    }

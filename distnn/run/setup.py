@@ -9,24 +9,28 @@ from; :meth:`Run.restore` then gives every rank that checkpoint.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from distnn.data import Dataset, load_dataset
-from distnn.data.dataset import Source, classification, from_arrays
+from distnn.data.dataset import Source, classification, from_arrays, one_hot
 from distnn.data.preprocess import Split, fit_standardization, split_validation, standardize
-from distnn.engine.network import Network
+from distnn.engine.network import Network, standardize_rows
 from distnn.engine.schedules import GradientUpdateSchedule, make_schedule
 from distnn.errors import DistnnError
 from distnn.io.checkpoints import (
     Checkpoint,
+    clear_debris,
     content_hash,
     list_checkpoints,
     newest_valid_checkpoint,
 )
+from distnn.io.folder_lock import FolderLock
 from distnn.parallel.memory import check_memory
 from distnn.parallel.timeline import Timeline, parse_steps
 from distnn.parallel.trainer import Trainer, make_reducer
@@ -82,8 +86,14 @@ def prepare_run(
     arrays: dict | None = None,
     validation_data: tuple | None = None,
     schedule: GradientUpdateSchedule | None = None,
+    *,
+    held: ExitStack,
 ) -> Run:
-    """Everything before the first step, on every rank; DistnnError on bad input."""
+    """Everything before the first step, on every rank; DistnnError on bad input.
+
+    Rank 0 locks the checkpoint folder into ``held``: the caller's run holds it until
+    it leaves ``held``.
+    """
     config.validate()
     check_launch(world)
     mapped = [
@@ -140,8 +150,8 @@ def prepare_run(
     if net.input_mean is not None:
         data = standardize(data, net.input_mean, net.input_std)
         if validation is not None:
-            x_val = (validation.x - net.input_mean) / net.input_std
-            validation = validation._replace(x=x_val.astype(net.dtype))
+            x_val = standardize_rows(validation.x, net.input_mean, net.input_std)
+            validation = validation._replace(x=x_val)
 
     lr_plan = None
     if schedule is None:
@@ -165,10 +175,19 @@ def prepare_run(
     run = Run(config, data, net, trainer, fingerprint, validation, notes=notes, lr_plan=lr_plan)
     if world.is_root:  # find out now, not after hours of training, that an output can't land
         check_outputs_writable(config)
+        if config.checkpoint_dir:  # one run per folder, from before its first look inside
+            lock = FolderLock.take(
+                config.checkpoint_dir, f"{config.name('checkpoint_dir')} {config.checkpoint_dir}",
+                "a distnn run",
+            )  # fmt: skip
+            held.enter_context(lock)
+            run.notes += (lock.note,) if lock.note else ()
+            clear_debris(config.checkpoint_dir)  # with the lock held, no writer is live
         if config.checkpoint_dir and config.resume:
             run.checkpoint, _, skipped = newest_valid_checkpoint(
-                config.checkpoint_dir, fingerprint, fingerprint_names(config)
-            )
+                config.checkpoint_dir, fingerprint, fingerprint_names(config),
+                lambda ckpt: _misfit(ckpt, trainer),
+            )  # fmt: skip
             run.notes += tuple(f"skipped {reason}" for reason in skipped)
         elif config.checkpoint_dir and list_checkpoints(config.checkpoint_dir):
             raise DistnnError(
@@ -187,6 +206,21 @@ def check_target_measurable(target: Target, data: Dataset, flag: str) -> None:
         )
     if target.metric.endswith("accuracy") and not data.is_classification:
         raise DistnnError(f"{flag} {target}: the targets are vectors, so there is no accuracy")
+
+
+def _misfit(ckpt: Checkpoint, trainer: Trainer) -> str | None:
+    """What makes a checkpoint's position or optimizer state impossible for this run."""
+    epoch, batch, step = (ckpt.position[k] for k in ("epoch", "batch_in_epoch", "step"))
+    per_epoch = trainer.batches_per_epoch()
+    if batch >= per_epoch:
+        return f"batch_in_epoch {batch}, of {per_epoch} batches per epoch"
+    if step != epoch * per_epoch + batch:
+        return f"step {step} is not epoch {epoch} × {per_epoch} batches + {batch}"
+    try:  # on a copy: the schedule's own checks, without changing the run's schedule
+        copy.copy(trainer.schedule).load_state_dict(ckpt.schedule_state)
+    except DistnnError as e:
+        return f"optimizer state: {e}"
+    return None
 
 
 def check_same_on_every_rank(run: Run, world: World) -> None:
@@ -286,5 +320,5 @@ def _fit_to_network(
                 f"validation_data: labels go up to {validation.labels.max()}, but the network "
                 f"has only {n_out} outputs"
             )
-        validation = validation._replace(y=np.eye(n_out, dtype=data.x.dtype)[validation.labels])
+        validation = validation._replace(y=one_hot(validation.labels, n_out, data.x.dtype))
     return data, validation

@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 from distnn.errors import (
     EXIT_BAD_INPUT,
+    EXIT_CHECKPOINT_FAILED,
     EXIT_DIVERGED,
     EXIT_INTERRUPTED,
     EXIT_OUT_OF_SYNC,
@@ -26,8 +27,11 @@ from distnn.parallel.failure_report import RankFailure
 
 # A job that ends so has nothing a restart would change.
 FINAL_STATUSES = frozenset(
-    {EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_OUT_OF_SYNC, EXIT_SAVE_FAILED, EXIT_INTERRUPTED}
-)
+    {
+        EXIT_BAD_INPUT, EXIT_CHECKPOINT_FAILED, EXIT_DIVERGED, EXIT_OUT_OF_SYNC,
+        EXIT_SAVE_FAILED, EXIT_INTERRUPTED,
+    }
+)  # fmt: skip
 
 
 class Outcome(Enum):
