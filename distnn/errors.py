@@ -73,3 +73,9 @@ class StopTraining(Exception):
     run cleanly: every rank stops after the same step, with outputs and checkpoints
     written as at the last epoch; ``History.stop_reason`` carries the message.
     Returning ``True`` from the callback does the same."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (its type's name if it has none): how a
+    ``DistnnError`` quotes the error beneath it."""
+    return " ".join(str(exc).split()) or type(exc).__name__

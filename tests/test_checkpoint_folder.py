@@ -30,7 +30,7 @@ import distnn
 from distnn.errors import EXIT_CHECKPOINT_FAILED, CheckpointFailed, DistnnError
 from distnn.io.checkpoints import list_checkpoints
 from distnn.io.folder_lock import LOCK_NAME, SHARE_VARIABLE, FolderLock
-from distnn.supervisor.policy import FINAL_STATUSES
+from distnn.supervisor.outcomes import FINAL_STATUSES
 
 SMALL = ["--dataset", "synthetic:60:4:3", "--hidden", "8", "--batch-size", "10"]  # 6 steps/epoch
 HANG_GUARD = 120.0  # seconds: a generous guard against a hang, never a timing assert

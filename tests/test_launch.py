@@ -21,7 +21,7 @@ from conftest import launch
 from test_faults import HANG, digest, fault_env, finish, wait_for
 
 from distnn.io.checkpoints import list_checkpoints, newest_step
-from distnn.io.metrics_log import epoch_records
+from distnn.io.metrics_log import epoch_records, event_records
 from distnn.supervisor.policy import Failure, Limits, RestartPolicy, world_size
 from distnn.supervisor.stragglers import straggler
 
@@ -68,8 +68,7 @@ def rank_pid(tmp_path, rank: int) -> int:
 
 
 def events(tmp_path) -> list[dict]:
-    lines = (tmp_path / "m.jsonl").read_text().splitlines()
-    return [r for line in lines if "event" in (r := json.loads(line))]
+    return event_records(str(tmp_path / "m.jsonl"))
 
 
 def outcomes(tmp_path) -> list[str]:
@@ -242,6 +241,10 @@ def test_a_crash_loop_ends_after_the_budget_with_checkpoints_intact(tmp_path):
     status, out, err = finish(proc)
     assert status == 76, out + err
     assert outcomes(tmp_path) == ["failed", "failed", "failed"], out
+    ends = [e for e in events(tmp_path) if e["event"] == "attempt_end"]
+    for end in ends:  # named by the failing rank's own record, not guessed from stderr
+        assert end["failed_ranks"] == [1], end
+        assert end["cause"].startswith("rank 1 failed: RuntimeError: injected fault at step")
     assert events(tmp_path)[-2]["event"] == "give_up"
     assert "--max-restarts 2" in out
     with np.load(list_checkpoints(str(tmp_path / "ck"))[0]) as newest:
@@ -259,6 +262,7 @@ def test_the_same_failure_at_the_same_step_twice_gives_up(tmp_path):
     assert status == 76, out + err
     assert outcomes(tmp_path) == ["failed", "failed"]
     assert "the same failure twice" in out
+    assert "rank 0 failed: RuntimeError: injected fault at step 7; job status" in out
 
 
 def test_below_min_ranks_exits_75_for_a_requeue(tmp_path):

@@ -24,11 +24,11 @@ from distnn.io.safe_read import read_limited
 from distnn.parallel.failures import stdout_to_devnull
 from distnn.run.outputs import check_no_output_over_an_input, check_outputs_writable
 from distnn.supervisor.policy import Limits
-from distnn.supervisor.supervisor import Supervisor, Watch
+from distnn.supervisor.supervisor import HangLimits, Supervisor
 
 
 def build_parser() -> argparse.ArgumentParser:
-    limits, watch = Limits(), Watch()
+    limits, hang = Limits(), HangLimits()
     p = CliParser(
         prog="python -m distnn.launch",
         usage="%(prog)s [options] -- <python -m distnn.train options>",
@@ -101,16 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--hang-timeout",
         type=float,
-        default=watch.hang_floor_s,
+        default=hang.floor_s,
         metavar="S",
         help="the least time without a finished step that counts as a hang; the "
-        f"limit is {watch.hang_factor:g}× the longest step gap seen, if more "
+        f"limit is {hang.factor:g}× the longest step gap seen, if more "
         "(default: %(default)s)",
     )
     p.add_argument(
         "--startup-timeout",
         type=float,
-        default=watch.startup_s,
+        default=hang.startup_s,
         metavar="S",
         help="time from start to the first step (default: %(default)s)",
     )
@@ -206,9 +206,12 @@ def main(argv: list[str] | None = None) -> int:
         config.virtual_shards if config.deterministic else None,
         launcher=lambda n: [*command, *ranks_option(args.launcher, n)],
         slots=lambda: read_slots(args.slots_file, args.max_ranks),
-        limits=Limits(args.max_restarts, args.restart_window, args.backoff, 60.0,
-                      args.no_progress_limit, args.startup_failures),
-        watch=Watch(args.hang_timeout, Watch.hang_factor, args.startup_timeout),
+        limits=Limits(
+            max_restarts=args.max_restarts, window_s=args.restart_window,
+            backoff_s=args.backoff, no_progress=args.no_progress_limit,
+            startup_failures=args.startup_failures,
+        ),
+        hang=HangLimits(floor_s=args.hang_timeout, startup_s=args.startup_timeout),
         say=say,
     )  # fmt: skip
     with lock:

@@ -24,7 +24,7 @@ from typing import BinaryIO
 import numpy as np
 
 from distnn.data.dataset import Dataset, Source, from_arrays
-from distnn.errors import DistnnError
+from distnn.errors import DistnnError, one_line
 from distnn.io.safe_read import (
     READ_ERRORS,
     NotArchiveError,
@@ -55,10 +55,6 @@ EXPECTED_IN_DIR = (
     "expected x.npy and y.npy (optionally x_test.npy and y_test.npy), or MNIST-style IDX "
     f"files {', '.join(IDX_FILES.values())} (each optionally .gz)"
 )
-
-
-def _detail(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 # ---------------------------------------------------------------- .npz
@@ -185,7 +181,7 @@ def _open_npy(file: str) -> np.ndarray:
     try:
         return np.memmap(file, dtype, "r", offset, shape, "F" if fortran else "C")
     except _READ_ERRORS as exc:
-        raise DistnnError(f"{file}: cannot map the file ({_detail(exc)})") from None
+        raise DistnnError(f"{file}: cannot map the file ({one_line(exc)})") from None
 
 
 # ---------------------------------------------------------------- IDX (MNIST)
@@ -276,7 +272,7 @@ def _read_idx(file: str, out_itemsize: int) -> np.ndarray:
         except (*_READ_ERRORS, struct.error) as exc:
             if isinstance(exc, OSError) and exc.errno is not None:
                 raise DistnnError(f"{file}: cannot read file ({exc.strerror or exc})") from None
-            raise DistnnError(f"{file}: not a valid gzip file ({_detail(exc)})") from None
+            raise DistnnError(f"{file}: not a valid gzip file ({one_line(exc)})") from None
 
 
 def _parse_idx(file: str, f: BinaryIO, size: int, gz: bool, out_itemsize: int) -> np.ndarray:

@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from distnn.engine.lr_schedules import LRSchedule, as_lr_schedule
-from distnn.errors import DistnnError
+from distnn.errors import DistnnError, one_line
 
 
 def _check_unit(name: str, value: float) -> float:
@@ -301,10 +301,6 @@ SCHEDULES: dict[str, type[GradientUpdateSchedule]] = {
 }
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
 def make_schedule(name_or_path: str, lr: float | LRSchedule) -> GradientUpdateSchedule:
     """A schedule from a ``SCHEDULES`` name or a ``package.module:ClassName`` path.
 
@@ -318,7 +314,7 @@ def make_schedule(name_or_path: str, lr: float | LRSchedule) -> GradientUpdateSc
         try:
             obj: Any = importlib.import_module(module_name)
         except Exception as exc:
-            raise DistnnError(f"cannot import schedule {spec!r}: {_one_line(exc)}") from None
+            raise DistnnError(f"cannot import schedule {spec!r}: {one_line(exc)}") from None
         for part in attr.split("."):
             if not hasattr(obj, part):
                 raise DistnnError(
@@ -340,4 +336,4 @@ def make_schedule(name_or_path: str, lr: float | LRSchedule) -> GradientUpdateSc
     try:
         return cls(lr)
     except Exception as exc:
-        raise DistnnError(f"cannot construct schedule {spec!r}: {_one_line(exc)}") from None
+        raise DistnnError(f"cannot construct schedule {spec!r}: {one_line(exc)}") from None

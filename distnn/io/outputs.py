@@ -33,6 +33,7 @@ from typing import IO
 import numpy as np
 
 from distnn.errors import DistnnError
+from distnn.io.safe_read import file_kind
 
 __all__ = [
     "atomic_savez",
@@ -56,20 +57,6 @@ def refuse_overwrite(path: str, inputs: Sequence[str]) -> None:
     for other in inputs:
         if os.path.exists(other) and os.path.samefile(path, other):
             raise DistnnError(f"{path}: refusing to overwrite the input {other}")
-
-
-_KINDS = (
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISFIFO, "a FIFO (named pipe)"),
-    (stat.S_ISSOCK, "a socket"),
-    (stat.S_ISDIR, "a directory"),
-    (stat.S_ISREG, "a regular file"),
-)
-
-
-def _kind(mode: int) -> str:
-    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
 
 def _own_stream(st: os.stat_result) -> str | None:
@@ -104,7 +91,7 @@ def refuse_special(path: str, who: str | None = None, *, folder: bool = False) -
     via = f" (a symbolic link to {os.readlink(path)})" if os.path.islink(path) else ""
     if not allowed:
         raise DistnnError(
-            f"{who}: is {_kind(mode)}{via}, not "
+            f"{who}: is {file_kind(mode)}{via}, not "
             + ("a folder: refusing to write into it (choose a folder)" if folder else
                "a regular file: refusing to replace it (choose a file name)")
         )  # fmt: skip

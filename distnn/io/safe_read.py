@@ -35,7 +35,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from distnn.errors import DistnnError
+from distnn.errors import DistnnError, one_line
 
 # What the standard readers raise on a damaged or hostile file (never a bug of ours).
 READ_ERRORS = (
@@ -57,11 +57,6 @@ MAX_NPY_HEADER = 10_000  # numpy's own limit for a .npy header it reads safely
 _CHUNK = 1 << 24  # bytes per read while streaming
 
 
-def detail(exc: BaseException) -> str:
-    """An exception's message on one line (its type if it has none)."""
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
 def size_text(n: int) -> str:
     for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if n >= scale:
@@ -69,17 +64,19 @@ def size_text(n: int) -> str:
     return f"{n:,} bytes"
 
 
-def _kind(mode: int) -> str:
-    for test, name in (
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISFIFO, "a FIFO (named pipe)"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISSOCK, "a socket"),
-    ):
-        if test(mode):
-            return name
-    return "not a regular file"
+_KINDS = (
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISREG, "a regular file"),
+)
+
+
+def file_kind(mode: int) -> str:
+    """What a file of ``os.stat`` mode ``mode`` is, as a message names it."""
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
 
 def open_regular(path: str) -> BinaryIO:
@@ -94,7 +91,7 @@ def open_regular(path: str) -> BinaryIO:
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            kind = _kind(mode)
+            kind = file_kind(mode)
             raise DistnnError(f"{path}: is {kind}, not a regular file")
         os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
@@ -110,7 +107,7 @@ def check_regular(path: str) -> None:
     except OSError:
         return
     if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
-        raise DistnnError(f"{path}: is {_kind(mode)}, not a regular file")
+        raise DistnnError(f"{path}: is {file_kind(mode)}, not a regular file")
 
 
 def node_memory() -> int | None:
@@ -212,9 +209,9 @@ def _read_header(
     try:
         version = np.lib.format.read_magic(fp)
     except (zlib.error, zipfile.BadZipFile, EOFError) as exc:  # the compressed data
-        raise DistnnError(f"{where} is corrupt ({detail(exc)})") from None
+        raise DistnnError(f"{where} is corrupt ({one_line(exc)})") from None
     except READ_ERRORS as exc:
-        raise NotNpyError(where, detail(exc), no_header=True) from None
+        raise NotNpyError(where, one_line(exc), no_header=True) from None
     try:
         if version == (1, 0):
             shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp, MAX_NPY_HEADER)
@@ -225,9 +222,9 @@ def _read_header(
     except DistnnError:
         raise
     except (zlib.error, zipfile.BadZipFile, EOFError) as exc:  # the compressed data
-        raise DistnnError(f"{where} is corrupt ({detail(exc)})") from None
+        raise DistnnError(f"{where} is corrupt ({one_line(exc)})") from None
     except READ_ERRORS as exc:
-        raise NotNpyError(where, detail(exc), no_header=False) from None
+        raise NotNpyError(where, one_line(exc), no_header=False) from None
     if dtype.hasobject:
         raise ObjectArrayError(where, key)
     if any(n < 0 for n in shape):
@@ -276,7 +273,7 @@ class Npz:
             raise
         except READ_ERRORS as exc:
             self._file.close()
-            raise NotArchiveError(path, what, detail(exc)) from None
+            raise NotArchiveError(path, what, one_line(exc)) from None
         if len(infos) > MAX_MEMBERS:
             self.close()
             raise DistnnError(
@@ -314,7 +311,7 @@ class Npz:
         try:
             fp = self._zip.open(info)
         except READ_ERRORS as exc:
-            raise DistnnError(f"{where}: cannot be read ({detail(exc)})") from None
+            raise DistnnError(f"{where}: cannot be read ({one_line(exc)})") from None
         try:
             shape, dtype, fortran, nbytes = _read_header(fp, where, key)
             header = fp.tell()
@@ -362,7 +359,7 @@ class Npz:
             except DistnnError:
                 raise
             except READ_ERRORS as exc:
-                raise DistnnError(f"{where} is corrupt ({detail(exc)})") from None
+                raise DistnnError(f"{where} is corrupt ({one_line(exc)})") from None
         return np.frombuffer(buf, dtype).reshape(shape, order="F" if fortran else "C")
 
     def read_all(self, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
@@ -414,4 +411,4 @@ def read_limited(path: str, limit: int, what: str) -> bytes:
             raise
         except READ_ERRORS as exc:
             kind = "gzip file" if is_gzip(path) else "file"
-            raise DistnnError(f"{path}: not a valid {kind} ({detail(exc)})") from None
+            raise DistnnError(f"{path}: not a valid {kind} ({one_line(exc)})") from None

@@ -2,11 +2,12 @@
 
 An exception on one rank only (a bug, a user callback's error, ``sys.exit``,
 ``os._exit``, a second Ctrl-C) is reported once, naming the rank, and the MPI world is
-aborted. A :class:`~distnn.errors.CollectiveError` is raised on every rank alike and
-passes through. A BrokenPipeError that reaches here (a serial command's output, a user
-callback's ``print`` into a closed stdout) ends the job quietly with status 1; the
-run's own lines never raise it: :mod:`distnn.run.progress` keeps training when stdout
-closes or fills.
+aborted; a supervisor also gets the report as a record
+(:mod:`distnn.parallel.failure_report`). A :class:`~distnn.errors.CollectiveError` is
+raised on every rank alike and passes through. A BrokenPipeError that reaches here (a
+serial command's output, a user callback's ``print`` into a closed stdout) ends the job
+quietly with status 1; the run's own lines never raise it: :mod:`distnn.run.progress`
+keeps training when stdout closes or fills.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import NoReturn
 
-from distnn.errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, CollectiveError
+from distnn.errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, CollectiveError, one_line
+from distnn.parallel.failure_report import report
 from distnn.parallel.world import REAL_EXIT, World
 
 
@@ -50,6 +52,7 @@ def _rank_failed(world: World, exc_type, exc, tb) -> None:
     if issubclass(exc_type, BrokenPipeError):  # stdout closed early: not a failure to show
         _broken_pipe_ends_the_job(world)
     details = "".join(traceback.format_exception(exc_type, exc, tb))
+    report(world.rank, "exception", f"{exc_type.__name__}: {one_line(exc)}")
     world.say_and_abort(f"distnn: rank {world.rank} failed, aborting the job:\n{details}", 1)
 
 
@@ -68,6 +71,7 @@ def failures_end_the_job(world: World) -> Iterator[None]:
         if os.getpid() != pid:  # a forked child (multiprocessing) leaving as it should
             real_exit(status)
         message = f"distnn: rank {world.rank} called os._exit({status}) during the run\n"
+        report(world.rank, "exit", f"called os._exit({status}) during the run")
         if world.size > 1:
             world.say_and_abort(message, 1)
         sys.stderr.write(message)
@@ -82,6 +86,7 @@ def failures_end_the_job(world: World) -> Iterator[None]:
     except KeyboardInterrupt:  # a second Ctrl-C: stop at once, no checkpoint
         if world.size == 1:
             raise
+        report(world.rank, "interrupted", "a second Ctrl-C: no checkpoint")
         world.say_and_abort(
             f"distnn: rank {world.rank} interrupted: ending the job\n", EXIT_INTERRUPTED
         )

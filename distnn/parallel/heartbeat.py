@@ -50,6 +50,16 @@ def interval_for(ranks: int) -> float:
 ADDRESS_VARIABLE = "DISTNN_HEARTBEAT"  # host:port of the supervisor's listener
 ATTEMPT_VARIABLE = "DISTNN_ATTEMPT"  # which attempt this job is, so stale beats are ignored
 SILENT_AFTER = 8  # beats missed in a row: the rank is not running
+# A hang: no step for max(floor, factor × the longest gap between steps seen so far)
+# (:func:`stall_limit`). Two judges apply it, with two factors on purpose. The job's own
+# watchdog (:mod:`distnn.parallel.watchdog`) is the last resort under plain ``mpirun``:
+# a false alarm there ends the run for good, so it waits longer. A supervisor restarts
+# what it tears down, and must judge before the watchdog does: then the attempt ends as
+# a ``hang`` naming the frozen rank, not as a job that exited 77 for reasons only its
+# stderr tells. So its factor is half the watchdog's, as its default floor
+# (``--hang-timeout`` 60 s) is half the watchdog's (``--watchdog`` 120 s).
+WATCHDOG_FACTOR = 10.0
+SUPERVISOR_FACTOR = WATCHDOG_FACTOR / 2
 _SUPERVISOR_KEY: dict[str, bytes | None] = {}  # read once per process, then out of os.environ
 
 
@@ -232,6 +242,13 @@ class HeartbeatListener:
             what = self.beats[odd[0]].phase
             return odd, f"rank {_list(odd)} stuck in {what} at step {self.step}"
         return [], f"every rank alive but no step finished since step {self.step}"
+
+
+def stall_limit(floor_s: float, factor: float, longest_gap: float) -> float:
+    """Seconds without a finished step that count as a hang, once the job has stepped:
+    never less than ``floor_s``, and ``factor`` × the slowest legitimate gap seen (an
+    epoch's end, an evaluation, a checkpoint) if that is more."""
+    return max(floor_s, factor * longest_gap)
 
 
 def _list(ranks: list[int]) -> str:

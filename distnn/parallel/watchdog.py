@@ -3,8 +3,9 @@
 A rank stopped (SIGSTOP, a stuck disk, a dead node) leaves every other rank waiting in
 the step's collective forever, spinning, deaf to SIGTERM. Every rank beats
 (:mod:`distnn.parallel.heartbeat`) to rank 0's listener, and rank 0 beats to rank 1's
-too. Rank 0 judges: when no step has finished for ``limit`` (the ``--watchdog`` floor,
-or ``FACTOR`` × the longest gap between steps seen so far, whichever is more), it names
+too. Rank 0 judges: when no step has finished for ``limit`` (the ``--watchdog`` floor, or
+``WATCHDOG_FACTOR`` × the longest gap between steps seen so far, whichever is more;
+:func:`~distnn.parallel.heartbeat.stall_limit`, shared with the supervisor), it names
 the silent rank (or the one stuck in another phase) in one line and aborts the job with
 :data:`~distnn.errors.EXIT_HUNG`. Rank 1 judges only rank 0, in case rank 0 is the one
 that froze. A checkpoint is written atomically, so the newest one stays valid.
@@ -40,13 +41,12 @@ from distnn.errors import EXIT_HUNG
 from distnn.parallel.beat_codec import new_key
 from distnn.parallel.heartbeat import (
     ATTEMPT_VARIABLE,
+    WATCHDOG_FACTOR,
     Heartbeat,
     HeartbeatListener,
+    stall_limit,
 )
 from distnn.parallel.world import World
-
-FACTOR = 10.0
-
 
 STARTUP_FACTOR = 10.0  # the start-up rendezvous waits this × the floor for every rank
 HELLO, GO, ADDRESS = 32001, 32002, 32003  # tags of the rendezvous' messages
@@ -167,7 +167,7 @@ class Watchdog:
         listener.poll()
         # Before the first step only a silent rank counts (a long data load is not a hang);
         # waiting for a step before judging missed a rank 0 stopped within its first beat.
-        limit = max(self.floor_s, FACTOR * listener.longest_gap)
+        limit = stall_limit(self.floor_s, WATCHDOG_FACTOR, listener.longest_gap)
         if listener.stalled_for() <= limit:
             return None
         if self.world.rank == 1:  # rank 1 only stands in for a silent rank 0

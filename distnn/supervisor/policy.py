@@ -2,9 +2,10 @@
 a failed attempt is worth another.
 
 Never retry what cannot succeed: a status that says the input or the run itself is
-wrong ends the supervisor with that status; the same failure at the same step twice,
-too many restarts in a window, attempts that make no progress, or that keep failing
-before their first step, end it with :data:`~distnn.errors.EXIT_GAVE_UP`.
+wrong ends the supervisor with that status (:mod:`distnn.supervisor.outcomes`); the
+same failure at the same step twice, too many restarts in a window, attempts that make
+no progress, or that keep failing before their first step, end it with
+:data:`~distnn.errors.EXIT_GAVE_UP`.
 """
 
 from __future__ import annotations
@@ -13,25 +14,6 @@ import random
 import time
 from collections import deque
 from dataclasses import dataclass, field
-
-from distnn.errors import (
-    EXIT_BAD_INPUT,
-    EXIT_CHECKPOINT_FAILED,
-    EXIT_DIVERGED,
-    EXIT_INTERRUPTED,
-    EXIT_OUT_OF_SYNC,
-    EXIT_SAVE_FAILED,
-)
-
-# A job that ends so has nothing a restart would change.
-FINAL_STATUSES = (
-    EXIT_BAD_INPUT,
-    EXIT_CHECKPOINT_FAILED,
-    EXIT_DIVERGED,
-    EXIT_OUT_OF_SYNC,
-    EXIT_SAVE_FAILED,
-    EXIT_INTERRUPTED,
-)
 
 
 def world_size(
@@ -48,9 +30,9 @@ def world_size(
     return next((n for n in sizes if n >= min_ranks), None)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Limits:
-    """The knobs of the restart policy (``python -m distnn.launch --help``)."""
+    """The knobs of the restart policy (``python -m distnn.launch --help``), by name."""
 
     max_restarts: int = 10  # within window_s
     window_s: float = 3600.0
@@ -107,8 +89,9 @@ class RestartPolicy:
         self.restarts.append(now)
         return None
 
-    def succeeded(self) -> None:
-        """An attempt that ended on purpose (grown back): the failure streak is over."""
+    def reset_backoff(self) -> None:
+        """An attempt ended on purpose (checkpointed to grow): the streak of failures is
+        over, and the next failure waits the first backoff again."""
         self.consecutive = 0
 
     def backoff(self) -> float:

@@ -21,18 +21,15 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import re
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Iterator
 
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_PDEATHSIG = 1
-FAILED_RANK = re.compile(r"distnn: rank (\d+) failed")  # distnn.parallel.failures' report
 
 
 def become_subreaper() -> bool:
@@ -100,29 +97,16 @@ class Job:
             errors="replace", preexec_fn=_term_when_parent_dies,
         )  # fmt: skip
         self.started = time.monotonic()
-        self.stderr_tail: deque[str] = deque(maxlen=200)  # what a failure said, for its cause
-        self._relay = threading.Thread(target=self._pass_stderr_on, daemon=True)
-        self._relay.start()
+        threading.Thread(target=self._pass_stderr_on, daemon=True).start()
 
     def _pass_stderr_on(self) -> None:
-        """The job's stderr goes on to ours, line by line; the last lines are kept."""
+        """The job's stderr goes on to ours, line by line, and a closed or full stderr of
+        ours never reaches the ranks. Only shown: a failing rank reports to the supervisor
+        in a record (:mod:`distnn.parallel.failure_report`), not through this text."""
         for line in self.proc.stderr:
-            self.stderr_tail.append(line.rstrip("\n"))
             with contextlib.suppress(OSError, ValueError):
                 sys.stderr.write(line)
                 sys.stderr.flush()
-
-    def failure(self) -> tuple[int | None, str]:
-        """The rank that failed and its exception's last line, as the job's stderr said."""
-        self._relay.join(timeout=5.0)
-        lines = list(self.stderr_tail)
-        for i in range(len(lines) - 1, -1, -1):
-            found = FAILED_RANK.match(lines[i])
-            if found:
-                told = [x for x in lines[i + 1 :] if x and not x[0].isspace()]
-                told = [x for x in told if not x.startswith(("Traceback", "Abort(", "["))]
-                return int(found.group(1)), (told[-1] if told else "")
-        return None, ""
 
     def poll(self) -> int | None:
         return self.proc.poll()

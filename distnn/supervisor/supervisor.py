@@ -1,8 +1,9 @@
 """The supervisor's loop: run an attempt, watch it, decide, run the next.
 
     choose the world size from the free slots → start the job with --resume →
-    watch its heartbeats (hang? grow back?) → classify how it ended → restart,
-    give up, or stop — and record each of these as an event
+    oversee it by its heartbeats (hang? grow back?) → gather the facts of how it
+    ended and classify them (:mod:`distnn.supervisor.outcomes`) → restart, give up,
+    or stop — and record each of these as an event
 
 Every event is a line on stdout and a record (``{"event": …}``) in the run's
 ``--metrics`` file, written between attempts (never while rank 0 writes there).
@@ -11,23 +12,29 @@ Every event is a line on stdout and a record (``{"event": …}``) in the run's
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from distnn.errors import EXIT_GAVE_UP, EXIT_PREEMPTED
 from distnn.io.checkpoints import newest_step
 from distnn.parallel.beat_codec import KEY_VARIABLE, new_key
+from distnn.parallel.failure_report import FAILURE_FILE_VARIABLE, read_report
 from distnn.parallel.heartbeat import (
     ADDRESS_VARIABLE,
     ATTEMPT_VARIABLE,
+    SUPERVISOR_FACTOR,
     HeartbeatListener,
     interval_for,
+    stall_limit,
 )
-from distnn.supervisor.events import EventLog
-from distnn.supervisor.policy import FINAL_STATUSES, Failure, Limits, RestartPolicy, world_size
+from distnn.supervisor.events import Attempt, EventLog
+from distnn.supervisor.outcomes import Facts, Hang, Outcome, Request, classify, exit_status
+from distnn.supervisor.policy import Failure, Limits, RestartPolicy, world_size
 from distnn.supervisor.processes import Job, become_subreaper
 from distnn.supervisor.stragglers import count_lines, straggler
 
@@ -35,29 +42,13 @@ POLL_S = 0.05
 TEARDOWN_GRACE_S = 3.0  # from SIGTERM to SIGKILL when the job is torn down
 
 
-@dataclass
-class Watch:
-    """How long a job may go without finishing a step."""
+@dataclass(kw_only=True)
+class HangLimits:
+    """How long a job may go without finishing a step, by name."""
 
-    hang_floor_s: float = 60.0  # never less than this
-    hang_factor: float = 5.0  # × the longest gap between steps seen so far
-    startup_s: float = 300.0  # from start to the first finished step
-
-
-@dataclass
-class Attempt:
-    number: int
-    ranks: int
-    from_step: int
-    started: float
-    ended: float = 0.0
-    status: int | None = None
-    outcome: str = ""  # done, failed, hang, grown, stopped, preempted, final
-    cause: str = ""
-    failed_ranks: list[int] = field(default_factory=list)
-    reached: int = 0
-    first_step_at: float | None = None
-    detection_s: float = 0.0
+    floor_s: float = 60.0  # never less than this (--hang-timeout)
+    factor: float = SUPERVISOR_FACTOR  # × the longest gap between steps seen so far
+    startup_s: float = 300.0  # from start to the first finished step (--startup-timeout)
 
 
 class Supervisor:
@@ -74,14 +65,14 @@ class Supervisor:
         launcher: Callable[[int], list[str]],
         slots: Callable[[], int],
         limits: Limits,
-        watch: Watch,
+        hang: HangLimits,
         say: Callable[[str], None] = print,
     ) -> None:
         self.train_args = train_args
         self.checkpoint_dir, self.metrics = checkpoint_dir, metrics
         self.min_ranks, self.max_ranks, self.virtual_shards = min_ranks, max_ranks, virtual_shards
         self.launcher, self.slots = launcher, slots
-        self.policy, self.watch = RestartPolicy(limits), watch
+        self.policy, self.hang = RestartPolicy(limits), hang
         self.log = EventLog(metrics, say)
         self.stop_signal: int | None = None
         self.attempts: list[Attempt] = []
@@ -89,6 +80,7 @@ class Supervisor:
         # The run's heartbeat secret: its ranks sign their beats with it (given in the
         # environment, never on a command line), and the job's processes carry it.
         self.key = new_key()
+        self.reports = ""  # a directory only this user enters: the ranks' failure records
 
     # --- the loop ---------------------------------------------------------------------
 
@@ -96,12 +88,14 @@ class Supervisor:
         become_subreaper()
         previous = {s: signal.signal(s, self._stop) for s in (signal.SIGTERM, signal.SIGINT)}
         listener = HeartbeatListener(self.key)
+        self.reports = tempfile.mkdtemp(prefix="distnn-launch-")  # mode 0700
         try:
             return self._loop(listener)
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             listener.sock.close()
+            shutil.rmtree(self.reports, ignore_errors=True)
             self.log.flush()
 
     def _loop(self, listener: HeartbeatListener) -> int:
@@ -120,19 +114,16 @@ class Supervisor:
                 )
             attempt = self._attempt(listener, len(self.attempts) + 1, ranks)
             self.attempts.append(attempt)
-            self._record(attempt)
-            if attempt.outcome == "done":
-                return self._end(0, "training finished")
-            if attempt.outcome in ("final", "preempted", "stopped"):
-                return self._end(attempt.status or EXIT_PREEMPTED, attempt.cause)
-            if attempt.outcome == "grown":
-                self.policy.succeeded()
+            self.log.attempt_end(self.attempts, self._checkpoint_step())
+            status = exit_status(attempt.outcome, attempt.status)
+            if status is not None:
+                return self._end(status, attempt.cause)
+            if attempt.outcome is Outcome.GROWN:
+                self.policy.reset_backoff()
                 continue
+            facts = attempt.facts
             failure = Failure(
-                attempt.cause,
-                attempt.reached,
-                progressed=self._checkpoint_step() > attempt.from_step,
-                started=attempt.first_step_at is not None,
+                attempt.cause, attempt.reached, progressed=facts.progressed, started=facts.stepped
             )
             reason = self.policy.after(failure)
             if reason is not None:
@@ -143,28 +134,37 @@ class Supervisor:
             self._sleep(delay)
 
     def _attempt(self, listener: HeartbeatListener, number: int, ranks: int) -> Attempt:
-        """One attempt, start to end: start, watch, make sure nothing is left, classify."""
+        """One attempt, start to end: start, oversee, make sure nothing is left, classify."""
         attempt = Attempt(number, ranks, self._checkpoint_step(), time.monotonic())
-        job = self._start(attempt, listener)
+        report = os.path.join(self.reports, f"attempt-{number}.json")
+        job = self._start(attempt, listener, report)
         lines_before = count_lines(self.metrics)
-        asked = self._watch(job, listener, attempt)
+        asked, hang = self._oversee(job, listener, attempt)
         listener.poll()
         job.kill_rest(listener.local_pids())  # what a dead launcher left behind
         attempt.ended, attempt.status = time.monotonic(), job.poll()
-        attempt.reached = max(listener.step, self._checkpoint_step())  # beats lag ≤ 0.25 s
+        after = self._checkpoint_step()
+        attempt.reached = max(listener.step, after)  # beats lag ≤ 0.25 s
         attempt.first_step_at = listener.first_advance_at
         self.longest_gap = max(self.longest_gap, listener.longest_gap)
-        if not attempt.outcome:
-            self._classify(attempt, asked, listener, job)
+        attempt.facts = Facts(
+            attempt.status, asked, hang, read_report(report, ranks), listener.first_silent(),
+            checkpoint_before=attempt.from_step, checkpoint_after=after,
+            stepped=listener.first_advance_at is not None,
+        )  # fmt: skip
+        attempt.outcome, attempt.cause, blamed = classify(attempt.facts)
+        attempt.failed_ranks = list(blamed)
+        if attempt.outcome is Outcome.FAILED:
+            self._time_the_failure(attempt, listener)
         self._report_straggler(number, lines_before)
         return attempt
 
-    def _start(self, attempt: Attempt, listener: HeartbeatListener) -> Job:
+    def _start(self, attempt: Attempt, listener: HeartbeatListener, report: str) -> Job:
         number, ranks = attempt.number, attempt.ranks
         listener.reset(str(number), attempt.from_step, interval_for(ranks), ranks)
         env = {
             **os.environ, ADDRESS_VARIABLE: listener.address, ATTEMPT_VARIABLE: str(number),
-            KEY_VARIABLE: self.key.hex(),
+            KEY_VARIABLE: self.key.hex(), FAILURE_FILE_VARIABLE: report,
         }  # fmt: skip
         train = [*self.train_args, *(() if "--resume" in self.train_args else ("--resume",))]
         shown = " ".join([*self.launcher(ranks), "python -m distnn.train", *train])
@@ -176,32 +176,33 @@ class Supervisor:
         command = [*self.launcher(ranks), sys.executable, "-m", "distnn.train", *train]
         return Job(command, env, mark=f"{KEY_VARIABLE}={self.key.hex()}")
 
-    def _watch(self, job: Job, listener: HeartbeatListener, attempt: Attempt) -> str | None:
+    def _oversee(
+        self, job: Job, listener: HeartbeatListener, attempt: Attempt
+    ) -> tuple[Request | None, Hang | None]:
         """Until the job ends: stop it on request, grow it when slots return, tear it down
-        when it hangs. Returns why we asked it to stop (SIGTERM), if we did."""
+        when it hangs. Returns why we sent it SIGTERM, if we did, and the hang, if any."""
         asked = None
         while job.poll() is None:
             time.sleep(POLL_S)
             listener.poll()
             if asked is None and self.stop_signal is not None:
-                asked = "stopped"
+                asked = Request.STOP
                 job.signal_all(signal.SIGTERM)  # every rank checkpoints, exits 75
             elif asked is None and listener.first_advance_at and self._grows(attempt):
-                asked = "grown"  # through the SIGTERM → checkpoint path: no step lost
+                asked = Request.GROW  # through the SIGTERM → checkpoint path: no step lost
                 job.signal_all(signal.SIGTERM)
             limit = self._hung(listener, attempt)
             if limit:
-                attempt.failed_ranks, attempt.cause = listener.diagnose(attempt.ranks)
-                attempt.outcome, attempt.detection_s = "hang", listener.stalled_for()
+                ranks, cause = listener.diagnose(attempt.ranks)
+                attempt.detection_s = listener.stalled_for()
                 self.log.event(
                     "hang", f"no step for {attempt.detection_s:.1f} s (limit {limit:.1f} s): "
-                    f"{attempt.cause}; tearing the job down",
-                    attempt=attempt.number, ranks=attempt.failed_ranks,
-                    detection_s=round(attempt.detection_s, 3),
+                    f"{cause}; tearing the job down",
+                    attempt=attempt.number, ranks=ranks, detection_s=round(attempt.detection_s, 3),
                 )  # fmt: skip
                 job.end(TEARDOWN_GRACE_S, listener.local_pids())
-                break
-        return asked
+                return asked, Hang(tuple(ranks), cause)
+        return asked, None
 
     def _grows(self, attempt: Attempt) -> bool:
         slots = self.slots()
@@ -225,52 +226,29 @@ class Supervisor:
                 attempt=number, rank=rank, ratio=round(ratio, 2),
             )  # fmt: skip
 
-    def _classify(
-        self, attempt: Attempt, asked: str | None, listener: HeartbeatListener, job: Job
-    ) -> None:
-        status = attempt.status
-        if status == 0:
-            attempt.outcome, attempt.cause = "done", "training finished"
-        elif status == EXIT_PREEMPTED and asked:
-            attempt.outcome, attempt.cause = asked, f"checkpointed on request ({asked})"
-        elif status == EXIT_PREEMPTED:
-            attempt.outcome, attempt.cause = "preempted", "stopped by a signal from outside"
-        elif asked == "stopped" and self._checkpoint_step() > 0:  # stopped before training
-            attempt.outcome, attempt.status = "stopped", EXIT_PREEMPTED
-            attempt.cause = "stopped on request; the newest checkpoint resumes the run"
-        elif status in FINAL_STATUSES:
-            attempt.outcome, attempt.cause = "final", f"distnn.train ended with status {status}"
-        else:
-            attempt.outcome = "failed"
-            rank, told = job.failure()
-            if rank is not None:  # it raised: its own report names it, and the step is its own
-                attempt.failed_ranks, attempt.cause = [rank], f"rank {rank} failed: {told}"
-                attempt.reached = (
-                    listener.beats[rank].step if rank in listener.beats else attempt.reached
-                )
-            elif (silent := listener.first_silent()) is not None:
-                attempt.failed_ranks, attempt.cause = [silent], f"rank {silent} went silent first"
-            else:
-                attempt.cause = "a rank ended"
-            attempt.cause += f"; job status {status}"
-            last_beats = [b.at for b in listener.beats.values()]
-            if last_beats:  # from the failure (the first rank to fall silent) to knowing
-                attempt.detection_s = max(attempt.ended - min(last_beats), 0.0)
+    def _time_the_failure(self, attempt: Attempt, listener: HeartbeatListener) -> None:
+        """When it failed: the step of the rank that reported it (its own), and how long
+        from its first rank falling silent to knowing."""
+        reported = attempt.facts.reported
+        if reported is not None and reported.rank in listener.beats:
+            attempt.reached = listener.beats[reported.rank].step
+        last_beats = [b.at for b in listener.beats.values()]
+        if last_beats:
+            attempt.detection_s = max(attempt.ended - min(last_beats), 0.0)
 
     def _hung(self, listener: HeartbeatListener, attempt: Attempt) -> float | None:
         """The limit the job exceeded without finishing a step, or None."""
-        watch = self.watch
+        hang = self.hang
         if listener.first_advance_at is None:
-            limit = watch.startup_s
+            limit = hang.startup_s
             waited = time.monotonic() - attempt.started
         else:
-            limit = max(
-                watch.hang_floor_s, watch.hang_factor * max(self.longest_gap, listener.longest_gap)
-            )
+            gap = max(self.longest_gap, listener.longest_gap)  # over every attempt so far
+            limit = stall_limit(hang.floor_s, hang.factor, gap)
             waited = listener.stalled_for()
         return limit if waited > limit else None
 
-    # --- world size, checkpoints, events ---------------------------------------------
+    # --- world size, checkpoints -----------------------------------------------------
 
     def _size(self) -> int | None:
         return world_size(self.slots(), self.min_ranks, self.max_ranks, self.virtual_shards)
@@ -278,34 +256,8 @@ class Supervisor:
     def _checkpoint_step(self) -> int:
         return newest_step(self.checkpoint_dir)
 
-    def _record(self, a: Attempt) -> None:
-        lost = max(a.reached - self._checkpoint_step(), 0) if a.outcome in ("failed", "hang") else 0
-        previous = self.attempts[-2] if len(self.attempts) > 1 else None
-        downtime = (a.first_step_at - previous.ended) if previous and a.first_step_at else None
-        self.log.event(
-            "attempt_end",
-            f"attempt {a.number} ended: {a.outcome} ({a.cause}) at step {a.reached}"
-            + (f", {lost} step(s) lost" if lost else ""),
-            attempt=a.number, ranks=a.ranks, outcome=a.outcome, status=a.status,
-            cause=a.cause, failed_ranks=a.failed_ranks, from_step=a.from_step,
-            reached=a.reached, lost_steps=lost, detection_s=round(a.detection_s, 3),
-            downtime_before_s=None if downtime is None else round(downtime, 3),
-            wall_s=round(a.ended - a.started, 3),
-        )  # fmt: skip
-
     def _end(self, status: int, why: str) -> int:
-        wall = time.monotonic() - self.log.started
-        training = sum(
-            a.ended - a.first_step_at for a in self.attempts if a.first_step_at is not None
-        )
-        restarts = sum(a.outcome in ("failed", "hang") for a in self.attempts)
-        self.log.event(
-            "summary",
-            f"{why}; {len(self.attempts)} attempt(s), {restarts} failure(s); training "
-            f"{training / wall:.0%} of {wall:.1f} s wall time (exit {status})",
-            status=status, attempts=len(self.attempts), failures=restarts,
-            wall_s=round(wall, 3), training_s=round(training, 3),
-        )  # fmt: skip
+        self.log.summary(self.attempts, status, why)
         return status
 
     def _stop(self, signum: int, frame: object) -> None:
