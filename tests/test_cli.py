@@ -20,7 +20,9 @@ def test_default_run_reaches_95_percent_on_4_ranks(tmp_path):
     # One stream for the run's readable output: the summary comes after the last epoch.
     lines = result.stdout.strip().splitlines()
     assert lines[-1].startswith("done:") and "4 rank(s)" in lines[-1], lines
-    assert lines[-2].startswith(f"epoch {len(records)}/{len(records)}"), lines
+    epoch_lines = [i for i, line in enumerate(lines) if line.startswith("epoch ")]
+    assert lines[epoch_lines[-1]].startswith(f"epoch {len(records)}/{len(records)}"), lines
+    assert all(line.startswith("note: ") for line in lines[epoch_lines[-1] + 1 : -1]), lines
     assert result.stderr == "", result.stderr
 
     # The model is plain NumPy: no distnn needed to read it.
