@@ -273,3 +273,16 @@ def check_no_clash(
                     f"{what} {path} would overwrite the input {in_what} {in_path}: refusing "
                     "(inputs are never overwritten; choose another path)"
                 )
+
+
+def rescue_copy(save: Callable[[str], None]) -> str:
+    """``save(path)`` into a fresh file in the temporary folder (a trained model whose own
+    destination failed); its path, or why there is none."""
+    try:
+        fd, path = tempfile.mkstemp(prefix="distnn-rescued-", suffix=".npz")
+        os.close(fd)
+        save(path)
+        return path
+    except (DistnnError, OSError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        return f"no file either: the rescue copy failed too ({reason})"

@@ -17,12 +17,12 @@ from collections.abc import Callable
 from distnn.engine.network import Network
 from distnn.errors import CheckpointFailed, DistnnError
 from distnn.io.checkpoints import Checkpoint, clear_debris, list_checkpoints, save_checkpoint
+from distnn.io.outputs import rescue_copy
 from distnn.parallel.heartbeat import Heartbeat
 from distnn.parallel.timeline import CHECKPOINT
 from distnn.parallel.trainer import Trainer
 from distnn.parallel.world import World
 from distnn.run.options import TrainConfig, declared
-from distnn.run.outputs import rescue_copy
 
 # The fingerprint's entries that the network and the data set give, not an option.
 _NETWORK_AND_DATA = {
@@ -147,7 +147,7 @@ class Checkpointer:
         newest = f"the newest checkpoint is the older {older[0]}" if older else "there is none"
         return (
             f"its last checkpoint could not be written in {self.directory} ({self.failure}); "
-            f"the parameters are in {where or rescue_copy(net)}; {newest}"
+            f"the parameters are in {where or rescue_copy(net.save)}; {newest}"
         )
 
     def _write(self, ckpt: Checkpoint) -> tuple[str | None, str | None]:

@@ -7,8 +7,6 @@ file-level mechanics (atomic writes, resolving and comparing paths) are
 
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import TYPE_CHECKING
 
 from distnn.engine.network import Network
@@ -19,11 +17,12 @@ from distnn.io.outputs import (
     check_output_path,
     check_writable_dir,
     refuse_special,
+    rescue_copy,
 )
 from distnn.parallel.world import World
 from distnn.run.options import TrainConfig
 
-if TYPE_CHECKING:  # checkpointing imports this module's rescue_copy
+if TYPE_CHECKING:  # for the annotation only
     from distnn.run.checkpointing import Checkpointer
 
 
@@ -74,7 +73,7 @@ def write_outputs(
                 current = None if failed or checkpoints is None else checkpoints.last_path
                 raise SaveFailed(
                     f"{config.name('save')} {config.save}: {_reason(e)}; the trained "
-                    f"parameters are in {current or rescue_copy(net)}"
+                    f"parameters are in {current or rescue_copy(net.save)}"
                 ) from None
         text = config.to_toml()
         for _, path in config.config_copies():
@@ -84,17 +83,6 @@ def write_outputs(
     ending = world.bcast_object(world.on_root(write))
     if failed:  # known on every rank: the checkpoints' outcome is broadcast
         raise CheckpointFailed(f"training ended, but {ending}")
-
-
-def rescue_copy(net: Network) -> str:
-    """The model written to a fresh file in the temporary folder; its path, or a reason."""
-    try:
-        fd, path = tempfile.mkstemp(prefix="distnn-rescued-", suffix=".npz")
-        os.close(fd)
-        net.save(path)
-        return path
-    except (DistnnError, OSError) as e:
-        return f"no file either: the rescue copy failed too ({_reason(e)})"
 
 
 def _reason(e: Exception) -> str:
