@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 
 def process_started() -> float | None:
@@ -48,21 +48,20 @@ class RunClock:
     def start_training(self) -> None:
         self.training_from = time.perf_counter()
 
-    @contextmanager
-    def evaluating(self) -> Iterator[None]:
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.eval_s += time.perf_counter() - t0
+    def evaluating(self) -> AbstractContextManager[None]:
+        return self._adding_to("eval_s")
+
+    def checkpointing(self) -> AbstractContextManager[None]:
+        return self._adding_to("checkpoint_s")
 
     @contextmanager
-    def checkpointing(self) -> Iterator[None]:
+    def _adding_to(self, field: str) -> Iterator[None]:
+        """The block's seconds added to ``field``."""
         t0 = time.perf_counter()
         try:
             yield
         finally:
-            self.checkpoint_s += time.perf_counter() - t0
+            setattr(self, field, getattr(self, field) + time.perf_counter() - t0)
 
     def wall_s(self) -> float:
         return self.earlier_s + time.perf_counter() - self.started
