@@ -38,8 +38,6 @@ from distnn.io.safe_read import (
 )
 
 KEYS = ("x", "y", "x_test", "y_test")
-# What np.load / zipfile / numpy's .npy reader raise on files that are not valid npz data.
-_READ_ERRORS = READ_ERRORS
 NPY_FILES = {key: f"{key}.npy" for key in KEYS}
 IDX_FILES = {  # canonical names, for messages
     "x": "train-images-idx3-ubyte",
@@ -180,7 +178,7 @@ def _open_npy(file: str) -> np.ndarray:
         return np.empty(shape, dtype)
     try:
         return np.memmap(file, dtype, "r", offset, shape, "F" if fortran else "C")
-    except _READ_ERRORS as exc:
+    except READ_ERRORS as exc:
         raise DistnnError(f"{file}: cannot map the file ({one_line(exc)})") from None
 
 
@@ -269,7 +267,7 @@ def _read_idx(file: str, out_itemsize: int) -> np.ndarray:
             f = gzip.GzipFile(fileobj=raw) if gz else raw
             with f:
                 return _parse_idx(file, f, os.fstat(raw.fileno()).st_size, gz, out_itemsize)
-        except (*_READ_ERRORS, struct.error) as exc:
+        except (*READ_ERRORS, struct.error) as exc:
             if isinstance(exc, OSError) and exc.errno is not None:
                 raise DistnnError(f"{file}: cannot read file ({exc.strerror or exc})") from None
             raise DistnnError(f"{file}: not a valid gzip file ({one_line(exc)})") from None

@@ -182,9 +182,7 @@ class HeartbeatListener:
         for _ in range(MAX_PER_POLL):
             try:
                 data = self.sock.recv(MAX_DATAGRAM + 1)  # one byte more: too long shows
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:  # closed on the way out
+            except OSError:  # nothing more waiting (BlockingIOError), or closed on the way out
                 return
             self.take(data)
 
