@@ -26,7 +26,8 @@ import numpy as np
 
 from distnn.data.dataset import Dataset, Source, from_arrays
 from distnn.errors import DistnnError
-from distnn.io.safe_read import available_memory, read_limited
+from distnn.io.memory_room import available_memory
+from distnn.io.safe_read import read_limited
 
 DEFAULT_LABEL_COLUMNS = ("label", "y", "target")
 MAX_LISTED = 12  # column names listed in a message before "..."

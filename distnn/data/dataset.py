@@ -18,7 +18,7 @@ import numpy as np
 
 from distnn.data.labels import encode_class_names, integer_labels
 from distnn.errors import DistnnError
-from distnn.io.safe_read import check_fits
+from distnn.io.memory_room import check_fits
 
 MAX_CLASSES = 100_000  # guards against one-hot matrices blown up by a stray huge label
 CHUNK_BYTES = 64 << 20  # NaN/inf scans and conversions work on blocks of about this size

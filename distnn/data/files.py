@@ -25,6 +25,7 @@ import numpy as np
 
 from distnn.data.dataset import Dataset, Source, from_arrays
 from distnn.errors import DistnnError, one_line
+from distnn.io.memory_room import check_fits
 from distnn.io.safe_read import (
     READ_ERRORS,
     NotArchiveError,
@@ -32,7 +33,6 @@ from distnn.io.safe_read import (
     Npz,
     ObjectArrayError,
     TruncatedError,
-    check_fits,
     npy_header,
     open_regular,
 )

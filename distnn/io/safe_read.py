@@ -25,7 +25,6 @@ from __future__ import annotations
 import gzip
 import math
 import os
-import resource
 import stat
 import struct
 import zipfile
@@ -36,6 +35,7 @@ from typing import BinaryIO
 import numpy as np
 
 from distnn.errors import DistnnError, one_line
+from distnn.io.memory_room import check_fits, size_text
 
 # What the standard readers raise on a damaged or hostile file (never a bug of ours).
 READ_ERRORS = (
@@ -55,13 +55,6 @@ READ_ERRORS = (
 MAX_MEMBERS = 10_000  # an .npz holding more is not one distnn wrote or reads
 MAX_NPY_HEADER = 10_000  # numpy's own limit for a .npy header it reads safely
 _CHUNK = 1 << 24  # bytes per read while streaming
-
-
-def size_text(n: int) -> str:
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= scale:
-            return f"{n / scale:,.1f} {unit}"
-    return f"{n:,} bytes"
 
 
 _KINDS = (
@@ -108,62 +101,6 @@ def check_regular(path: str) -> None:
         return
     if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
         raise DistnnError(f"{path}: is {file_kind(mode)}, not a regular file")
-
-
-def node_memory() -> int | None:
-    """Bytes the processes of this node (or of this container) may still allocate
-    together: the least of the node's available memory and the cgroup's room, else None."""
-    limits = []
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    limits.append(int(line.split()[1]) * 1024)
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        with open("/sys/fs/cgroup/memory.max") as f:
-            cap = f.read().strip()
-        if cap != "max":
-            with open("/sys/fs/cgroup/memory.current") as f:
-                limits.append(max(0, int(cap) - int(f.read())))
-    except (OSError, ValueError):
-        pass
-    return min(limits) if limits else None
-
-
-def address_space_room() -> int | None:
-    """Bytes this process may still map under its address-space limit (``ulimit -v``),
-    or None without one."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
-    if soft == resource.RLIM_INFINITY:
-        return None
-    used = 0
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmSize:"):
-                    used = int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return max(0, soft - used)
-
-
-def available_memory() -> int | None:
-    """Bytes this process may still allocate: the least of the node's (or container's)
-    room and its own address-space room."""
-    limits = [m for m in (node_memory(), address_space_room()) if m is not None]
-    return min(limits) if limits else None
-
-
-def check_fits(nbytes: int, path: str, what: str) -> None:
-    """DistnnError naming ``path`` if ``nbytes`` more cannot be allocated now."""
-    available = available_memory()
-    if available is not None and nbytes > available:
-        raise DistnnError(
-            f"{path}: {what} needs {size_text(nbytes)} of memory, but {size_text(available)} "
-            "is available"
-        )
 
 
 # ---------------------------------------------------------------- .npy headers

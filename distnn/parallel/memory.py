@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 
 from distnn.errors import DistnnError
-from distnn.io.safe_read import address_space_room, node_memory
+from distnn.io.memory_room import address_space_room, node_memory
 from distnn.parallel.ordered_sum import gradients_held
 
 
