@@ -278,7 +278,7 @@ def test_absurd_networks_are_refused_before_allocating(capsys, hidden):
 
 def test_absurd_virtual_shard_counts_are_refused_before_allocating(capsys):
     code = train_cli.main(["--deterministic", "--virtual-shards", "1000000000", "--quiet"])
-    refused(capsys, code, "fewer --virtual-shards")
+    refused(capsys, code, "--virtual-shards 1000000000 is more than --batch-size")
 
 
 BAD_STEPS = {
