@@ -147,7 +147,7 @@ def train_run(args: argparse.Namespace, ranks: int, global_batch: int, work: Pat
     flags = f"--dataset {dataset} --hidden {args.hidden} --batch-size {global_batch} --quiet"
     flags += f" --epochs {args.epochs} --metrics {shlex.quote(str(metrics))} {args.train_args}"
     row = {"ranks": ranks, "global_batch": global_batch, "shard": -(-global_batch // ranks)}
-    row |= {"start_load": provenance.load_average()}
+    row |= {"run_start_load": provenance.load_average()}
     launch(args, ranks, ["-m", "distnn.train", *shlex.split(flags)])
     records = epoch_records(str(metrics))  # headers skipped
     steps = [b["step"] - a["step"] for a, b in pairwise(records)]
@@ -158,7 +158,7 @@ def train_run(args: argparse.Namespace, ranks: int, global_batch: int, work: Pat
         row[phase] = statistics.median(
             r.get(phase, 0.0) / k for r, k in zip(later, steps, strict=True)
         )
-    return row | {"end_load": provenance.load_average(), "oversubscribed": ranks > args.cores}
+    return row | {"run_end_load": provenance.load_average(), "oversubscribed": ranks > args.cores}
 
 
 def jobs_of(args: argparse.Namespace) -> list[tuple[int, int]]:
@@ -263,7 +263,9 @@ def model(
         fits = dict.fromkeys(fits or [0], given(args.alpha * 1e-6, 1 / (args.beta * 1e9)))
     elif not fits:
         reason = "; ".join(refused.values()) or "no Allreduce sweep to fit"
-        sys.exit(f"scaling: {reason}: measure one, or pass --alpha and --beta")
+        title = f"no projection: {reason}: measure one, or pass --alpha and --beta"
+        return {"title": title, "lines": [], "validated": False, "compute": None,
+                "networks": {}, "refused": refused, "projection": None}  # fmt: skip
     measured_params = scaling[0]["params"] if scaling else None
     params = args.params or measured_params
     points = [(r["global_batch"], r["step_s"]) for r in runs if r["ranks"] == 1]
@@ -335,6 +337,8 @@ def main(argv: list[str] | None = None) -> None:
         )
         plot_scaling(scaling, args.cores, args.plot_dir / "scaling.png")
     write_report(args.out_dir, scaling, found, info)
+    if found["projection"] is None:
+        sys.exit(f"scaling: {found['title']}")
     print(
         f"written: {args.out_dir}/{{runs,scaling,allreduce,projection}}.csv, fits.json, report.md"
     )

@@ -181,17 +181,19 @@ def describe(fit: LinearFit, kind: str) -> str:
 
 def write_report(out_dir: Path, scaling: list[dict], found: dict, info: dict) -> None:
     """report.md and fits.json beside the CSVs: provenance, fits, measured vs predicted."""
-    fits = {"compute": asdict(found["compute"]), "margin": scaling_fit.MARGIN}
+    compute = found["compute"]
+    fits = {"compute": compute and asdict(compute), "margin": scaling_fit.MARGIN}
     fits |= {"networks": {n: asdict(f) for n, f in found["networks"].items()}}
     fits |= {"refused": found["refused"], "validated": found["validated"], "provenance": info}
     (out_dir / "fits.json").write_text(json.dumps(fits, indent=1) + "\n")
     text = ["# Throughput scaling: predicted against measured\n", f"`{shlex.join(sys.argv)}`\n"]
+    text += ["Synthetic data the network cannot learn: this measures throughput only.\n"]
     text += [", ".join(f"{k} {v}" for k, v in info.items()) + "\n"]
-    text += [f"- compute: {describe(found['compute'], 'compute')}"]
-    text += [
-        f"- Allreduce at {n} ranks: {describe(f, 'network')}" for n, f in found["networks"].items()
-    ]
+    text += [f"- compute: {describe(compute, 'compute')}"] if compute else []
+    for n, f in found["networks"].items():
+        text += [f"- Allreduce {f'at {n} ranks' if n else 'given'}: {describe(f, 'network')}"]
     text += [f"- refused: {why}" for why in found["refused"].values()]
     text += ["", *table(scaling), "", f"**{found['title']}**", ""]
     text += [f"- {line}" for line in found["lines"]]
+    text += [f"\nA miss: the median outside the prediction's 95% band ± {MARGIN:.0%}."]
     (out_dir / "report.md").write_text("\n".join(text) + "\n")
