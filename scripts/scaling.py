@@ -40,18 +40,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import perfmodel
 import scaling_fit
-from scaling_check import (
-    describe,
-    fit_networks,
-    given,
-    predict,
-    project,
-    scaled,
-    table,
-    verdict,
-    write_report,
-)
-from scaling_plots import plot_projection, plot_scaling
+from scaling_check import table
+from scaling_model import model, write_report
+from scaling_plots import plot_scaling
 
 from distnn.io.metrics_log import epoch_records
 from distnn.run import provenance
@@ -253,55 +244,6 @@ def read_csv(path: Path) -> list[dict]:
         return [{k: value(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def model(
-    args: argparse.Namespace, scaling: list[dict], sweep: list[dict], runs: list[dict]
-) -> dict:
-    """Fit (or take) every parameter; predict each measured point; project to --max-ranks
-    with the band; return what the report needs."""
-    fits, refused = fit_networks(sweep)
-    if args.alpha is not None and args.beta is not None:
-        fits = dict.fromkeys(fits or [0], given(args.alpha * 1e-6, 1 / (args.beta * 1e9)))
-    elif not fits:
-        reason = "; ".join(refused.values()) or "no Allreduce sweep to fit"
-        title = f"no projection: {reason}: measure one, or pass --alpha and --beta"
-        return {"title": title, "lines": [], "validated": False, "compute": None,
-                "networks": {}, "refused": refused, "projection": None}  # fmt: skip
-    measured_params = scaling[0]["params"] if scaling else None
-    params = args.params or measured_params
-    points = [(r["global_batch"], r["step_s"]) for r in runs if r["ranks"] == 1]
-    if args.rate is not None:
-        compute = given(0.0, 1 / args.rate)
-    elif points and params:
-        compute = scaled(scaling_fit.fit_compute(points), params / measured_params)
-    else:
-        sys.exit("scaling: nothing measured at 1 rank: measure, or pass --rate and --params")
-    print(f"compute fit at 1 rank: {describe(compute, 'compute')}")
-    same = bool(scaling) and params == measured_params and args.batch == scaling[0]["global_batch"]
-    predict(scaling if same else [], compute, fits, args.batch, params)
-    validated, lines = verdict(scaling if same else [])
-    own = [n for n in fits if n <= args.cores] or list(fits)
-    used = max(own)  # the largest rank count with a core per rank: closest to a cluster's
-    source = "given" if args.alpha is not None else f"the {used}-rank fit"
-    ranks = [2**k for k in range(args.max_ranks.bit_length()) if 2**k <= args.max_ranks]
-    projection = project(ranks, args.batch, params, compute, fits[used])
-    label = "validated" if validated else "unvalidated"
-    title = f"projection ({label}), Allreduce α, β from {source}; {describe(fits[used], 'network')}"
-    print(f"\n{title}\n" + "\n".join(lines))
-    steps = [
-        perfmodel.Step(**{k: r[k] for k in perfmodel.Step.__dataclass_fields__}) for r in projection
-    ]
-    print(perfmodel.format_table(steps))
-    write_csv(args.out_dir / "projection.csv", [r | {"validated": validated} for r in projection])
-    networks = {n: f.coef for n, f in fits.items() if n > 0}
-    last = [
-        r for r in sweep if r["try"] == max(x["try"] for x in sweep if x["ranks"] == r["ranks"])
-    ]
-    plot_projection(projection, scaling if same else [], last, networks, title,
-                    args.plot_dir / "scaling-model.png")  # fmt: skip
-    return {"title": title, "lines": lines, "validated": validated, "compute": compute,
-            "networks": fits, "refused": refused, "projection": projection}  # fmt: skip
-
-
 def main(argv: list[str] | None = None) -> None:
     """Measure (unless --model-only), then model; or be one rank of the Allreduce sweep."""
     args = parse_args(argv)
@@ -337,6 +279,9 @@ def main(argv: list[str] | None = None) -> None:
         )
         plot_scaling(scaling, args.cores, args.plot_dir / "scaling.png")
     write_report(args.out_dir, scaling, found, info)
+    if found["projection"]:
+        validated = {"validated": found["validated"]}
+        write_csv(args.out_dir / "projection.csv", [r | validated for r in found["projection"]])
     if found["projection"] is None:
         sys.exit(f"scaling: {found['title']}")
     print(

@@ -12,12 +12,9 @@ they do not decide the verdict.
 
 from __future__ import annotations
 
-import json
-import shlex
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 import perfmodel
@@ -177,23 +174,3 @@ def describe(fit: LinearFit, kind: str) -> str:
     gbs = [f"{1 / b / 1e9:.2f}" if b > 0 else "∞" for b in (fit.coef[1], b_hi, b_lo)]
     return (f"α = {fit.coef[0] * 1e6:.2f} µs [{a_lo * 1e6:.2f}–{a_hi * 1e6:.2f}], "
             f"β = 1/({gbs[0]} GB/s) [1/{gbs[1]}–1/{gbs[2]}]")  # fmt: skip
-
-
-def write_report(out_dir: Path, scaling: list[dict], found: dict, info: dict) -> None:
-    """report.md and fits.json beside the CSVs: provenance, fits, measured vs predicted."""
-    compute = found["compute"]
-    fits = {"compute": compute and asdict(compute), "margin": scaling_fit.MARGIN}
-    fits |= {"networks": {n: asdict(f) for n, f in found["networks"].items()}}
-    fits |= {"refused": found["refused"], "validated": found["validated"], "provenance": info}
-    (out_dir / "fits.json").write_text(json.dumps(fits, indent=1) + "\n")
-    text = ["# Throughput scaling: predicted against measured\n", f"`{shlex.join(sys.argv)}`\n"]
-    text += ["Synthetic data the network cannot learn: this measures throughput only.\n"]
-    text += [", ".join(f"{k} {v}" for k, v in info.items()) + "\n"]
-    text += [f"- compute: {describe(compute, 'compute')}"] if compute else []
-    for n, f in found["networks"].items():
-        text += [f"- Allreduce {f'at {n} ranks' if n else 'given'}: {describe(f, 'network')}"]
-    text += [f"- refused: {why}" for why in found["refused"].values()]
-    text += ["", *table(scaling), "", f"**{found['title']}**", ""]
-    text += [f"- {line}" for line in found["lines"]]
-    text += [f"\nA miss: the median outside the prediction's 95% band ± {MARGIN:.0%}."]
-    (out_dir / "report.md").write_text("\n".join(text) + "\n")
