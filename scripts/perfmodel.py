@@ -4,7 +4,7 @@ One step on p ranks computes backprop over a shard of b samples on every rank, t
 sums the flat float32 gradient (n = 4 · params bytes) with one Allreduce:
 
     t(p)     = t_comp(b) + t_ar(n, p)
-    t_comp   = b / r                                  r: samples/s of one rank
+    t_comp   = α_c + β_c·b                            per step, plus per sample (one rank)
     ring     t_ar = 2(p−1)·α + 2(p−1)/p · n·β          reduce-scatter, then allgather
     tree     t_ar = ⌈log2 p⌉ · (α + n·β)               recursive doubling / binomial tree
 
@@ -13,24 +13,24 @@ Both Allreduce terms vanish at p = 1.
 
 Strong scaling fixes the global batch B (shard b = ⌈B/p⌉); weak scaling fixes the shard
 (b = B, global batch G = p·B). Either way the throughput is X(p) = G / t(p), the speed-up
-S(p) = X(p) / X(1) = X(p) / r and the parallel efficiency E(p) = S(p) / p.
+S(p) = X(p) / X(1) (X(1) = B / t_comp(B)) and the parallel efficiency E(p) = S(p) / p.
 
 Assumptions: compute and communication do not overlap (distnn's default: one Allreduce
-after backprop); r does not depend on the shard size (optimistic for small shards, where
-per-step overhead and smaller matrix products cost more per sample); every rank gets a
-core of its own; α and β do not depend on p (on a real cluster they change where the
-ranks spill from one node to many).
+after backprop); the per-step cost α_c and per-sample cost β_c measured at one rank hold
+on every rank (no rank waits for a slower one); every rank gets a core of its own; α and
+β do not depend on p beyond the rank count they were fitted at (on a real cluster they
+change where the ranks spill from one node to many). scaling_fit.py fits all four with
+their uncertainty and checks the predictions against the measurements.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from itertools import pairwise
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -61,28 +61,6 @@ ALLREDUCE: dict[str, Callable[[float, int, float, float], float]] = {
 }
 
 
-def fit_alpha_beta(points: Iterable[tuple[float, int, float]]) -> tuple[float, float]:
-    """α (s) and β (s/B) of the ring model from measured (bytes, ranks, seconds).
-
-    Linear least squares in (α, β) on the relative error, Σ ((t_ring(n, p) − t) / t)², so
-    the microseconds of small messages weigh as much as the milliseconds of large ones.
-    A coefficient that comes out negative is pinned at 0 and the other one refitted.
-    """
-    rows = [(n, p, t) for n, p, t in points if p > 1 and t > 0]
-    if len(rows) < 2:
-        raise ValueError("need Allreduce timings at 2 or more sizes on more than one rank")
-    n, p, t = (np.array(column, dtype=float) for column in zip(*rows, strict=True))
-    design = np.column_stack([2 * (p - 1), 2 * (p - 1) / p * n]) / t[:, None]
-    ones = np.ones_like(t)
-    coef = np.linalg.lstsq(design, ones, rcond=None)[0]
-    if coef.min() < 0:
-        keep = int(np.argmax(coef))
-        column = design[:, keep]
-        coef = np.zeros(2)
-        coef[keep] = max(0.0, float(column @ ones / (column @ column)))
-    return float(coef[0]), float(coef[1])
-
-
 @dataclass(frozen=True)
 class Step:
     """One projected training step: its parts, throughput, speed-up and efficiency."""
@@ -108,23 +86,30 @@ def project_step(
     *,
     params: int,
     batch: int,
-    rate: float,
     alpha: float,
     beta: float,
+    alpha_c: float = 0.0,
+    beta_c: float | None = None,
+    rate: float | None = None,
 ) -> Step | None:
     """The step at p ranks (see the module's formulas); None where strong scaling runs out of
-    samples (p > B: some rank would get none)."""
+    samples (p > B: some rank would get none). The compute model is ``alpha_c`` (s per
+    step) and ``beta_c`` (s per sample), or ``rate`` alone (β_c = 1/rate, α_c = 0)."""
+    if beta_c is None:
+        if rate is None:
+            raise ValueError("give beta_c (and alpha_c) or rate")
+        beta_c = 1 / rate
     if mode == "strong":
         if p > batch:
             return None
         shard, global_batch = math.ceil(batch / p), batch
     else:
         shard, global_batch = batch, batch * p
-    compute = shard / rate
+    compute = alpha_c + beta_c * shard
     nbytes = BYTES_PER_PARAM * params
     comm = ALLREDUCE[algorithm](nbytes, p, alpha, beta)
     throughput = global_batch / (compute + comm)
-    speedup = throughput / rate
+    speedup = throughput / (batch / (alpha_c + beta_c * batch))  # X(p) / X(1)
     return Step(
         mode=mode,
         algorithm=algorithm,
@@ -233,65 +218,3 @@ def pyplot() -> ModuleType | None:
         print("matplotlib is not installed (pip install '.[plot]'): CSV only, no plots")
         return None
     return plt
-
-
-def plot_projection(
-    steps: Sequence[Step],
-    measured: Sequence[dict],
-    sweep: Sequence[dict],
-    network: tuple[float, float],
-    path: Path,
-) -> None:
-    """The model's figure: (a) the Allreduce sweep and its fitted ring model, (b) projected
-    efficiency and (c) throughput against ranks, with the measured points (hollow where the
-    ranks were oversubscribed)."""
-    if (plt := pyplot()) is None:
-        return
-    fig, (ax_ar, ax_eff, ax_x) = plt.subplots(1, 3, figsize=(15, 4.4), layout="constrained")
-    sizes = np.array(message_sizes(max([r["bytes"] for r in sweep], default=16 << 20)))
-    for i, p in enumerate(sorted({r["ranks"] for r in sweep}) or [2, 4]):
-        rows = [r for r in sweep if r["ranks"] == p]
-        over = bool(rows) and rows[0]["oversubscribed"]
-        label = f"{p} ranks" + (", oversubscribed" if over else "")
-        style = {"color": f"C{i}", "mfc": "none" if over else None, "label": label}
-        ax_ar.loglog([r["bytes"] for r in rows], [r["seconds"] for r in rows], "o", **style)
-        model = ring_allreduce(sizes, p, *network)
-        ax_ar.loglog(sizes, model, "-", color=f"C{i}", lw=1, label=f"ring model, {p} ranks")
-    ax_ar.axvline(
-        steps[0].gradient_bytes,
-        color="k",
-        ls=":",
-        label=f"gradient, {steps[0].gradient_bytes / 1e6:.2f} MB",
-    )
-    ranks = sorted({s.ranks for s in steps})
-    rate = steps[0].samples_per_sec / steps[0].speedup  # X(1) = r
-    ax_eff.plot(ranks, [1.0] * len(ranks), "k:", label="ideal")
-    ax_x.plot(ranks, [rate * p for p in ranks], "k:", label="ideal")
-    panels = ((ax_eff, "efficiency"), (ax_x, "samples_per_sec"))
-    for mode, color in (("strong", "C0"), ("weak", "C1")):
-        for algorithm, dash in (("ring", "-"), ("tree", "--")):
-            line = [s for s in steps if s.mode == mode and s.algorithm == algorithm]
-            style = {"color": color, "ls": dash, "label": f"{mode}, {algorithm} model"}
-            for ax, key in panels:
-                ax.plot([s.ranks for s in line], [getattr(s, key) for s in line], **style)
-        for over in (False, True):
-            points = [r for r in measured if r["mode"] == mode and r["oversubscribed"] == over]
-            label = f"{mode}, measured" + (", oversubscribed" if over else "")
-            style = {"color": color, "mfc": "none" if over else color, "label": label}
-            for ax, key in panels if points else ():
-                ax.plot([r["ranks"] for r in points], [r[key] for r in points], "o", **style)
-    ax_ar.set(xlabel="message (bytes)", ylabel="seconds per Allreduce")
-    ax_ar.set_title(f"Allreduce, ring model: {describe_network(*network)}")
-    ax_eff.set(ylabel="parallel efficiency E", ylim=(0, 1.05), title="projected efficiency")
-    ax_x.set(ylabel="samples/s", yscale="log", title="projected throughput")
-    ticks = [p for p in ranks if p.bit_length() % 2]  # 1, 4, 16, …
-    for ax in (ax_eff, ax_x):
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(ticks, [str(p) for p in ticks])
-        ax.set_xlabel("ranks p")
-    for ax in (ax_ar, ax_eff, ax_x):
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    print(f"plot: {path}")

@@ -9,8 +9,14 @@ Throughput X(N) is the samples/s of ``--metrics``: the median of the epochs afte
 first (warm-up), then the median over repeats. Speed-up S(N) = X(N) / X(1), efficiency
 E(N) = S(N) / N; ideal is S = N, E = 1 (for weak scaling S is the scaled speed-up).
 
-Then an Allreduce sweep (this script under mpiexec with --allreduce-sweep) gives the
-latency α and per-byte cost β that perfmodel.py projects with.
+Every measured point is a median over n ≥ 3 repeats with a bootstrap 95% interval, and
+every run's phase split (data, compute, wait, transfer, update per step) and the load at its
+start and end are kept (runs.csv). Then an Allreduce sweep (this script under mpiexec with
+--allreduce-sweep, repeated while it is not monotone) gives each rank count its own latency
+α and per-byte cost β, and the 1-rank runs the compute model α_c + β_c·b; each measured
+point is predicted from them, a miss flagged, and the projection to thousands of ranks
+drawn with its band and labelled validated or unvalidated (scaling_check.py). The
+throughput workload is synthetic data the network cannot learn: it measures speed only.
 
     python scripts/scaling.py                                # about a minute on 2 cores
     python scripts/scaling.py --quick                        # seconds: a tiny net
@@ -28,18 +34,24 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict
+from itertools import pairwise
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import perfmodel
+import scaling_fit
+from scaling_check import table
+from scaling_model import model, write_report
+from scaling_plots import plot_scaling
 
 from distnn.io.metrics_log import epoch_records
+from distnn.run import provenance
 
 THREAD_VARIABLES = ("DISTNN_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
+PHASES = ("data_s", "compute_s", "wait_s", "transfer_s", "update_s")
 DEFAULTS = dict(repeats=3, batch=256, hidden="512,512", features=784, steps=64, epochs=4)
 DEFAULTS |= dict(sweep_ranks="2,4", max_bytes=16 << 20)
-QUICK = dict(repeats=1, batch=64, hidden="32", features=64, steps=64, epochs=3, ranks="1,2")
+QUICK = dict(repeats=3, batch=64, hidden="32", features=64, steps=64, epochs=3, ranks="1,2")
 QUICK |= dict(sweep_ranks="2", max_bytes=64 << 10)
 
 
@@ -56,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add = p.add_argument
-    add("--quick", action="store_true", help="a tiny net, 1 repeat, 1–2 ranks: seconds")
+    add("--quick", action="store_true", help="a tiny net, 3 repeats, 1–2 ranks: a minute")
     add("--ranks", help="rank counts to run (default: 1,2,4 and powers of 2 up to the cores)")
     add("--repeats", type=int, help="runs per rank count; medians are reported (default: 3)")
     add("--batch", type=int, help="strong: global batch; weak: batch per rank (default: 256)")
@@ -70,6 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--cores", type=int, help="cores the ranks may use (default: this host's)")
     add("--sweep-ranks", help="rank counts of the Allreduce sweep (default: 2,4)")
     add("--max-bytes", type=int, help="largest Allreduce of the sweep (default: 16 MiB)")
+    add("--sweep-tries", type=int, default=3, help="sweeps per rank count while not monotone (3)")
     add("--timeout", type=float, default=600, help="seconds one job may take (default: 600)")
     add("--out-dir", type=Path, default="runs/scaling", help="CSVs (default: runs/scaling)")
     add("--plot-dir", type=Path, help="PNGs (default: --out-dir)")
@@ -93,6 +106,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.plot_dir = args.plot_dir or args.out_dir
     if args.epochs < 2:
         p.error("--epochs must be at least 2: the first one is warm-up")
+    if args.repeats < 3 and not args.model_only:
+        p.error("--repeats must be at least 3: every point is a median with an interval")
     return args
 
 
@@ -114,61 +129,95 @@ def launch(args: argparse.Namespace, ranks: int, command: list[str]) -> None:
         sys.exit(f"scaling: {shlex.join(full)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
 
 
-def train_rate(args: argparse.Namespace, ranks: int, global_batch: int, work: Path) -> float:
-    """One training job's samples/s: the median of its epochs after the first."""
+def train_run(args: argparse.Namespace, ranks: int, global_batch: int, work: Path) -> dict:
+    """One training job: its samples/s and per-step phase split (medians of the epochs
+    after the first, the warm-up), and the load average at its start and end."""
     metrics = work / f"metrics-{ranks}-{global_batch}.jsonl"
     metrics.unlink(missing_ok=True)
     dataset = f"synthetic:{args.steps * global_batch}:{args.features}:10"
     flags = f"--dataset {dataset} --hidden {args.hidden} --batch-size {global_batch} --quiet"
     flags += f" --epochs {args.epochs} --metrics {shlex.quote(str(metrics))} {args.train_args}"
+    row = {"ranks": ranks, "global_batch": global_batch, "shard": -(-global_batch // ranks)}
+    row |= {"run_start_load": provenance.load_average()}
     launch(args, ranks, ["-m", "distnn.train", *shlex.split(flags)])
-    epochs = [r["samples_per_sec"] for r in epoch_records(str(metrics))]  # headers skipped
-    return statistics.median(epochs[1:])
+    records = epoch_records(str(metrics))  # headers skipped
+    steps = [b["step"] - a["step"] for a, b in pairwise(records)]
+    later = records[1:]
+    row["samples_per_sec"] = statistics.median(r["samples_per_sec"] for r in later)
+    row["step_s"] = global_batch / row["samples_per_sec"]
+    for phase in PHASES:  # seconds per step, rank 0's (wait + transfer = its Allreduce)
+        row[phase] = statistics.median(
+            r.get(phase, 0.0) / k for r, k in zip(later, steps, strict=True)
+        )
+    return row | {"run_end_load": provenance.load_average(), "oversubscribed": ranks > args.cores}
 
 
-def measure_scaling(args: argparse.Namespace, work: Path) -> list[dict]:
-    """Median samples/s, speed-up and efficiency per (mode, ranks); 1 rank is run once for both.
+def jobs_of(args: argparse.Namespace) -> list[tuple[int, int]]:
+    """(ranks, global batch) of every job: strong and weak at each rank count, and one rank
+    at each strong shard (and B/2), which the compute fit t = α_c + β_c·b needs."""
+    jobs = {(n, args.batch) for n in args.ranks} | {(n, n * args.batch) for n in args.ranks}
+    shards = {-(-args.batch // n) for n in args.ranks} | {max(1, args.batch // 2)}
+    return sorted(jobs | {(1, b) for b in shards})
 
-    Repeats are interleaved (every job once, then again), so drift on a shared host
-    affects every rank count alike.
-    """
+
+def measure_runs(args: argparse.Namespace, work: Path) -> list[dict]:
+    """Every job --repeats times, interleaved (every job once, then again), so drift on a
+    shared host affects every rank count alike: one row per run."""
     most = args.steps * args.batch * args.ranks[-1]  # samples of the largest weak run
     print(
         f"scaling: ranks {args.ranks} on {args.cores} cores (load {os.getloadavg()[0]:.1f}), "
         f"{args.threads} BLAS thread(s) per rank, net {args.features},{args.hidden},10, "
         f"batch {args.batch}; data sets up to {most * args.features * 4e-6:,.0f} MB per rank"
     )
-    batches = {"strong": lambda n: args.batch, "weak": lambda n: n * args.batch}
-    jobs = sorted({(n, batches[mode](n)) for mode in batches for n in args.ranks})
-    rates: dict[tuple[int, int], list[float]] = {job: [] for job in jobs}
+    runs = []
     for repeat in range(1, args.repeats + 1):
-        for n, g in jobs:
-            rates[(n, g)].append(train_rate(args, n, g, work))
-            print(f"  {repeat}/{args.repeats}: {n} rank(s), batch {g}: {rates[(n, g)][-1]:,.0f}/s")
+        for n, g in jobs_of(args):
+            runs.append(train_run(args, n, g, work) | {"repeat": repeat})
+            print(f"  {repeat}/{args.repeats}: {n} rank(s), batch {g}: "
+                  f"{runs[-1]['samples_per_sec']:,.0f}/s")  # fmt: skip
+    return runs
+
+
+def summarize(args: argparse.Namespace, runs: list[dict]) -> list[dict]:
+    """Per (mode, ranks): the median samples/s over n repeats with its bootstrap 95%
+    interval, and the speed-up and efficiency (both medians resampled) with theirs."""
     params = perfmodel.param_count([args.features, *map(int, args.hidden.split(",")), 10])
-    base = statistics.median(rates[(1, args.batch)])
+    rates = {}
+    for r in runs:
+        rates.setdefault((r["ranks"], r["global_batch"]), []).append(r["samples_per_sec"])
+    base = rates[(1, args.batch)]
     rows = []
-    for mode, batch in batches.items():
+    for mode, batch in {"strong": lambda n: args.batch, "weak": lambda n: n * args.batch}.items():
         for n in args.ranks:
-            runs = rates[(n, batch(n))]
-            rate = statistics.median(runs)
-            row = {"mode": mode, "ranks": n, "oversubscribed": n > args.cores}
+            mine = rates[(n, batch(n))]
+            row = {"mode": mode, "ranks": n, "oversubscribed": n > args.cores, "n": len(mine)}
             row |= {"global_batch": batch(n), "batch_per_rank": batch(n) / n, "params": params}
-            row |= {"samples_per_sec": rate, "min_samples_per_sec": min(runs)}
-            row |= {"max_samples_per_sec": max(runs), "step_ms": 1e3 * batch(n) / rate}
-            row |= {"speedup": rate / base, "ideal_speedup": n, "efficiency": rate / base / n}
-            rows.append(row | {"repeats": len(runs)})
+            x, x_low, x_high = scaling_fit.median_interval(mine)
+            s, s_low, s_high = scaling_fit.ratio_interval(mine, base)
+            row |= {"samples_per_sec": x, "samples_per_sec_low": x_low}
+            row |= {"samples_per_sec_high": x_high, "step_ms": 1e3 * batch(n) / x}
+            row |= {"speedup": s, "speedup_low": s_low, "speedup_high": s_high}
+            row |= {"efficiency": s / n, "efficiency_low": s_low / n}
+            rows.append(row | {"efficiency_high": s_high / n, "ideal_speedup": n})
     return rows
 
 
 def measure_allreduce(args: argparse.Namespace, work: Path) -> list[dict]:
-    """The Allreduce sweep at each of --sweep-ranks: rows of (ranks, bytes, seconds)."""
+    """The Allreduce sweep at each of --sweep-ranks, repeated (up to --sweep-tries) while
+    it is not monotone in the message size: rows of (ranks, try, bytes, seconds)."""
     rows = []
     for n in args.sweep_ranks:
         out = work / f"allreduce-{n}.json"
-        launch(args, n, [__file__, "--allreduce-sweep", str(out), f"--max-bytes={args.max_bytes}"])
-        row = {"ranks": n, "oversubscribed": n > args.cores}
-        rows += [row | {"bytes": b, "seconds": t} for b, t in json.loads(out.read_text())]
+        for attempt in range(1, args.sweep_tries + 1):
+            launch(
+                args, n, [__file__, "--allreduce-sweep", str(out), f"--max-bytes={args.max_bytes}"]
+            )
+            sweep = json.loads(out.read_text())
+            row = {"ranks": n, "oversubscribed": n > args.cores, "try": attempt}
+            rows += [row | {"bytes": b, "seconds": t} for b, t in sweep]
+            if not (problem := scaling_fit.monotone_problem(sweep, n)):
+                break
+            print(f"  {problem}: try {attempt} of {args.sweep_tries}")
     return rows
 
 
@@ -195,92 +244,6 @@ def read_csv(path: Path) -> list[dict]:
         return [{k: value(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def print_scaling(rows: list[dict], cores: int) -> None:
-    """The measured table: medians over repeats, their spread, speed-up and efficiency."""
-    head = ("mode", "ranks", "global batch", "samples/s (min–max)", "speed-up", "efficiency")
-    print("{:<7}{:>6}{:>13}{:>29}{:>10}{:>11}".format(*head))
-    for r in rows:
-        spread = f"({r['min_samples_per_sec']:,.0f}–{r['max_samples_per_sec']:,.0f})"
-        print(
-            f"{r['mode']:<7}{r['ranks']:>5}{'*' if r['oversubscribed'] else ' '}"
-            f"{r['global_batch']:>13}{r['samples_per_sec']:>11,.0f} {spread:>17}"
-            f"{r['speedup']:>10.2f}{r['efficiency']:>11.1%}"
-        )
-    if any(r["oversubscribed"] for r in rows):
-        print(f"* oversubscribed: more ranks than the {cores} cores")
-
-
-def plot_scaling(rows: list[dict], cores: int, path: Path) -> None:
-    """Speed-up and efficiency against ranks, strong and weak, with the ideal; ranks past
-    the cores (oversubscribed) shaded."""
-    if (plt := perfmodel.pyplot()) is None:
-        return
-    fig, (ax_s, ax_e) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
-    ranks = sorted({r["ranks"] for r in rows})
-    for mode, color in (("strong", "C0"), ("weak", "C1")):
-        mine = [r for r in rows if r["mode"] == mode]
-        kind = "global batch" if mode == "strong" else "batch per rank"
-        label = f"{mode}, {kind} {mine[0]['global_batch']}"
-        for ax, key in ((ax_s, "speedup"), (ax_e, "efficiency")):
-            ax.plot(ranks, [r[key] for r in mine], "o-", color=color, label=label)
-    ax_s.plot(ranks, ranks, "k--", lw=1, label="ideal")
-    ax_e.axhline(1, color="k", ls="--", lw=1, label="ideal")
-    ax_s.set(ylabel="speed-up X(N) / X(1)", title="distnn scaling (median of repeats)")
-    ax_e.set(ylabel="efficiency speed-up / N", ylim=(0, 1.1), title="parallel efficiency")
-    for ax in (ax_s, ax_e):
-        if ranks[-1] > cores:
-            over = f"oversubscribed (> {cores} cores)"
-            ax.axvspan(cores * 1.2, ranks[-1] * 1.2, color="0.9", label=over)
-        ax.set_xscale("log", base=2)
-        ax.set(xlabel="ranks N", xticks=ranks, xticklabels=[str(n) for n in ranks])
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    print(f"plot: {path}")
-
-
-def fit_network(sweep: list[dict]) -> tuple[float, float]:
-    """Print α, β fitted at each sweep's rank count; return the fit over the sweeps that had
-    a core per rank (or over all of them, if none had)."""
-    for n in sorted({r["ranks"] for r in sweep}):
-        rows = [r for r in sweep if r["ranks"] == n]
-        fit = perfmodel.fit_alpha_beta((r["bytes"], n, r["seconds"]) for r in rows)
-        tag = " (oversubscribed)" if rows[0]["oversubscribed"] else ""
-        print(f"Allreduce fit at {n} ranks{tag}: {perfmodel.describe_network(*fit)}")
-    used = [r for r in sweep if not r["oversubscribed"]] or sweep
-    return perfmodel.fit_alpha_beta((r["bytes"], r["ranks"], r["seconds"]) for r in used)
-
-
-def model(args: argparse.Namespace, scaling: list[dict], sweep: list[dict]) -> None:
-    """Fit (or take) α, β and r; print, write and plot the projection to --max-ranks."""
-    if (args.alpha is None or args.beta is None) and not sweep:
-        sys.exit("scaling: no Allreduce sweep to fit: measure one, or pass --alpha and --beta")
-    alpha, beta = fit_network(sweep) if sweep else (0.0, 0.0)
-    alpha = alpha if args.alpha is None else args.alpha * 1e-6
-    beta = beta if args.beta is None else 1 / (args.beta * 1e9)
-    base = next((r for r in scaling if r["mode"] == "strong" and r["ranks"] == 1), None)
-    if base is None and (args.rate is None or args.params is None):
-        sys.exit("scaling: nothing measured at 1 rank: measure, or pass --rate and --params")
-    params = args.params or base["params"]
-    rate = args.rate or base["samples_per_sec"] * base["params"] / params  # r ∝ 1 / params
-    ranks = [2**k for k in range(args.max_ranks.bit_length()) if 2**k <= args.max_ranks]
-    steps = perfmodel.project(
-        ranks, params=params, batch=args.batch, rate=rate, alpha=alpha, beta=beta
-    )
-    print(
-        f"\nprojection: {params:,} params ({4 * params / 1e6:.2f} MB gradient), batch "
-        f"{args.batch}, r = {rate:,.0f} samples/s per rank, "
-        f"{perfmodel.describe_network(alpha, beta)}"
-    )
-    print(perfmodel.format_table(steps))
-    write_csv(args.out_dir / "projection.csv", [asdict(s) for s in steps])
-    same = base is not None and params == base["params"] and args.batch == base["global_batch"]
-    perfmodel.plot_projection(
-        steps, scaling if same else [], sweep, (alpha, beta), args.plot_dir / "scaling-model.png"
-    )
-
-
 def main(argv: list[str] | None = None) -> None:
     """Measure (unless --model-only), then model; or be one rank of the Allreduce sweep."""
     args = parse_args(argv)
@@ -292,21 +255,45 @@ def main(argv: list[str] | None = None) -> None:
         return
     args.out_dir.mkdir(parents=True, exist_ok=True)
     args.plot_dir.mkdir(parents=True, exist_ok=True)
+    info = provenance.machine() | provenance.moment("start_")
     if args.model_only:
-        scaling = read_csv(args.out_dir / "scaling.csv")
-        sweep = read_csv(args.out_dir / "allreduce.csv")
+        scaling, sweep, runs = (
+            read_csv(args.out_dir / f"{n}.csv") for n in ("scaling", "allreduce", "runs")
+        )
     else:
+        warn(args, info["start_load"])
         with tempfile.TemporaryDirectory() as tmp:
-            scaling = measure_scaling(args, Path(tmp))
+            runs = measure_runs(args, Path(tmp))
             sweep = measure_allreduce(args, Path(tmp))
-        write_csv(args.out_dir / "scaling.csv", scaling)
-        write_csv(args.out_dir / "allreduce.csv", sweep)
-        plot_scaling(scaling, args.cores, args.plot_dir / "scaling.png")
+        scaling = summarize(args, runs)
+        info |= provenance.moment("end_")
+        warn(args, info["end_load"])
+        write_csv(args.out_dir / "runs.csv", [r | info for r in runs])
+        write_csv(args.out_dir / "allreduce.csv", [r | info for r in sweep])
+    found = model(args, scaling, sweep, runs)
     if scaling:
-        print_scaling(scaling, args.cores)
-    model(args, scaling, sweep)
-    names = "projection" if args.model_only else "{scaling,allreduce,projection}"
-    print(f"written: {args.out_dir}/{names}.csv")
+        print("\n".join(table(scaling)))
+        write_csv(
+            args.out_dir / "scaling.csv",
+            [r | info for r in scaling] if not args.model_only else scaling,
+        )
+        plot_scaling(scaling, args.cores, args.plot_dir / "scaling.png")
+    write_report(args.out_dir, scaling, found, info)
+    if found["projection"]:
+        validated = {"validated": found["validated"]}
+        write_csv(args.out_dir / "projection.csv", [r | validated for r in found["projection"]])
+    if found["projection"] is None:
+        sys.exit(f"scaling: {found['title']}")
+    print(
+        f"written: {args.out_dir}/{{runs,scaling,allreduce,projection}}.csv, fits.json, report.md"
+    )
+
+
+def warn(args: argparse.Namespace, load: float | None) -> None:
+    """The load warning for the most ranks that have a core each."""
+    ranks = max([n for n in args.ranks if n <= args.cores], default=1)
+    if line := provenance.load_warning(load, ranks):
+        print(f"scaling: {line}", file=sys.stderr)
 
 
 if __name__ == "__main__":

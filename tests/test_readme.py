@@ -109,11 +109,11 @@ SKIP = {
         "a 3-minute sweep; tests/test_sweep.py runs the same command on a tiny grid, and "
         "--plot-only from a CSV"
     ),
-    "t_comp = b / r": "the scaling model's formulas: neither a command nor its output",
+    "t_comp = α_c + β_c·b": "the scaling model's formulas: neither a command nor its output",
     "python scripts/scaling.py --plot-dir docs": (
-        "a 63 s measurement that rewrites docs/*.png; tests/test_scaling.py runs the script"
+        "a 7-minute measurement that rewrites docs/*.png; tests/test_scaling.py runs the script"
     ),
-    "mode    ranks global batch": (
+    "Allreduce fit at 2 ranks: α = 2.21": (
         "the recorded output of one measurement (its machine and commit are stated): the "
         "numbers are the record, not a shape to match"
     ),
