@@ -4,11 +4,16 @@
     python scripts/bench.py --threads 1,2 --ranks 1,2,4 --json runs/bench.json
     python scripts/bench.py --busy 1                 # a busy core elsewhere: the thread policy
     python scripts/bench.py --repeat 3               # medians of 3 interleaved rounds
+    python scripts/bench.py --schedules adam         # the default rule only (default: sgd,adam)
 
 Each measurement runs in a fresh process (under ``mpiexec -n R`` for R ranks) so thread
 settings and peak memory do not leak between them. Peers that are not installed
 (``pip install .[bench]``) are reported as missing, not faked. The ceiling ("blas") is
-the best GFLOP/s of the matrix products of one training step, timed alone.
+the best GFLOP/s of the matrix products of one training step, timed alone. Every
+engine runs each update rule of ``--schedules`` (SGD, and Adam, distnn's default);
+"vs distnn" compares rows of the same rule, and "step split" says where distnn's and
+torch's mean step went: compute (forward and backward), update (the rule and θ −= step),
+allreduce (with the wait for slower ranks), data (gathering the batch).
 
 On a shared machine a neighbour's burst can slow one measurement: with ``--repeat N``
 every row is measured in each of N rounds (round by round, so a burst hits one round
@@ -29,7 +34,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_workers import ENGINES, WORKLOADS
+from bench_workers import ENGINES, SCHEDULES, WORKLOADS
 
 NOTES = {"sklearn": "cross-entropy loss (MLPClassifier's own)", "blas": "matrix products only"}
 NOTES["distnn-overlap"] = "per-layer Iallreduce during backprop (--overlap)"
@@ -38,7 +43,7 @@ MODULES = {"torch": "torch", "sklearn": "sklearn", "blas": "numpy"}
 MULTI_RANK = ("distnn", "distnn-overlap", "distnn-det", "torch")
 
 
-def measure(engine: str, workload: str, threads: str, ranks: int, env: dict) -> dict:
+def measure(engine: str, workload: str, threads: str, ranks: int, env: dict, schedule: str) -> dict:
     """Run one worker; its rank 0 prints one JSON line."""
     command = [
         sys.executable,
@@ -49,6 +54,8 @@ def measure(engine: str, workload: str, threads: str, ranks: int, env: dict) -> 
         workload,
         "--threads",
         threads,
+        "--schedules",
+        schedule,
     ]
     if ranks > 1:
         mpiexec = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or "mpiexec"
@@ -69,19 +76,37 @@ def measure(engine: str, workload: str, threads: str, ranks: int, env: dict) -> 
     return json.loads(out.strip().splitlines()[-1])
 
 
-def plan(args) -> list[tuple[str, str, str, int, dict]]:
-    """(engine, workload, threads, ranks, extra env) for every row of the table."""
+def plan(args) -> list[tuple[str, str, str, int, dict, str]]:
+    """(engine, workload, threads, ranks, extra env, update rule) for every row of the table;
+    the ceiling ("blas") once per workload and threads, as it runs no rule."""
     rows = []
     for workload in args.workloads:
         for threads in args.threads:
-            for engine in args.engines:
-                for ranks in args.ranks if engine in MULTI_RANK else [1]:
-                    if engine == "distnn-overlap" and ranks == 1:
-                        continue
-                    if threads == "auto" and engine == "blas":
-                        continue
-                    rows.append((engine, workload, threads, ranks, {}))
+            for schedule in args.schedules:
+                for engine in args.engines:
+                    for ranks in args.ranks if engine in MULTI_RANK else [1]:
+                        if engine == "distnn-overlap" and ranks == 1:
+                            continue
+                        once = schedule == args.schedules[0]
+                        if engine == "blas" and (threads == "auto" or not once):
+                            continue
+                        rule = "-" if engine == "blas" else schedule
+                        rows.append((engine, workload, threads, ranks, {}, rule))
     return rows
+
+
+def split_text(split: dict | None) -> str:
+    """'10.8ms c85 u14 a0 d1': the mean step and its phases in % (compute, update,
+    allreduce, data)."""
+    if not split:
+        return f"{'':22}"
+    total = sum(split.values())
+    parts = " ".join(f"{p[0]}{100 * split[p] / total:.0f}" for p in PHASES_SHOWN)
+    step = f"{total * 1e3:.2f}ms" if total < 0.1 else f"{total:.2f}s"
+    return f"{step:>7} {parts:14}"
+
+
+PHASES_SHOWN = ("compute", "update", "allreduce", "data")
 
 
 def table(results: list[dict]) -> str:
@@ -97,33 +122,34 @@ def table(results: list[dict]) -> str:
         if r["engine"] == "blas" and "error" not in r
     }
     ours = {
-        (r["workload"], r["threads_asked"], r["ranks"]): r["samples_per_sec"]
+        (r["workload"], r["threads_asked"], r["ranks"], r["schedule"]): r["samples_per_sec"]
         for r in results
         if r["engine"] == "distnn" and "error" not in r
     }
     head = (
-        f"{'workload':9} {'engine':14} {'threads':>7} {'ranks':>5} {'samples/s':>11} "
-        f"{'GFLOP/s':>8} {'of BLAS':>7} {'vs distnn':>9} {'peak RSS':>9}  note"
+        f"{'workload':9} {'engine':14} {'rule':5} {'threads':>7} {'ranks':>5} {'samples/s':>11} "
+        f"{'GFLOP/s':>8} {'of BLAS':>7} {'vs distnn':>9} {'step split (%)':22} {'peak RSS':>9}"
+        "  note"
     )
     lines = [head, "-" * len(head)]
     for r in results:
         if "error" in r:
             lines.append(
-                f"{r['workload']:9} {r['engine']:14} {r['threads_asked']:>7} "
+                f"{r['workload']:9} {r['engine']:14} {r['schedule']:5} {r['threads_asked']:>7} "
                 f"{r['ranks']:>5}  -- {r['error']}"
             )
             continue
         best = ceiling.get((r["workload"], r["threads_asked"]))
         if best is None:
             best = ceiling.get((r["workload"], str(r["threads"])))
-        base = ours.get((r["workload"], r["threads_asked"], r["ranks"]))
+        base = ours.get((r["workload"], r["threads_asked"], r["ranks"], r["schedule"]))
         per_core = r["samples_per_sec"] / min(r["ranks"], cores)
         frac = f"{per_core / best:7.0%}" if best else f"{'':7}"
         ratio = f"{r['samples_per_sec'] / base:8.2f}x" if base else f"{'':9}"
         lines.append(
-            f"{r['workload']:9} {r['engine']:14} {r['threads']:>7} {r['ranks']:>5} "
-            f"{r['samples_per_sec']:11,.0f} {r['gflops']:8.1f} {frac} {ratio} "
-            f"{r['peak_rss_mb']:7.0f}MB  {r.get('note', '')}"
+            f"{r['workload']:9} {r['engine']:14} {r['schedule']:5} {r['threads']:>7} "
+            f"{r['ranks']:>5} {r['samples_per_sec']:11,.0f} {r['gflops']:8.1f} {frac} {ratio} "
+            f"{split_text(r.get('split'))} {r['peak_rss_mb']:7.0f}MB  {r.get('note', '')}"
         )
     return "\n".join(lines)
 
@@ -146,16 +172,17 @@ def refuse_unknown(prog: str, kind: str, names: Iterable[str], known: Iterable[s
 
 def measure_row(row: tuple, round_: int, rounds: int) -> dict:
     """One measurement of one row of the plan, labelled for the table."""
-    engine, workload, threads, ranks, env = row
+    engine, workload, threads, ranks, env, schedule = row
     if importlib.util.find_spec(MODULES.get(engine, "distnn")) is None:
         r = {"error": f"{engine} not installed (pip install .[bench])"}
     else:
-        r = measure(engine, workload, threads, ranks, env)
+        r = measure(engine, workload, threads, ranks, env, schedule)
     notes = [NOTES.get(engine, ""), r.get("note", "")]
     r.update(
         engine=engine,
         workload=workload,
         threads_asked=threads,
+        schedule=schedule,
         ranks=r.get("ranks", ranks),
         note="; ".join(n for n in notes if n),
     )
@@ -163,7 +190,7 @@ def measure_row(row: tuple, round_: int, rounds: int) -> dict:
         r["gflops"] = r["samples_per_sec"] * WORKLOADS[workload].flops_per_sample() / 1e9
     label = f" (round {round_ + 1}/{rounds})" if rounds > 1 else ""
     print(
-        f"measured {engine} {workload} threads={threads} ranks={ranks}{label}: "
+        f"measured {engine} {workload} {schedule} threads={threads} ranks={ranks}{label}: "
         f"{r.get('samples_per_sec', r.get('error'))}",
         file=sys.stderr,
     )
@@ -182,6 +209,11 @@ def median_of(runs: tuple[dict, ...]) -> dict:
     spread = f"median of {len(runs)}, range {low:,.0f}–{high:,.0f}"
     median["note"] = "; ".join(n for n in (spread, median.get("note", "")) if n)
     median["samples_per_sec_runs"] = [r["samples_per_sec"] for r in runs]
+    if "split" in median:  # each phase's median over the rounds: a burst skews one round
+        median["split"] = {
+            p: float(sorted(r["split"][p] for r in runs)[(len(runs) - 1) // 2])
+            for p in median["split"]
+        }
     return median
 
 
@@ -202,6 +234,12 @@ def main() -> None:
         type=lambda s: s.split(","),
         default=list(ENGINES),
         help=f"comma-separated: {', '.join(ENGINES)} (default: all)",
+    )
+    p.add_argument(
+        "--schedules",
+        type=lambda s: s.split(","),
+        default=list(SCHEDULES),
+        help=f"comma-separated update rules: {', '.join(SCHEDULES)} (default: both)",
     )
     p.add_argument(
         "--threads",
@@ -229,7 +267,7 @@ def main() -> None:
 
     if args.worker:  # inside one measurement process
         threads = None if args.threads[0] == "auto" else int(args.threads[0])
-        result = ENGINES[args.worker](WORKLOADS[args.workload], threads)
+        result = ENGINES[args.worker](WORKLOADS[args.workload], threads, args.schedules[0])
         if result.pop("rank0"):
             print(json.dumps(result))
         return
@@ -238,6 +276,7 @@ def main() -> None:
     # cores start and before the first (possibly long) measurement.
     refuse_unknown(p.prog, "workload", args.workloads, WORKLOADS)
     refuse_unknown(p.prog, "engine", args.engines, ENGINES)
+    refuse_unknown(p.prog, "schedule", args.schedules, SCHEDULES)
     if args.repeat < 1:
         print(f"{p.prog}: error: --repeat must be at least 1, got {args.repeat}", file=sys.stderr)
         sys.exit(2)

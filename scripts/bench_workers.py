@@ -1,9 +1,14 @@
 """One measurement each, run in a process of its own by ``scripts/bench.py``.
 
-Every engine trains the same network (sigmoid layers, squared loss Σ_i (a_i − y_i)²
-averaged over the batch, plain SGD) on the same in-memory data with the same batch
-and thread count; throughput is samples/s over whole epochs after one warm-up epoch.
-scikit-learn's MLPClassifier can only use softmax + cross-entropy: the table says so.
+Every engine trains the same network (distnn's defaults: sigmoid layers, squared loss
+Σ_i (a_i − y_i)² averaged over the batch) with the same update rule (``SCHEDULES``: plain
+SGD, or Adam, distnn's default rule, with its default lr) on the same in-memory data
+with the same batch and thread count; throughput is samples/s over whole epochs after
+one warm-up epoch. scikit-learn's MLPClassifier can only use softmax + cross-entropy:
+the table says so.
+
+distnn and torch also report where a step's time goes (``split``: mean seconds per step
+in data, compute, allreduce and update), measured over the timed epochs.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ class Workload:
     batch: int  # per rank: the global batch is batch × ranks (weak scaling)
     dataset: str
     epochs: int  # timed epochs, after one warm-up epoch
-    lr: float = 0.05
+    lr: float = 0.05  # SGD's; Adam runs at distnn's default lr (ADAM_LR)
 
     def flops_per_sample(self) -> float:
         """Multiply-adds ×2 of one sample's forward and backward passes (matrix products only).
@@ -34,6 +39,15 @@ class Workload:
         """
         pairs = list(zip(self.sizes[:-1], self.sizes[1:], strict=True))
         return 2.0 * (2 * sum(m * n for m, n in pairs) + sum(m * n for m, n in pairs[1:]))
+
+
+SCHEDULES = ("sgd", "adam")  # the update rules every engine can run
+ADAM_LR = 0.01  # distnn's default --lr (with its default --schedule adam)
+PHASES = ("data", "compute", "allreduce", "update")
+
+
+def rule_lr(w: Workload, schedule: str) -> float:
+    return ADAM_LR if schedule == "adam" else w.lr
 
 
 WORKLOADS = {
@@ -69,11 +83,15 @@ def training_data(w: Workload):
 
 
 def run_distnn(
-    w: Workload, threads: int | None, overlap: bool = False, deterministic: bool = False
+    w: Workload,
+    threads: int | None,
+    schedule: str = "sgd",
+    overlap: bool = False,
+    deterministic: bool = False,
 ) -> dict:
     """distnn through its public API: ``fit`` on the training arrays, a warm-up epoch first."""
     import distnn
-    from distnn.engine.schedules import SGD
+    from distnn.engine.schedules import make_schedule
     from distnn.parallel.world import World
 
     world = World()
@@ -93,7 +111,7 @@ def run_distnn(
         net,
         data.x,
         y,
-        schedule=SGD(w.lr),
+        schedule=make_schedule(schedule, rule_lr(w, schedule)),
         batch_size=w.batch * world.size,
         epochs=1 + w.epochs,
         overlap=overlap,
@@ -103,6 +121,8 @@ def run_distnn(
         world=world,
     )
     rates = [record["samples_per_sec"] for record in history[1:]]
+    steps = history[-1]["step"] - history[0]["step"]
+    split = {p: sum(r[f"{p}_s"] for r in history[1:]) / steps for p in PHASES}  # rank 0's
     growth = rss_mb() - setup_rss[0]  # steady-state steps should keep nothing
     worst = np.array([peak_rss_mb(), growth])
     world.allreduce_max(worst)
@@ -113,12 +133,13 @@ def run_distnn(
         "ranks": world.size,
         "peak_rss_mb": peak,
         "rss_growth_mb": growth,
+        "split": split,
         "note": f"RSS +{growth:.1f} MB in timed epochs; params {net.params.nbytes / 2**20:.1f} MB",
         "rank0": world.rank == 0,
     }
 
 
-def run_torch(w: Workload, threads: int | None) -> dict:
+def run_torch(w: Workload, threads: int | None, schedule: str = "sgd") -> dict:
     import torch
 
     rank, size = int(os.environ.get("PMI_RANK", 0)), int(os.environ.get("PMI_SIZE", 1))
@@ -136,35 +157,49 @@ def run_torch(w: Workload, threads: int | None) -> dict:
             "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=size
         )
         model = torch.nn.parallel.DistributedDataParallel(model)
-    opt = torch.optim.SGD(model.parameters(), lr=w.lr)
+    # torch's defaults besides lr, as distnn's Adam (β 0.9, 0.999, ε 1e-8 after the root)
+    rule = torch.optim.Adam if schedule == "adam" else torch.optim.SGD
+    opt = rule(model.parameters(), lr=rule_lr(w, schedule))
     X, Y = torch.from_numpy(data.x), torch.from_numpy(data.y)
     generator = torch.Generator().manual_seed(0)
     global_batch = w.batch * size
+    seconds = dict.fromkeys(PHASES, 0.0)  # with DDP the allreduce is inside backward
 
     def epoch() -> float:
         start, order = time.perf_counter(), torch.randperm(len(X), generator=generator)
         for b in range(0, len(X), global_batch):
+            t0 = time.perf_counter()
             idx = order[b : b + global_batch]
             lo, hi = rank * len(idx) // size, (rank + 1) * len(idx) // size
             xb, yb = X[idx[lo:hi]], Y[idx[lo:hi]]
+            t1 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
             loss = ((model(xb) - yb) ** 2).sum(dim=1).mean()
             loss.backward()
+            t2 = time.perf_counter()
             opt.step()
+            t3 = time.perf_counter()
+            seconds["data"] += t1 - t0
+            seconds["compute"] += t2 - t1
+            seconds["update"] += t3 - t2
         return len(X) / (time.perf_counter() - start)
 
     epoch()
+    seconds.update(dict.fromkeys(PHASES, 0.0))
     rates = [epoch() for _ in range(w.epochs)]
+    steps = w.epochs * -(-len(X) // global_batch)
     return {
         "samples_per_sec": float(np.median(rates)),
         "threads": torch.get_num_threads(),
         "ranks": size,
         "peak_rss_mb": peak_rss_mb(),
+        "split": {p: t / steps for p, t in seconds.items()},
+        "note": "allreduce inside compute (DDP)" if size > 1 else "",
         "rank0": rank == 0,
     }
 
 
-def run_sklearn(w: Workload, threads: int | None) -> dict:
+def run_sklearn(w: Workload, threads: int | None, schedule: str = "sgd") -> dict:
     from sklearn.neural_network import MLPClassifier
     from threadpoolctl import threadpool_limits
 
@@ -173,9 +208,9 @@ def run_sklearn(w: Workload, threads: int | None) -> dict:
     model = MLPClassifier(
         hidden_layer_sizes=w.sizes[1:-1],
         activation="logistic",
-        solver="sgd",
+        solver=schedule,
         batch_size=w.batch,
-        learning_rate_init=w.lr,
+        learning_rate_init=rule_lr(w, schedule),
         momentum=0.0,
         shuffle=True,
         random_state=0,
@@ -198,8 +233,9 @@ def run_sklearn(w: Workload, threads: int | None) -> dict:
     }
 
 
-def run_blas(w: Workload, threads: int | None) -> dict:
-    """The ceiling: the very matrix products of one training step, timed alone, best of many."""
+def run_blas(w: Workload, threads: int | None, schedule: str = "sgd") -> dict:
+    """The ceiling: the very matrix products of one training step, timed alone, best of many
+    (no update rule: ``schedule`` is not used)."""
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(threads or os.cpu_count() or 1, user_api="blas")
@@ -232,12 +268,12 @@ def run_blas(w: Workload, threads: int | None) -> dict:
     }
 
 
-def run_distnn_overlap(w: Workload, threads: int | None) -> dict:
-    return run_distnn(w, threads, overlap=True)
+def run_distnn_overlap(w: Workload, threads: int | None, schedule: str = "sgd") -> dict:
+    return run_distnn(w, threads, schedule, overlap=True)
 
 
-def run_distnn_deterministic(w: Workload, threads: int | None) -> dict:
-    return run_distnn(w, threads, deterministic=True)
+def run_distnn_deterministic(w: Workload, threads: int | None, schedule: str = "sgd") -> dict:
+    return run_distnn(w, threads, schedule, deterministic=True)
 
 
 ENGINES = {

@@ -10,7 +10,7 @@ import pytest
 
 SCRIPT = Path(__file__).parents[1] / "scripts" / "bench.py"
 sys.path.insert(0, str(SCRIPT.parent))
-from bench_workers import ENGINES, WORKLOADS  # noqa: E402
+from bench_workers import ENGINES, PHASES, SCHEDULES, WORKLOADS  # noqa: E402
 
 
 def bench(args: list[str], timeout: float) -> subprocess.CompletedProcess:
@@ -42,10 +42,23 @@ def test_quick_bench_prints_a_table_and_writes_json(tmp_path):
     assert result.returncode == 0, result.stderr
     rows = json.loads(out.read_text())
     distnn = [r for r in rows if r["engine"] == "distnn"]
-    assert sorted(r["ranks"] for r in distnn) == [1, 2]
+    # The default rule (Adam) and SGD, at each rank count; the ceiling once.
+    assert sorted((r["schedule"], r["ranks"]) for r in distnn) == [
+        ("adam", 1),
+        ("adam", 2),
+        ("sgd", 1),
+        ("sgd", 2),
+    ]
+    assert [r["schedule"] for r in rows if r["engine"] == "blas"] == ["-"]
     assert all(r["samples_per_sec"] > 0 and r["gflops"] > 0 for r in distnn)
     assert all(r["rss_growth_mb"] < 5 for r in distnn), "steady-state training kept memory"
+    # Where each row's step went: every phase measured, compute and update not empty.
+    for r in distnn:
+        assert set(r["split"]) == set(PHASES)
+        assert r["split"]["compute"] > 0 and r["split"]["update"] > 0
+        assert all(t >= 0 for t in r["split"].values())
     assert "distnn" in result.stdout and "of BLAS" in result.stdout
+    assert "step split" in result.stdout and " adam " in result.stdout
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is not None, reason="torch is installed")
@@ -72,6 +85,10 @@ REFUSED = {
     "workload": (
         ["--workloads", "quick,bar", "--engines", "blas"],
         f"unknown workload 'bar' (choose from {choices(WORKLOADS)})",
+    ),
+    "schedule": (
+        ["--workloads", "quick", "--schedules", "sgd,rmsprop"],
+        f"unknown schedule 'rmsprop' (choose from {', '.join(SCHEDULES)})",
     ),
     # With both wrong, the first checked is named; with busy cores, none is started.
     "both": (

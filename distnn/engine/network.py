@@ -53,6 +53,8 @@ class Network:
         self.weights, self.biases = self.views(self.params)
         self._cached_views: tuple | None = None
         self._weights_T = [W.T for W in self.weights]  # views, as up to date as params
+        # What each layer's feed-forward reads, fetched once rather than every step.
+        self._layers = list(zip(self._weights_T, self.biases, self.sigma, strict=True))
         self._initialize(seed)
         # Set by training and saved with the model, for ``predict`` on raw inputs:
         # x ↦ (x − input_mean) / input_std, and whether outputs are class scores.
@@ -145,14 +147,18 @@ class Network:
         X is ``rows × n_0``, or a stack ``pieces × rows × n_0`` for a stacked workspace.
         """
         Z, A, _, _ = ws.rows(X.shape[-2])
-        product = np.dot if X.ndim == 2 else np.matmul  # dot: the same BLAS call, less overhead
-        a = X
-        for ell in range(1, self.num_layers + 1):
+        stacked, a = X.ndim == 3, X
+        for ell, (W_T, b, sigma) in enumerate(self._layers, start=1):
             z = Z[ell]
-            product(a, self._weights_T[ell - 1], out=z)  # z(ℓ) = W(ℓ) a(ℓ-1) + b(ℓ)
-            z += self.biases[ell - 1]
+            # z(ℓ) = W(ℓ) a(ℓ-1) + b(ℓ). ndarray.dot is np.dot's BLAS call without the
+            # __array_function__ dispatch: the same bits, less overhead per call.
+            if stacked:
+                np.matmul(a, W_T, out=z)
+            else:
+                a.dot(W_T, out=z)
+            np.add(z, b, out=z)
             a = A[ell]
-            self.sigma[ell - 1].apply(z, out=a)  # a(ℓ) = σ(ℓ)(z(ℓ))
+            sigma.apply(z, out=a)  # a(ℓ) = σ(ℓ)(z(ℓ))
         return a
 
     def backprop(
@@ -201,17 +207,18 @@ class Network:
         total = self.loss_fn.output_delta(
             a_L, Y, Z[L], self.sigma[L - 1], D[L], Z[L], scale, ws.sums
         )
-        product = np.dot if X.ndim == 2 else np.matmul
+        # ndarray.dot: np.dot without its dispatch (see feed_forward); matmul for stacks.
+        dot = np.matmul if X.ndim == 3 else np.ndarray.dot
         for ell in range(L, 0, -1):
             delta = D[ell]
             a_prev = X if ell == 1 else A[ell - 1]
-            product(delta.swapaxes(-1, -2), a_prev, out=grad_W[ell - 1])
-            product(ones, delta, out=grad_b[ell - 1])  # column sums of Δ(ℓ)
+            dot(delta.swapaxes(-1, -2), a_prev, out=grad_W[ell - 1])
+            dot(ones, delta, out=grad_b[ell - 1])  # column sums of Δ(ℓ)
             if layer_done is not None:
                 layer_done(ell)
             if ell > 1:
                 delta_prev = D[ell - 1]
-                product(delta, self.weights[ell - 1], out=delta_prev)  # ∂C/∂a(ℓ-1)
+                dot(delta, self.weights[ell - 1], out=delta_prev)  # ∂C/∂a(ℓ-1)
                 z_prev = Z[ell - 1]
                 self.sigma[ell - 2].scale_by_derivative(delta_prev, z_prev, a_prev, z_prev)
         return total

@@ -11,6 +11,17 @@ allocated on the first call (shape and dtype of the gradient) and all arithmetic
 done in place. The returned array is the schedule's own buffer, overwritten by the
 next call: use it (``theta -= step``) before calling again, never keep it.
 
+The built-in rules pass their hyper-parameters to the ufuncs as 0-d arrays of the
+gradient's dtype (:func:`scalar`), made once, and the per-step factors (bias
+corrections, the learning rate) as 0-d arrays refilled each step. A ufunc takes a
+0-d array in about half the time of a Python float, which is most of a small
+network's update; the bits are the same, because NumPy casts a Python float operand
+to the array's dtype before the operation exactly as filling a 0-d array does
+(tests/test_schedules_bits.py compares every rule with the previous implementation).
+Whole-array passes are kept: on a 1 MB-L2, 32 MB-L3 machine the update of a
+670k-parameter network measured no faster in L2-sized blocks (Adam's arrays stay in L3,
+and its float32 square root, not memory, is the slowest of its twelve passes).
+
 Writing your own: subclass ``GradientUpdateSchedule``, take ``lr`` as the first
 constructor argument, list persistent state arrays in ``state_arrays`` and
 throw-away work arrays in ``scratch_arrays`` (both are allocated for you and, for
@@ -37,6 +48,11 @@ def _check_unit(name: str, value: float) -> float:
     if not 0.0 <= value < 1.0:
         raise DistnnError(f"{name} must be in [0, 1), got {value}")
     return value
+
+
+def scalar(value: float, dtype: np.dtype) -> np.ndarray:
+    """``value`` as a 0-d array of ``dtype``: the same bits a ufunc gives the Python float."""
+    return np.full((), value, dtype)
 
 
 def _check_eps(eps: float) -> float:
@@ -101,8 +117,14 @@ class GradientUpdateSchedule(abc.ABC):
             arr = getattr(self, name)
             if arr is None or arr.shape != grad.shape or arr.dtype != grad.dtype:
                 setattr(self, name, np.empty(grad.shape, grad.dtype))
+        self._make_scalars(grad.dtype)
         self._ready = True
         return self._step_buf
+
+    def _make_scalars(self, dtype: np.dtype) -> None:
+        """Make the rule's 0-d operands (:func:`scalar`) for ``dtype``: here ``_lr``, which a
+        built-in rule fills with each step's learning rate; rules add their constants."""
+        self._lr = scalar(0, dtype)
 
     def state_dict(self) -> dict[str, np.ndarray | float | int]:
         """``t`` and copies of the state arrays (absent before the first step).
@@ -165,6 +187,10 @@ class NormalizedStep(GradientUpdateSchedule):
 
     scratch_arrays = ("_scratch",)
 
+    def _make_scalars(self, dtype):
+        super()._make_scalars(dtype)
+        self._factor = scalar(0, dtype)
+
     def _step(self, grad, lr, out):
         np.abs(grad, out=out)
         gmax = out.max()
@@ -174,14 +200,16 @@ class NormalizedStep(GradientUpdateSchedule):
         np.divide(grad, gmax, out=out)  # |entries| <= 1, the largest is exactly 1
         np.multiply(out, out, out=self._scratch)
         # NumPy's pairwise sum: deterministic, independent of BLAS threading.
-        out *= lr / math.sqrt(float(self._scratch.sum()))
+        self._factor.fill(lr / math.sqrt(float(self._scratch.sum())))
+        np.multiply(out, self._factor, out=out)
 
 
 class SGD(GradientUpdateSchedule):
     """step = α_t · g."""
 
     def _step(self, grad, lr, out):
-        np.multiply(grad, lr, out=out)
+        self._lr.fill(lr)
+        np.multiply(grad, self._lr, out=out)
 
 
 class Momentum(GradientUpdateSchedule):
@@ -194,16 +222,21 @@ class Momentum(GradientUpdateSchedule):
         self.beta = _check_unit("momentum beta", beta)
         self.nesterov = bool(nesterov)
 
+    def _make_scalars(self, dtype):
+        super()._make_scalars(dtype)
+        self._beta = scalar(self.beta, dtype)
+
     def _step(self, grad, lr, out):
-        v = self.velocity
-        v *= self.beta
-        v += grad
+        v, beta, c_lr = self.velocity, self._beta, self._lr
+        c_lr.fill(lr)
+        np.multiply(v, beta, out=v)
+        np.add(v, grad, out=v)
         if self.nesterov:
-            np.multiply(v, self.beta, out=out)
-            out += grad
-            out *= lr
+            np.multiply(v, beta, out=out)
+            np.add(out, grad, out=out)
+            np.multiply(out, c_lr, out=out)
         else:
-            np.multiply(v, lr, out=out)
+            np.multiply(v, c_lr, out=out)
 
 
 class Nesterov(Momentum):
@@ -222,13 +255,19 @@ class AdaGrad(GradientUpdateSchedule):
         super().__init__(lr)
         self.eps = _check_eps(eps)
 
+    def _make_scalars(self, dtype):
+        super()._make_scalars(dtype)
+        self._eps = scalar(self.eps, dtype)
+
     def _step(self, grad, lr, out):
+        G = self.sum_sq
+        self._lr.fill(lr)
         np.multiply(grad, grad, out=out)
-        self.sum_sq += out
-        np.sqrt(self.sum_sq, out=out)
-        out += self.eps
+        np.add(G, out, out=G)
+        np.sqrt(G, out=out)
+        np.add(out, self._eps, out=out)
         np.divide(grad, out, out=out)
-        out *= lr
+        np.multiply(out, self._lr, out=out)
 
 
 class RMSProp(GradientUpdateSchedule):
@@ -241,16 +280,22 @@ class RMSProp(GradientUpdateSchedule):
         self.rho = _check_unit("rmsprop rho", rho)
         self.eps = _check_eps(eps)
 
+    def _make_scalars(self, dtype):
+        super()._make_scalars(dtype)
+        self._rho, self._one_minus_rho = scalar(self.rho, dtype), scalar(1.0 - self.rho, dtype)
+        self._eps = scalar(self.eps, dtype)
+
     def _step(self, grad, lr, out):
         s = self.sq_avg
-        s *= self.rho
+        self._lr.fill(lr)
+        np.multiply(s, self._rho, out=s)
         np.multiply(grad, grad, out=out)
-        out *= 1.0 - self.rho
-        s += out
+        np.multiply(out, self._one_minus_rho, out=out)
+        np.add(s, out, out=s)
         np.sqrt(s, out=out)
-        out += self.eps
+        np.add(out, self._eps, out=out)
         np.divide(grad, out, out=out)
-        out *= lr
+        np.multiply(out, self._lr, out=out)
 
 
 class Adam(GradientUpdateSchedule):
@@ -273,21 +318,30 @@ class Adam(GradientUpdateSchedule):
         self.beta2 = _check_unit("adam beta2", beta2)
         self.eps = _check_eps(eps)
 
+    def _make_scalars(self, dtype):
+        b1, b2 = self.beta1, self.beta2
+        self._b1, self._one_minus_b1 = scalar(b1, dtype), scalar(1.0 - b1, dtype)
+        self._b2, self._one_minus_b2 = scalar(b2, dtype), scalar(1.0 - b2, dtype)
+        self._eps = scalar(self.eps, dtype)
+        self._v_correction, self._m_factor = scalar(1, dtype), scalar(0, dtype)
+
     def _step(self, grad, lr, out):
         k = self.t + 1
-        b1, b2, m, v = self.beta1, self.beta2, self.m, self.v
-        m *= b1
-        np.multiply(grad, 1.0 - b1, out=out)
-        m += out
-        v *= b2
+        m, v = self.m, self.v
+        self._v_correction.fill(1.0 - self.beta2**k)
+        self._m_factor.fill(lr / (1.0 - self.beta1**k))
+        np.multiply(m, self._b1, out=m)
+        np.multiply(grad, self._one_minus_b1, out=out)
+        np.add(m, out, out=m)
+        np.multiply(v, self._b2, out=v)
         np.multiply(grad, grad, out=out)
-        out *= 1.0 - b2
-        v += out
-        np.divide(v, 1.0 - b2**k, out=out)  # v̂
+        np.multiply(out, self._one_minus_b2, out=out)
+        np.add(v, out, out=v)
+        np.divide(v, self._v_correction, out=out)  # v̂
         np.sqrt(out, out=out)
-        out += self.eps
+        np.add(out, self._eps, out=out)
         np.divide(m, out, out=out)
-        out *= lr / (1.0 - b1**k)  # α_t · m̂ / (√v̂ + ε)
+        np.multiply(out, self._m_factor, out=out)  # α_t · m̂ / (√v̂ + ε)
 
 
 SCHEDULES: dict[str, type[GradientUpdateSchedule]] = {
