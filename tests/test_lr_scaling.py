@@ -3,6 +3,7 @@ in --lr-schedule, and what a run shows and keeps of the resolved rate."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import tomllib
@@ -145,7 +146,7 @@ def test_value_errors_are_typed_and_name_the_spec():
 
 def prepared(**options):
     config = TrainConfig(hidden=(4,), epochs=3, **options)
-    return prepare_run(config, World(), 1)
+    return prepare_run(config, World(), 1, held=contextlib.ExitStack())  # no checkpoint lock taken
 
 
 @pytest.mark.parametrize(
