@@ -365,7 +365,7 @@ DAMAGED = {
     "step_beyond_int64": lambda a: _damage(a, step=np.array(2**64 - 1, np.uint64)),
     "step_not_the_position": lambda a: _damage(a, step=np.array(10**9)),
     "epoch_huge": lambda a: _damage(a, epoch=np.array(2**62)),
-    "batch_in_epoch_past_the_epoch": lambda a: _damage(a, batch_in_epoch=np.array(6)),
+    "batch_in_epoch_past_the_epoch": lambda a: _damage(a, batch_in_epoch=np.array(7)),
     "epoch_loss_sum_nan": lambda a: _damage(a, epoch_loss_sum=np.array(np.nan)),
     "epoch_loss_sum_inf": lambda a: _damage(a, epoch_loss_sum=np.array(np.inf)),
     "optimizer_state_wrong_shape": lambda a: _damage(a, schedule__m=np.zeros(5)),
@@ -412,3 +412,19 @@ def test_a_format_2_checkpoint_still_resumes(tmp_path):
     result = launch([*SMALL, "--epochs", "3", "--checkpoint-dir", "ck", "--resume"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "resuming at epoch 3, step 12" in result.stdout
+
+
+def test_a_checkpoint_after_an_epochs_last_step_resumes(tmp_path):
+    # Written after the last step, before the epoch's end (a rank killed in between): the
+    # position is batch 6 of 6 in epoch 0, a valid place to resume, not a damaged field.
+    args = [*SMALL, "--checkpoint-dir", "ck", "--save", "m.npz", "--quiet"]
+    assert launch([*args, "--epochs", "1"], cwd=tmp_path).returncode == 0
+    (path,) = list_checkpoints(str(tmp_path / "ck"))
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    assert int(arrays["step"]) == 6 and int(arrays["epoch"]) == 1
+    arrays["epoch"], arrays["batch_in_epoch"] = np.array(0), np.array(6)
+    np.savez(path, **arrays)
+    result = launch([*args[:-1], "--epochs", "2", "--resume"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "skipped" not in result.stdout and "resuming at epoch 1, step 6" in result.stdout

@@ -37,7 +37,9 @@ def test_progress_lines_under_mpiexec_into_a_file(tmp_path):
             line,
         ), line
     assert "\r" not in out.read_text() and "\x1b" not in out.read_text()  # no bar in a file
-    assert lines[-1].startswith("done:") and lines[-2].startswith("epoch 3/3"), lines
+    last_epoch = max(i for i, line in enumerate(lines) if line.startswith("epoch "))
+    assert lines[-1].startswith("done:") and lines[last_epoch].startswith("epoch 3/3"), lines
+    assert all(line.startswith("note: ") for line in lines[last_epoch + 1 : -1]), lines
     assert err.read_text() == ""
 
 

@@ -32,7 +32,7 @@ TIMEOUT = float(os.environ.get("DISTNN_TEST_TIMEOUT", "120"))
 TRAIN = ["--dataset", "synthetic:3000:8:3", "--hidden", "16", "--epochs", "12", "--seed", "7",
          "--progress", "lines", "--log-every", "1"]  # fmt: skip
 # Metrics keys that measure time (differ between any two runs); the rest must be equal.
-TIMING = ("samples_per_sec", "_s", "_s_max", "slowest_rank")
+TIMING = ("samples_per_sec", "_s", "_s_max", "slowest_rank", "goodput")
 SCENARIOS = ["at once", "after the first line", "during training", "/dev/full"]
 
 # Between the launcher and one rank: rank 0's stdout is closed (or /dev/full) as the

@@ -218,7 +218,7 @@ def _misfit(ckpt: Checkpoint, trainer: Trainer) -> str | None:
     """What makes a checkpoint's position or optimizer state impossible for this run."""
     epoch, batch, step = (ckpt.position[k] for k in ("epoch", "batch_in_epoch", "step"))
     per_epoch = trainer.batches_per_epoch()
-    if batch >= per_epoch:
+    if batch > per_epoch:  # == per_epoch: saved after the last step, before the epoch end
         return f"batch_in_epoch {batch}, of {per_epoch} batches per epoch"
     if step != epoch * per_epoch + batch:
         return f"step {step} is not epoch {epoch} × {per_epoch} batches + {batch}"
