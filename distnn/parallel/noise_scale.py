@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
-NOISE_EVERY = 4  # steps between two measurements
+NOISE_EVERY = 8  # steps between two measurements
 
 
 class NoiseScale:
