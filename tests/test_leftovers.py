@@ -12,14 +12,16 @@ from __future__ import annotations
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import error_lines, guarded_run
+from conftest import MPIEXEC, error_lines, guarded_run
 
 LIMIT = 2 << 30  # RLIMIT_AS of each plot: reading /dev/zero whole must fail, not swap
 HANG_GUARD = 120.0
@@ -156,3 +158,37 @@ def test_plot_files(tmp_path, case):
     else:
         assert_one_error(result, *words)
         assert not (tmp_path / "c.png").exists()
+
+
+# ---------------------------------------------------------------- a deleted working directory
+
+TRAIN = ["-m", "distnn.train", "--dataset", "synthetic:60:4:3", "--hidden", "8", "--quiet"]
+# name: (ranks, the command after python), every path relative to the deleted folder
+DELETED_CWD: dict[str, tuple[int, list[str]]] = {
+    "train_metrics": (1, [*TRAIN, "--metrics", "m.jsonl"]),
+    "train_save": (1, [*TRAIN, "--save", "m.npz"]),
+    "train_trace": (1, [*TRAIN, "--trace", "t.json"]),
+    "train_two_ranks": (2, [*TRAIN, "--metrics", "m.jsonl"]),
+    "predict": (1, ["-m", "distnn.predict", "model.npz", "d.npz", "-o", "p.csv"]),
+    "plot": (1, ["-m", "distnn.plot", "m.jsonl", "-o", "c.png"]),
+    "evaluate": (1, ["-m", "distnn.evaluate", "model.npz", "--dataset", "synthetic:60:4:3"]),
+    "launch": (1, ["-m", "distnn.launch", "--max-ranks", "1", "--", "python", *TRAIN,
+                   "--metrics", "m.jsonl"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(DELETED_CWD))
+def test_deleted_working_directory(tmp_path, case):
+    ranks, args = DELETED_CWD[case]
+    command = [sys.executable, *args]
+    if ranks > 1:
+        command = [MPIEXEC, "-n", str(ranks), *command]
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    # The shell enters the folder, deletes it, and starts the command there.
+    result = guarded_run(
+        ["sh", "-c", 'cd "$0" && rmdir "$0" && exec "$@"', str(gone), *command],
+        HANG_GUARD,
+        stdin=subprocess.DEVNULL,
+    )
+    assert_one_error(result, "working directory")

@@ -52,6 +52,7 @@ def run(command: str) -> None:
     stdout, says so once on stderr, and the run ends with its own status.
     """
     interrupts_end_quietly()
+    _check_working_directory()
     from importlib import import_module
 
     try:
@@ -66,6 +67,27 @@ def run(command: str) -> None:
             raise
         _stdout_failed(f"distnn: error: stdout: {e.strerror}\n")
     sys.exit(status)
+
+
+def _check_working_directory() -> None:
+    """Status 2 and one line from launcher rank 0 if the working directory is gone.
+
+    A shell left in a deleted folder still starts commands there, but ``os.getcwd()``
+    raises, and with it every relative path, the default outputs beside them and the
+    checks that outputs land on no input. Refused before MPI starts, on every rank alike
+    (the launcher started them all in that folder), instead of a traceback mid-run.
+    """
+    try:
+        os.getcwd()
+    except OSError as e:
+        if launcher_rank() == 0:
+            why = "it was deleted" if e.errno == errno.ENOENT else (e.strerror or str(e))
+            os.write(
+                2,
+                f"distnn: error: the working directory cannot be used ({why}): cd to an "
+                "existing directory and run again\n".encode(),
+            )
+        sys.exit(2)
 
 
 def _stdout_failed(message: str) -> None:
