@@ -9,8 +9,10 @@ one line ``distnn: error: …``, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -192,3 +194,91 @@ def test_deleted_working_directory(tmp_path, case):
         stdin=subprocess.DEVNULL,
     )
     assert_one_error(result, "working directory")
+
+
+# ---------------------------------------------------------------- two signals to rank 0
+
+# rank 0 writes its pid, then runs exactly what `python -m distnn.train` runs
+RANK_PID = (
+    "import os, sys\n"
+    "if os.environ.get('PMI_RANK') == '0':\n"
+    "    open('rank0.pid', 'w').write(str(os.getpid()))\n"
+    "from distnn.cli import run\n"
+    "run('train')\n"
+)
+LONG_RUN = ["--dataset", "synthetic:2000:10:3", "--hidden", "16", "--epochs", "100000",
+            "--quiet", "--metrics", "m.jsonl"]  # fmt: skip
+
+
+def _wait_for(predicate: Callable[[], bool], what: str, timeout: float = HANG_GUARD) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {what} after {timeout:g} s")
+        time.sleep(0.02)
+
+
+def _epochs_written(folder: Path) -> bool:
+    metrics = folder / "m.jsonl"
+    return metrics.exists() and '"epoch"' in metrics.read_text()
+
+
+def _signal(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # rank 0 gone: its status is final
+        os.kill(pid, signum)
+
+
+# name: (extra options, first signal, second signal, when the second is sent, statuses)
+TWO_SIGNALS = {
+    "ctrl_c_while_exiting": ([], signal.SIGINT, signal.SIGINT, "exiting", {130}),
+    "ctrl_c_while_exiting_checkpointed": (
+        ["--checkpoint-dir", "ck"],
+        signal.SIGINT,
+        signal.SIGINT,
+        "exiting",
+        {75},
+    ),
+    "sigterm_while_exiting": ([], signal.SIGTERM, signal.SIGTERM, "exiting", {130}),
+    "ctrl_c_at_once": ([], signal.SIGINT, signal.SIGINT, "at once", {130}),
+}
+REPEATS = 3  # the late signal lands in a window; a few tries catch a status that disagrees
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(TWO_SIGNALS))
+def test_two_signals_to_rank_0(tmp_path, case):
+    """The status the job ends with is the one rank 0 printed, on every try."""
+    options, first, second, when, statuses = TWO_SIGNALS[case]
+    for attempt in range(REPEATS):
+        folder = tmp_path / str(attempt)
+        folder.mkdir()
+        command = [MPIEXEC, "-n", "2", sys.executable, "-c", RANK_PID, *LONG_RUN, *options]
+        with subprocess.Popen(
+            command,
+            cwd=folder,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        ) as job:
+            try:
+                _wait_for(lambda f=folder: _epochs_written(f), "epoch record")
+                pid = int((folder / "rank0.pid").read_text())
+                _signal(pid, first)
+                if when == "exiting":  # the line is printed: rank 0 is on its way out
+                    line = job.stderr.readline()
+                    assert "(exit " in line, line
+                    _signal(pid, second)
+                else:
+                    _signal(pid, second)
+                err = job.stderr.read()
+                status = job.wait(HANG_GUARD)
+            except BaseException:
+                job.kill()
+                raise
+        if when == "exiting":
+            err = line + err
+        assert "Traceback" not in err, err
+        assert status in statuses, f"try {attempt}: exit {status}\n{err}"
+        printed = {int(code) for code in re.findall(r"\(exit (\d+)\)", err)}
+        assert printed <= {status}, f"try {attempt}: printed {printed}, exit {status}\n{err}"

@@ -40,6 +40,22 @@ def interrupts_end_quietly() -> None:
         signal.signal(signum, _end_quietly)
 
 
+def status_decided() -> None:
+    """From here on SIGINT and SIGTERM are ignored: the job's status is decided (and may
+    be printed already), so a late Ctrl-C or a second SIGTERM (``scancel``) cannot
+    change it.
+
+    Python's finalization resets handlers that are Python functions to the default,
+    and only then does mpi4py call MPI_Finalize, which waits for the other ranks: a
+    signal landing there killed the rank, and mpiexec (hydra) reported the signal's
+    number (2 for SIGINT) as the job's status although "exit 130" was printed. An
+    ignored signal stays ignored through finalization.
+    """
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError):  # not the main thread: nothing to do
+            signal.signal(signum, signal.SIG_IGN)
+
+
 def run(command: str) -> None:
     """``python -m distnn.COMMAND``: quiet interrupts, then the command's ``main``.
 
@@ -58,6 +74,7 @@ def run(command: str) -> None:
     try:
         try:
             status = import_module(f"distnn.cli.{command}").main()
+            status_decided()
         finally:  # also after --help's SystemExit: a failing flush is caught below
             sys.stdout.flush()
     except BrokenPipeError:
