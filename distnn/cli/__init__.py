@@ -40,6 +40,22 @@ def interrupts_end_quietly() -> None:
         signal.signal(signum, _end_quietly)
 
 
+def status_decided() -> None:
+    """From here on SIGINT and SIGTERM are ignored: the job's status is decided (and may
+    be printed already), so a late Ctrl-C or a second SIGTERM (``scancel``) cannot
+    change it.
+
+    Python's finalization resets handlers that are Python functions to the default,
+    and only then does mpi4py call MPI_Finalize, which waits for the other ranks: a
+    signal landing there killed the rank, and mpiexec (hydra) reported the signal's
+    number (2 for SIGINT) as the job's status although "exit 130" was printed. An
+    ignored signal stays ignored through finalization.
+    """
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError):  # not the main thread: nothing to do
+            signal.signal(signum, signal.SIG_IGN)
+
+
 def run(command: str) -> None:
     """``python -m distnn.COMMAND``: quiet interrupts, then the command's ``main``.
 
@@ -52,11 +68,13 @@ def run(command: str) -> None:
     stdout, says so once on stderr, and the run ends with its own status.
     """
     interrupts_end_quietly()
+    _check_working_directory()
     from importlib import import_module
 
     try:
         try:
             status = import_module(f"distnn.cli.{command}").main()
+            status_decided()
         finally:  # also after --help's SystemExit: a failing flush is caught below
             sys.stdout.flush()
     except BrokenPipeError:
@@ -66,6 +84,27 @@ def run(command: str) -> None:
             raise
         _stdout_failed(f"distnn: error: stdout: {e.strerror}\n")
     sys.exit(status)
+
+
+def _check_working_directory() -> None:
+    """Status 2 and one line from launcher rank 0 if the working directory is gone.
+
+    A shell left in a deleted folder still starts commands there, but ``os.getcwd()``
+    raises, and with it every relative path, the default outputs beside them and the
+    checks that outputs land on no input. Refused before MPI starts, on every rank alike
+    (the launcher started them all in that folder), instead of a traceback mid-run.
+    """
+    try:
+        os.getcwd()
+    except OSError as e:
+        if launcher_rank() == 0:
+            why = "it was deleted" if e.errno == errno.ENOENT else (e.strerror or str(e))
+            os.write(
+                2,
+                f"distnn: error: the working directory cannot be used ({why}): cd to an "
+                "existing directory and run again\n".encode(),
+            )
+        sys.exit(2)
 
 
 def _stdout_failed(message: str) -> None:

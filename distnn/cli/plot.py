@@ -16,29 +16,18 @@ a line that is not an epoch record) is one line naming the file and line, exit 2
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from distnn.cli.options import CliParser
-from distnn.cli.plot_trace import draw_trace, is_trace
-from distnn.errors import DistnnError
-from distnn.io.metrics_log import is_epoch
+from distnn.cli.plot_input import is_number, is_trace, read_metrics
+from distnn.cli.plot_trace import draw_trace
+from distnn.errors import DistnnError, one_line
 from distnn.io.outputs import atomic_write, check_no_clash, check_output_path
 
 FORMATS = ("png", "svg", "pdf")
-NUMERIC_KEYS = (
-    "loss",
-    "test_loss",
-    "val_loss",
-    "accuracy",
-    "val_accuracy",
-    "samples_per_sec",
-    "elapsed_s",
-)
 # Panel contents: (record key, line style, what the line style means).
 LOSS_LINES = (
     ("loss", "-", "training"),
@@ -49,62 +38,12 @@ ACCURACY_LINES = (("accuracy", "-", "test"), ("val_accuracy", ":", "validation")
 INSTALL_HINT = "pip install 'distnn[plot]' (or: pip install matplotlib)"
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def read_metrics(path: str) -> list[dict]:
-    """The epoch records of a ``--metrics`` JSON-lines file, by epoch (the last one wins).
-
-    Blank lines and header records are skipped (files written before headers existed
-    read as well); anything else that is not a JSON object with an integer
-    ``epoch`` and a numeric ``loss`` is a DistnnError naming the file and line.
-    """
-    try:
-        with open(path, "rb") as f:
-            raw_lines = f.read().splitlines()
-    except FileNotFoundError:
-        raise DistnnError(f"{path}: no such file") from None
-    except OSError as e:
-        raise DistnnError(f"{path}: cannot read ({e.strerror or e})") from None
-    by_epoch: dict[int, dict] = {}
-    for line_no, raw in enumerate(raw_lines, start=1):
-        where = f"{path} line {line_no}"
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise DistnnError(f"{where}: not UTF-8 text") from None
-        if not text.strip():
-            continue
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DistnnError(f"{where}: not JSON ({e.msg}, column {e.colno})") from None
-        if not isinstance(record, dict):
-            raise DistnnError(f"{where}: expected a JSON object per line (one epoch's record)")
-        if not is_epoch(record):
-            continue  # a header or a supervisor's event (distnn.io.metrics_log): no point
-        epoch = record.get("epoch")
-        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
-            raise DistnnError(f"{where}: no integer 'epoch' (is this a --metrics file?)")
-        if not _is_number(record.get("loss")):
-            raise DistnnError(f"{where}: no numeric 'loss' (is this a --metrics file?)")
-        for key in NUMERIC_KEYS:
-            value = record.get(key)
-            if value is not None and not _is_number(value):
-                raise DistnnError(f"{where}: '{key}' is {value!r}, not a number")
-        by_epoch[epoch] = record  # a resumed run may repeat an epoch: keep the last
-    if not by_epoch:
-        raise DistnnError(f"{path}: no epoch records (empty file)")
-    return [by_epoch[e] for e in sorted(by_epoch)]
-
-
 def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
     """Epochs and values of ``key`` where it is a finite number."""
     pairs = [
         (r["epoch"], float(r[key]))
         for r in records
-        if _is_number(r.get(key)) and math.isfinite(r[key])
+        if is_number(r.get(key)) and math.isfinite(r[key])
     ]
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
@@ -205,10 +144,18 @@ def draw(
     if title:
         fig.suptitle(title)
     fmt = os.path.splitext(path)[1][1:].lower()
-    atomic_write(path, lambda f: fig.savefig(f, format=fmt), protect)
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format=fmt), protect)
+    except (ValueError, OverflowError) as e:  # matplotlib's limits (an axis it cannot tick)
+        raise DistnnError(f"{path}: cannot draw these values ({one_line(e)})") from None
 
 
 PHASE_COLORS = {"data_s": "C2", "compute_s": "C0", "allreduce_s": "C3", "update_s": "C1"}
+
+
+def _finite(value: object) -> float:
+    """A phase's seconds as drawn: a missing or non-finite value is no bar."""
+    return float(value) if is_number(value) and math.isfinite(value) else 0.0
 
 
 def _draw_time_split(ax, records: list[dict]) -> None:
@@ -217,7 +164,7 @@ def _draw_time_split(ax, records: list[dict]) -> None:
     epochs = [r["epoch"] for r in rows]
     bottom = [0.0] * len(rows)
     for key, color in PHASE_COLORS.items():
-        values = [r.get(key, 0.0) for r in rows]
+        values = [_finite(r.get(key)) for r in rows]
         ax.bar(epochs, values, bottom=bottom, color=color, label=key[:-2], width=0.8)
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
     ax.set_title("step time per epoch on rank 0 (s)")

@@ -6,38 +6,31 @@ rank, each phase its colour) for a report or a README, without a browser.
 
 from __future__ import annotations
 
-import json
+import math
 import os
 
-from distnn.errors import DistnnError
+from distnn.cli.plot_input import is_number, load_trace
+from distnn.errors import DistnnError, one_line
 from distnn.io.outputs import atomic_write
 from distnn.parallel.timeline import PHASES
 
+MAX_RANKS = 1 << 24  # lanes a figure could ever hold
 COLORS = dict(zip(PHASES, ("C2", "C0", "C3", "C1", "C4", "C5"), strict=True))
 
 
-def is_trace(path: str) -> bool:
-    """Whether ``path`` looks like a --trace file (a .json holding traceEvents)."""
-    if not path.lower().endswith(".json"):
-        return False
-    try:
-        with open(path, encoding="utf-8") as f:
-            return "traceEvents" in f.read(4096)
-    except (OSError, UnicodeDecodeError):
-        return False
-
-
 def read_trace(path: str) -> dict[int, list[tuple[str, float, float]]]:
-    """Complete events per rank: (phase, start µs, duration µs)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            events = json.load(f)["traceEvents"]
-        lanes: dict[int, list[tuple[str, float, float]]] = {}
-        for e in events:
-            if e.get("ph") == "X":
-                lanes.setdefault(int(e["pid"]), []).append((e["name"], e["ts"], e["dur"]))
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise DistnnError(f"{path}: not a distnn trace file ({e})") from None
+    """Complete events per rank: (phase, start µs, duration µs), each checked: a known
+    phase, a rank that is a small non-negative integer, finite times."""
+    lanes: dict[int, list[tuple[str, float, float]]] = {}
+    for i, e in enumerate(load_trace(path)["traceEvents"]):
+        if not isinstance(e, dict) or e.get("ph") != "X" or e.get("name") not in PHASES:
+            continue  # metadata, counters, phases of other tools
+        pid, ts, dur = e.get("pid"), e.get("ts"), e.get("dur")
+        if not (isinstance(pid, int) and not isinstance(pid, bool) and 0 <= pid < MAX_RANKS):
+            raise DistnnError(f"{path}: event {i}: 'pid' is {pid!r:.40}, not a rank")
+        if not (is_number(ts) and is_number(dur) and math.isfinite(ts) and math.isfinite(dur)):
+            raise DistnnError(f"{path}: event {i}: 'ts' and 'dur' must be finite numbers")
+        lanes.setdefault(pid, []).append((e["name"], float(ts), float(dur)))
     if not lanes:
         raise DistnnError(f"{path}: the trace holds no events")
     return lanes
@@ -64,6 +57,9 @@ def draw_trace(path: str, output: str, title: str | None = None) -> str:
               frameon=False, fontsize="small")  # fmt: skip
     ax.set_title(title or os.path.basename(path))
     fmt = os.path.splitext(output)[1][1:].lower()
-    atomic_write(output, lambda f: fig.savefig(f, format=fmt), protect=[path])
+    try:
+        atomic_write(output, lambda f: fig.savefig(f, format=fmt), protect=[path])
+    except (ValueError, OverflowError) as e:  # matplotlib's limits (an axis it cannot tick)
+        raise DistnnError(f"{output}: cannot draw these values ({one_line(e)})") from None
     n = sum(len(e) for e in lanes.values())
     return f"wrote {output}: {len(lanes)} rank(s), {n:,} events"

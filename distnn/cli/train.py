@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import sys
 
+from distnn.cli import status_decided
 from distnn.cli.options import parse_config
 from distnn.errors import (
     EXIT_INTERRUPTED,
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         config = world.agree(lambda: parse_config(argv, world.rank))
         history: History = train_config(config, world, started=started)
     except Preempted as e:
+        status_decided()  # before the line that prints it
         if world.is_root:
             where = (
                 f"checkpoint in {config.checkpoint_dir}"
@@ -97,10 +99,12 @@ def main(argv: list[str] | None = None) -> int:
             )
         return e.exit_code
     except Interrupted as e:
+        status_decided()
         if world.is_root:
             print(f"distnn: {e} (exit {e.exit_code})", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:  # a second Ctrl-C in a world of one
+        status_decided()
         print("distnn: interrupted again: stopped at once", file=sys.stderr)
         return EXIT_INTERRUPTED
     except DistnnError as e:  # a CollectiveError: raised on every rank alike

@@ -13,6 +13,7 @@ keeps training when stdout closes or fills.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Iterator
@@ -87,6 +88,8 @@ def failures_end_the_job(world: World) -> Iterator[None]:
         if world.size == 1:
             raise
         report(world.rank, "interrupted", "a second Ctrl-C: no checkpoint")
+        for signum in (signal.SIGINT, signal.SIGTERM):  # a third one cannot turn it into 1
+            signal.signal(signum, signal.SIG_IGN)
         world.say_and_abort(
             f"distnn: rank {world.rank} interrupted: ending the job\n", EXIT_INTERRUPTED
         )
