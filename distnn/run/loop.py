@@ -35,7 +35,7 @@ from distnn.run.log import RunLog, header_record, header_text
 from distnn.run.options import TrainConfig
 from distnn.run.outputs import write_outputs
 from distnn.run.progress import Progress
-from distnn.run.records import epoch_record, evaluation_record, evaluations, learning_speed
+from distnn.run.records import epoch_record, evaluation_record, final_record
 from distnn.run.setup import Run, check_same_on_every_rank, prepare_run
 from distnn.run.stopping import EarlyStopping, StopRequests, StopRules, parse_target
 
@@ -239,28 +239,9 @@ def _train(
     trainer.timeline.write()
     history.stop_reason = stop.reason if stop else ""
     best_restored = early is not None and early.restore_best(trainer.epoch)
-    if history and not best_restored and history[-1]["step"] == trainer.step:
-        history.final = dict(history[-1])
-    else:  # the weights kept are not those the last record describes
-        with clock.evaluating():
-            loss = trainer.evaluate(trainer.data.x, trainer.data.y, None)[0]
-            history.final = {"loss": loss} | evaluations(trainer, run.validation)
-        if trainer.noise.steps:  # the steps since the last epoch record
-            history.final |= learning_speed(trainer, 0.0)
-    times = clock.fields()
-    trained = trainer.samples_seen() - first_samples
-    rate = trained / times["train_s"] if trained and times["train_s"] else 0.0
-    efficiency = history.final.get("efficiency")
-    history.final |= {
-        "epoch": trainer.epoch,
-        "batch": trainer.batch_in_epoch,
-        "step": trainer.step,
-        "samples": trainer.samples_seen(),
-        "samples_per_sec": rate,  # the run's, not the last epoch's
-        "goodput": rate * efficiency if efficiency is not None else None,
-        "steps_this_start": trainer.step - first_step,
-        **times,
-    }
+    describes_weights = history and not best_restored and history[-1]["step"] == trainer.step
+    last = history[-1] if describes_weights else None
+    history.final = final_record(last, trainer, clock, run.validation, first_step, first_samples)
     hint = batch_hint(history.final.get("noise_scale"), trainer.batch_size, world.size)
     if hint:
         progress.say(f"note: {hint}")

@@ -67,6 +67,45 @@ def evaluation_record(
     return record | clock.fields()
 
 
+def final_record(
+    last: dict[str, Any] | None,
+    trainer: Trainer,
+    clock: RunClock,
+    validation: Split | None,
+    first_step: int,
+    first_samples: int,
+) -> dict[str, Any]:
+    """``History.final``: the weights in place and where the run stopped.
+
+    ``last``: the last epoch's record if it describes these weights; else (a stop inside an
+    epoch, early stopping's best weights put back) they are evaluated afresh. Its
+    ``samples_per_sec`` is this start's (samples trained since ``first_samples`` over its
+    ``train_s``), its time fields the whole start's. Collective.
+    """
+    if last is not None:
+        final = dict(last)
+    else:
+        with clock.evaluating():
+            loss = trainer.evaluate(trainer.data.x, trainer.data.y, None)[0]
+            final = {"loss": loss} | evaluations(trainer, validation)
+        if trainer.noise.steps:  # the steps since the last epoch record
+            final |= learning_speed(trainer, 0.0)
+    times = clock.fields()
+    trained = trainer.samples_seen() - first_samples
+    rate = trained / times["train_s"] if trained and times["train_s"] else 0.0
+    efficiency = final.get("efficiency")
+    return final | {
+        "epoch": trainer.epoch,
+        "batch": trainer.batch_in_epoch,
+        "step": trainer.step,
+        "samples": trainer.samples_seen(),
+        "samples_per_sec": rate,  # the run's, not the last epoch's
+        "goodput": rate * efficiency if efficiency is not None else None,
+        "steps_this_start": trainer.step - first_step,
+        **times,
+    }
+
+
 def _position(trainer: Trainer, world: World) -> dict[str, Any]:
     return {
         "step": trainer.step,
