@@ -85,17 +85,22 @@ def test_one_rank_in_default_mode_says_it_cannot_measure():
     assert history.final["noise_scale"] is None
 
 
-def test_estimates_are_a_ratio_of_averages_and_none_when_noise_wins():
+def test_estimates_are_a_ratio_of_running_averages_and_none_when_noise_wins():
     noise = NoiseScale(measures=True)
+    assert noise.take()["noise_scale"] is None  # nothing measured yet
     # Two steps at B=8 with pieces of 2 rows: tr = (s̄ − g)/(1/2 − 1/8), |G|² = g − tr/8.
     noise.add(5.0, 0.5, 2.0, 8)  # tr 8,   |G|² 1
     noise.add(2.75, 0.5, 2.0, 8)  # tr 2,  |G|² 1.75
+    d = NoiseScale.DECAY
+    w = (1 - d) * d + (1 - d)  # the bias correction's weight after two
+    trace, norm_sq = ((1 - d) * d * 8 + (1 - d) * 2) / w, ((1 - d) * d * 1 + (1 - d) * 1.75) / w
     fields = noise.take()
-    assert fields["grad_trace"] == pytest.approx(5.0)
-    assert fields["grad_norm_sq"] == pytest.approx(1.375)
-    assert fields["noise_scale"] == pytest.approx(10 / 2.75)  # not the mean of 8 and 2/1.75
-    assert noise.take()["noise_scale"] is None  # nothing since
-    noise.add(100.0, 0.5, 1.0, 8)  # |G|² < 0: noise swamped the signal
+    assert fields["grad_trace"] == pytest.approx(trace)
+    assert fields["grad_norm_sq"] == pytest.approx(norm_sq)
+    assert fields["noise_scale"] == pytest.approx(trace / norm_sq)  # not a mean of ratios
+    assert noise.take() == fields  # running: a record without new steps repeats the last
+    for _ in range(40):
+        noise.add(100.0, 0.5, 1.0, 8)  # |G|² < 0: noise swamped the signal
     assert noise.take()["noise_scale"] is None
     assert NoiseScale(measures=False).take() == {
         "noise_scale": None, "grad_norm_sq": None, "grad_trace": None,

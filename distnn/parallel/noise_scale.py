@@ -14,8 +14,8 @@ so, unbiased for each step,
     tr(Σ) ≈ (s̄ − |G_B|²) / (h − 1/B),    |G|² ≈ |G_B|² − tr(Σ)/B.
 
 Single steps' estimates swing over orders of magnitude (and go negative), so the noise
-scale is a ratio of averages, not an average of ratios: B_simple = Σ tr(Σ) / Σ |G|² over
-the steps of an epoch. It is in samples, per-sample normalised whatever the loss: the
+scale is a ratio of running averages, not an average of ratios: B_simple = EMA tr(Σ) /
+EMA |G|² over the measured steps. It is in samples, per-sample normalised whatever the loss: the
 global batch is the mean of the per-sample losses (MATH.md), so ∇C_k is one sample's.
 The critical batch: a batch B takes S = S_min(1 + B_noise/B) steps and E = E_min(1 +
 B/B_noise) samples to reach a target (McCandlish eqs. 2.11, 2.12): below B_noise a larger
@@ -37,12 +37,20 @@ NOISE_EVERY = 8  # steps between two measurements
 
 
 class NoiseScale:
-    """Accumulates each step's estimates; ``take()`` gives an epoch's fields."""
+    """Running averages of each measured step's estimates; ``take()`` reads them.
+
+    Exponential moving averages (weight ``1 − DECAY`` for the newest measurement, bias
+    corrected as Adam's are), kept across epochs: a record's estimate covers about the
+    last ``1/(1 − DECAY)`` measurements whatever the epoch's length, so a short epoch's
+    few steps do not stand alone, and it still follows the noise scale as training moves.
+    """
+
+    DECAY = 0.9  # per measurement: about the last 10 (80 steps at NOISE_EVERY 8)
 
     def __init__(self, measures: bool) -> None:
         self.measures = measures  # False: one piece per batch, no second batch size
-        self.trace_sum = self.norm_sq_sum = 0.0
-        self.steps = 0
+        self.trace_avg = self.norm_sq_avg = self.weight = 0.0
+        self.steps = 0  # measurements since the last take()
 
     def add(
         self, pieces_sqnorm_mean: float, inv_b_small: float, global_sqnorm: float, B: int
@@ -52,19 +60,20 @@ class NoiseScale:
         if gap <= 0:  # one piece held the whole batch (B ≤ 1 rows per piece)
             return
         trace = (pieces_sqnorm_mean - global_sqnorm) / gap
-        self.trace_sum += trace
-        self.norm_sq_sum += global_sqnorm - trace / B
+        d = self.DECAY
+        self.trace_avg = d * self.trace_avg + (1 - d) * trace
+        self.norm_sq_avg = d * self.norm_sq_avg + (1 - d) * (global_sqnorm - trace / B)
+        self.weight = d * self.weight + (1 - d)
         self.steps += 1
 
     def take(self) -> dict[str, float | None]:
-        """``noise_scale`` (B_simple, samples), ``grad_norm_sq`` and ``grad_trace`` (their
-        means over the steps since the last call); None where not measured or where
-        noise left the |G|² estimate ≤ 0."""
-        if not self.measures or not self.steps:
-            return {"noise_scale": None, "grad_norm_sq": None, "grad_trace": None}
-        norm_sq, trace = self.norm_sq_sum / self.steps, self.trace_sum / self.steps
-        self.trace_sum = self.norm_sq_sum = 0.0
+        """``noise_scale`` (B_simple = tr(Σ)/|G|², samples), ``grad_norm_sq`` and
+        ``grad_trace`` (the running averages); None where nothing was measured yet or
+        where noise left the |G|² estimate ≤ 0."""
         self.steps = 0
+        if not self.measures or not self.weight:
+            return {"noise_scale": None, "grad_norm_sq": None, "grad_trace": None}
+        norm_sq, trace = self.norm_sq_avg / self.weight, self.trace_avg / self.weight
         scale = trace / norm_sq if norm_sq > 0 and trace >= 0 else None
         return {"noise_scale": scale, "grad_norm_sq": norm_sq, "grad_trace": trace}
 
