@@ -182,11 +182,15 @@ class OrderedSum:
             run(self.global_ops)
         for votes in self.others_votes:  # the world's sums, where the trainer reads them
             np.add(self.votes, votes, out=self.votes)
-        losses, sqnorms = self.received_losses.tolist(), self.received_sqnorms.tolist()
-        return (  # in shard order: the same bits at any number of ranks
-            float(sum(losses[r][j] for r, j in self.loss_order)),
-            float(sum(sqnorms[r][j] for r, j in self.loss_order)),
+        return self._in_shard_order(self.received_losses), (
+            self._in_shard_order(self.received_sqnorms) if self.measure_norms else 0.0
         )
+
+    def _in_shard_order(self, received: np.ndarray) -> float:
+        """The sum of each shard's number, added in shard order: the same bits at any
+        number of ranks."""
+        values = received.tolist()
+        return float(sum(values[r][j] for r, j in self.loss_order))
 
 
 Op = tuple[np.ndarray, np.ndarray, np.ndarray | None]  # (into, a, b): into = a + b, or a
