@@ -96,14 +96,9 @@ def steps_figure(rows: list[dict[str, Any]], path: Path) -> None:
             )
         for p in pts:
             for _ in range(p.unreached):
-                ax.plot(
-                    [p.batch],
-                    [0.97],
-                    transform=ax.get_xaxis_transform(),
-                    **_UNREACHED,
-                    label=None if unreached_shown else "a run that did not reach",
+                unreached_shown = _mark_unreached(
+                    ax, p.batch, unreached_shown, "a run that did not reach"
                 )
-                unreached_shown = True
     _limits(ax, [r["steps"] for r in base])
     noise = measured_noise_scale(base)
     if noise:
@@ -121,6 +116,16 @@ def steps_figure(rows: list[dict[str, Any]], path: Path) -> None:
     _footer(fig, rows)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _mark_unreached(ax: Any, x: float, labelled: bool, label: str) -> bool:
+    """A run that did not reach the target: a marker at the top of the axes at ``x``,
+    labelled the first time; True from then on."""
+    ax.plot(
+        [x], [0.97], transform=ax.get_xaxis_transform(), **_UNREACHED,
+        label=None if labelled else label,
+    )  # fmt: skip
+    return True
 
 
 def time_figure(rows: list[dict[str, Any]], path: Path) -> None:
@@ -147,14 +152,7 @@ def time_figure(rows: list[dict[str, Any]], path: Path) -> None:
                 )
             for p in pts:
                 if p.batch == batch and p.unreached:
-                    ax.plot(
-                        [p.ranks],
-                        [0.97],
-                        transform=ax.get_xaxis_transform(),
-                        **_UNREACHED,
-                        label=None if unreached_shown else "did not reach",
-                    )
-                    unreached_shown = True
+                    unreached_shown = _mark_unreached(ax, p.ranks, unreached_shown, "did not reach")
         ax.set(
             xscale="log",
             yscale="log",

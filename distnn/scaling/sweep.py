@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from distnn import __version__
+from distnn.api import fit
 from distnn.data.load import load_dataset
 from distnn.engine.network import Network
 from distnn.errors import DivergenceError
@@ -147,18 +148,12 @@ def sweep(
         net = Network(sizes, activations=activation, seed=cell.seed)
         history, diverged = None, ""
         try:
-            history = _fit(
-                net,
-                dataset,
-                cell,
-                target,
-                epochs,
-                eval_every,
-                base_batch,
-                deterministic,
-                world,
-                fit_options,
-            )
+            history = fit(
+                net, dataset, target=target, eval_every=eval_every, batch_size=cell.batch,
+                lr_scaling=cell.lr_scaling, base_batch=base_batch, epochs=epochs,
+                seed=cell.seed, deterministic=deterministic, verbose=0, world=world,
+                **fit_options,
+            )  # fmt: skip
         except DivergenceError as e:  # a rule's rate too high for this batch: an outcome
             diverged = str(e)
         row = _row(cell, goal, history, diverged) | {
@@ -179,37 +174,6 @@ def sweep(
                 say(describe(row))
         rows.append(row)
     return rows
-
-
-def _fit(
-    net,
-    dataset,
-    cell: Cell,
-    target,
-    epochs,
-    eval_every,
-    base_batch,
-    deterministic,
-    world,
-    fit_options,
-):
-    import distnn  # the package's lazy ``fit``: the same entry point users call
-
-    return distnn.fit(
-        net,
-        dataset,
-        target=target,
-        eval_every=eval_every,
-        batch_size=cell.batch,
-        lr_scaling=cell.lr_scaling,
-        base_batch=base_batch,
-        epochs=epochs,
-        seed=cell.seed,
-        deterministic=deterministic,
-        verbose=0,
-        world=world,
-        **fit_options,
-    )
 
 
 def _row(cell: Cell, goal, history, diverged: str) -> dict[str, Any]:
