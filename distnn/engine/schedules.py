@@ -39,6 +39,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from distnn.engine import fused
 from distnn.engine.lr_schedules import LRSchedule, as_lr_schedule
 from distnn.errors import DistnnError, one_line
 
@@ -63,7 +64,8 @@ def _check_eps(eps: float) -> float:
 
 
 class GradientUpdateSchedule(abc.ABC):
-    """Base class: ``step = schedule(grad)``, then the caller does ``θ -= step``.
+    """Base class: ``step = schedule(grad)``, then the caller does ``θ -= step``; or both
+    at once with ``schedule.apply(grad, θ)``.
 
     ``t`` is the number of steps taken; the learning rate of a call is
     ``lr_schedule(t)`` read before ``t`` is incremented.
@@ -71,12 +73,16 @@ class GradientUpdateSchedule(abc.ABC):
 
     state_arrays: ClassVar[tuple[str, ...]] = ()  # saved by state_dict, zeros at start
     scratch_arrays: ClassVar[tuple[str, ...]] = ()  # work space, not saved
+    # The C function (engine/fused.py) that does ``_step`` and θ −= step in one pass, with
+    # ``_kernel_scalars`` as its scalar arguments; it serves only the class that names it.
+    kernel: ClassVar[str | None] = None
 
     def __init__(self, lr: float | LRSchedule) -> None:
         self.lr_schedule: LRSchedule = as_lr_schedule(lr)
         self.t: int = 0
         self._step_buf: np.ndarray | None = None
         self._ready = False
+        self._bound: tuple | None = None  # (grad, params, kernel, its array arguments)
         for name in (*self.state_arrays, *self.scratch_arrays):
             setattr(self, name, None)
 
@@ -93,6 +99,44 @@ class GradientUpdateSchedule(abc.ABC):
         self._step(grad, float(self.lr_schedule(self.t)), buf)
         self.t += 1
         return buf
+
+    def apply(self, grad: np.ndarray, params: np.ndarray) -> None:
+        """θ −= step for ``grad``: ``params`` updated in place, the state advanced.
+
+        The same bits as ``params -= schedule(grad)``, which is what runs on the first
+        call, whenever the arrays change and for rules without a kernel; a built-in rule's
+        later calls run its one-pass kernel (``fused_updates.c``), which reads each element
+        once and leaves the step buffer alone.
+        """
+        bound = self._bound
+        if bound is not None and bound[0] is grad and bound[1] is params:
+            bound[2](*bound[3], *self._kernel_scalars(float(self.lr_schedule(self.t))))
+            self.t += 1
+            return
+        params -= self(grad)
+        self._bound = self._bind(grad, params)
+
+    def _bind(self, grad: np.ndarray, params: np.ndarray) -> tuple | None:
+        """The kernel call for these arrays, or None: no kernel (not built, or not for
+        this rule or dtype), a subclass with its own ``_step``, or arrays the kernel cannot
+        take."""
+        owner = next(c for c in type(self).__mro__ if "kernel" in vars(c))
+        function = fused.kernel(owner.kernel, grad.dtype) if owner.kernel else None
+        state = [getattr(self, name) for name in self.state_arrays]
+        arrays = (params, grad, *state)
+        if (
+            function is None
+            or type(self)._step is not owner._step
+            or any(a.dtype != grad.dtype or a.shape != grad.shape for a in arrays)
+            or not all(a.flags.c_contiguous and a.flags.writeable for a in arrays)
+        ):
+            return None
+        return grad, params, function, (grad.size, *map(fused.pointer, arrays))
+
+    def _kernel_scalars(self, lr: float) -> tuple:
+        """The kernel's scalar arguments for a step at ``lr``, in the array's precision
+        the same numbers ``_step`` hands NumPy."""
+        raise NotImplementedError
 
     @abc.abstractmethod
     def _step(self, grad: np.ndarray, lr: float, out: np.ndarray) -> None:
@@ -118,7 +162,7 @@ class GradientUpdateSchedule(abc.ABC):
             if arr is None or arr.shape != grad.shape or arr.dtype != grad.dtype:
                 setattr(self, name, np.empty(grad.shape, grad.dtype))
         self._make_scalars(grad.dtype)
-        self._ready = True
+        self._ready, self._bound = True, None
         return self._step_buf
 
     def _make_scalars(self, dtype: np.dtype) -> None:
@@ -172,7 +216,7 @@ class GradientUpdateSchedule(abc.ABC):
         for name in self.state_arrays:
             arr = arrays.get(name)
             setattr(self, name, None if arr is None else np.array(arr, order="C", copy=True))
-        self._ready = False  # re-checks shapes and dtypes against the next gradient
+        self._ready, self._bound = False, None  # re-checked against the next gradient
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(lr={self.lr_schedule!r})"
@@ -207,6 +251,11 @@ class NormalizedStep(GradientUpdateSchedule):
 class SGD(GradientUpdateSchedule):
     """step = α_t · g."""
 
+    kernel = "sgd"
+
+    def _kernel_scalars(self, lr):
+        return (lr,)
+
     def _step(self, grad, lr, out):
         self._lr.fill(lr)
         np.multiply(grad, self._lr, out=out)
@@ -216,6 +265,7 @@ class Momentum(GradientUpdateSchedule):
     """v ← β·v + g;  step = α_t · v,  or with Nesterov  step = α_t · (g + β·v)."""
 
     state_arrays = ("velocity",)
+    kernel = "momentum"
 
     def __init__(self, lr: float | LRSchedule, beta: float = 0.9, nesterov: bool = False) -> None:
         super().__init__(lr)
@@ -225,6 +275,9 @@ class Momentum(GradientUpdateSchedule):
     def _make_scalars(self, dtype):
         super()._make_scalars(dtype)
         self._beta = scalar(self.beta, dtype)
+
+    def _kernel_scalars(self, lr):
+        return float(self._beta), lr, int(self.nesterov)
 
     def _step(self, grad, lr, out):
         v, beta, c_lr = self.velocity, self._beta, self._lr
@@ -250,6 +303,7 @@ class AdaGrad(GradientUpdateSchedule):
     """G ← G + g²;  step = α_t · g / (√G + ε)   (elementwise)."""
 
     state_arrays = ("sum_sq",)
+    kernel = "adagrad"
 
     def __init__(self, lr: float | LRSchedule, eps: float = 1e-8) -> None:
         super().__init__(lr)
@@ -258,6 +312,9 @@ class AdaGrad(GradientUpdateSchedule):
     def _make_scalars(self, dtype):
         super()._make_scalars(dtype)
         self._eps = scalar(self.eps, dtype)
+
+    def _kernel_scalars(self, lr):
+        return float(self._eps), lr
 
     def _step(self, grad, lr, out):
         G = self.sum_sq
@@ -274,6 +331,7 @@ class RMSProp(GradientUpdateSchedule):
     """s ← ρ·s + (1−ρ)·g²;  step = α_t · g / (√s + ε)   (elementwise)."""
 
     state_arrays = ("sq_avg",)
+    kernel = "rmsprop"
 
     def __init__(self, lr: float | LRSchedule, rho: float = 0.9, eps: float = 1e-8) -> None:
         super().__init__(lr)
@@ -284,6 +342,9 @@ class RMSProp(GradientUpdateSchedule):
         super()._make_scalars(dtype)
         self._rho, self._one_minus_rho = scalar(self.rho, dtype), scalar(1.0 - self.rho, dtype)
         self._eps = scalar(self.eps, dtype)
+
+    def _kernel_scalars(self, lr):
+        return float(self._rho), float(self._one_minus_rho), float(self._eps), lr
 
     def _step(self, grad, lr, out):
         s = self.sq_avg
@@ -305,6 +366,7 @@ class Adam(GradientUpdateSchedule):
     """
 
     state_arrays = ("m", "v")
+    kernel = "adam"
 
     def __init__(
         self,
@@ -324,12 +386,22 @@ class Adam(GradientUpdateSchedule):
         self._b2, self._one_minus_b2 = scalar(b2, dtype), scalar(1.0 - b2, dtype)
         self._eps = scalar(self.eps, dtype)
         self._v_correction, self._m_factor = scalar(1, dtype), scalar(0, dtype)
+        constants = (self._b1, self._one_minus_b1, self._b2, self._one_minus_b2, self._eps)
+        self._kernel_constants = tuple(map(float, constants))
+
+    def _factors(self, lr: float) -> tuple[float, float]:
+        """This step's bias correction of v, and lr times m's: (1 − β2^k, α_t/(1 − β1^k))."""
+        k = self.t + 1
+        return 1.0 - self.beta2**k, lr / (1.0 - self.beta1**k)
+
+    def _kernel_scalars(self, lr):
+        return (*self._kernel_constants, *self._factors(lr))
 
     def _step(self, grad, lr, out):
-        k = self.t + 1
         m, v = self.m, self.v
-        self._v_correction.fill(1.0 - self.beta2**k)
-        self._m_factor.fill(lr / (1.0 - self.beta1**k))
+        v_correction, m_factor = self._factors(lr)
+        self._v_correction.fill(v_correction)
+        self._m_factor.fill(m_factor)
         np.multiply(m, self._b1, out=m)
         np.multiply(grad, self._one_minus_b1, out=out)
         np.add(m, out, out=m)

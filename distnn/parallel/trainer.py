@@ -161,10 +161,12 @@ class Trainer:
             )
 
         # Schedule step: identical on every rank, so the replicas stay identical.
-        step = self.schedule(reducer.grad)
         if self.step == 0:  # a user schedule's bad step: one line, not a NumPy traceback
+            step = self.schedule(reducer.grad)
             check_schedule_step(step, self.net.params, type(self.schedule).__name__)
-        self.net.params -= step
+            self.net.params -= step
+        else:  # θ −= step, in one pass for the built-in rules (the same bits)
+            self.schedule.apply(reducer.grad, self.net.params)
         if measure:  # |G_B|² beside the pieces': the noise scale's two sizes
             big = float(np.dot(reducer.grad, reducer.grad))
             self.noise.add(pieces_sqnorm / self._pieces_used, self._inv_b_small, big, B)
