@@ -1,4 +1,4 @@
-"""Builds the one compiled piece: the fused update rules (distnn/engine/fused_updates.c).
+"""Builds the one compiled piece: the fused kernels (distnn/engine/fused_*.c).
 
 Everything else is in pyproject.toml. The extension is optional: without a C compiler the
 install still succeeds and the rules run as NumPy passes, with the same bits.
@@ -10,7 +10,7 @@ from setuptools import Extension, setup
 # (gcc contracts by default, and always on aarch64). Never -ffast-math: it reorders.
 # -fno-math-errno: sqrt may become the vector instruction (its operands are never negative).
 FUSED = Extension(
-    "distnn.engine._fused_updates",
+    "distnn.engine._fused",
     sources=["distnn/engine/fused_updates.c"],
     extra_compile_args=["-O3", "-ffp-contract=off", "-fno-math-errno", "-std=c99"],
     optional=True,

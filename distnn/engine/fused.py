@@ -37,7 +37,7 @@ def _load() -> ctypes.CDLL | None:
         return None
     here = Path(__file__).parent
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        path = here / f"_fused_updates{suffix}"
+        path = here / f"_fused{suffix}"
         if path.is_file():
             try:
                 return ctypes.CDLL(str(path))
