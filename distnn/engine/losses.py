@@ -8,10 +8,14 @@ gradient is that of the mean over the global batch, whatever the number of ranks
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from distnn.engine.activations import Activation
+
+if TYPE_CHECKING:
+    from distnn.engine.bound_layers import BoundLayers
 
 
 @lru_cache(maxsize=64)
@@ -61,8 +65,13 @@ class Loss:
         scratch: np.ndarray,
         scale: float = 1.0,
         sums: np.ndarray | None = None,
+        bound: BoundLayers | None = None,
     ) -> float | np.ndarray:
-        """Write ``scale`` · ∂C_k/∂z(L) of every row k into ``delta``; return Σ_k C_k."""
+        """Write ``scale`` · ∂C_k/∂z(L) of every row k into ``delta``; return Σ_k C_k.
+
+        With ``bound`` (the layer kernels bound to these arrays), a kernel may do the
+        elementwise chain in one pass, with the same bits.
+        """
         raise NotImplementedError
 
 
@@ -75,12 +84,13 @@ class SquaredLoss(Loss):
         np.subtract(a, y, out=scratch)
         return dot_sums(scratch, scratch, sums)
 
-    def output_delta(self, a, y, z, sigma, delta, scratch, scale=1.0, sums=None):
+    def output_delta(self, a, y, z, sigma, delta, scratch, scale=1.0, sums=None, bound=None):
         np.subtract(a, y, out=delta)
         total = dot_sums(delta, delta, sums)
         # 2·scale in one pass: exactly (2Δ)·scale, 2 being a power of two
-        np.multiply(delta, constant(2.0 * scale, delta.dtype), out=delta)
-        sigma.scale_by_derivative(delta, z, a, scratch)  # ∂C/∂z = σ̇(z) ⊙ ∂C/∂a
+        if bound is None or not bound.scale_output_derivative(delta, a, 2.0 * scale):
+            np.multiply(delta, constant(2.0 * scale, delta.dtype), out=delta)
+            sigma.scale_by_derivative(delta, z, a, scratch)  # ∂C/∂z = σ̇(z) ⊙ ∂C/∂a
         return total
 
 
@@ -103,9 +113,11 @@ class CrossEntropyLoss(Loss):
         np.negative(total, out=total)
         return total
 
-    def output_delta(self, a, y, z, sigma, delta, scratch, scale=1.0, sums=None):
-        np.subtract(a, y, out=delta)
-        if scale != 1.0:
+    def output_delta(self, a, y, z, sigma, delta, scratch, scale=1.0, sums=None, bound=None):
+        if scale == 1.0:
+            np.subtract(a, y, out=delta)
+        elif bound is None or not bound.scaled_difference(a, y, delta, scale):
+            np.subtract(a, y, out=delta)
             np.multiply(delta, constant(scale, delta.dtype), out=delta)
         return self.value(a, y, scratch, sums)
 
