@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from distnn.engine import fused
-from distnn.engine.activations import Sigmoid, Tanh
+from distnn.engine.activations import Sigmoid, Softmax, Tanh
 
 if TYPE_CHECKING:
     from distnn.engine.network import Network
@@ -86,6 +86,8 @@ class BoundLayers:
             if type(sigma) is Sigmoid:
                 steps = [self._bind("bias_half", (z, a), b), partial(np.tanh, a, a)]
                 steps.append(self._bind("sigmoid_tail", (a,)))
+            elif type(sigma) is Softmax:
+                steps = [self._bind("bias_add", (z,), b), *self._softmax(z, a)]
             else:
                 steps = [self._bind("bias_add", (z,), b), partial(sigma.apply, z, a)]
             if None in steps:  # the NumPy passes, as feed_forward does them
@@ -98,6 +100,19 @@ class BoundLayers:
         self._output = name and self._bind(name, (D[L], A[L]), scaled=True)
         self._difference = self._bind("scaled_difference", (A[L], A[L], D[L]))
         self._y: np.ndarray | None = None
+
+    @staticmethod
+    def _softmax(z: np.ndarray, a: np.ndarray) -> list[Step]:
+        """Softmax.apply's passes, its row maxima and sums kept in one buffer made here
+        rather than in two new arrays each step (the same reductions, so the same bits)."""
+        row = np.empty((*z.shape[:-1], 1), z.dtype)
+        return [
+            partial(np.maximum.reduce, z, -1, None, row, True),  # z.max(axis=-1, keepdims=True)
+            partial(np.subtract, z, row, a),
+            partial(np.exp, a, a),
+            partial(np.add.reduce, a, -1, None, row, True),  # a.sum(axis=-1, keepdims=True)
+            partial(np.divide, a, row, a),
+        ]
 
     def _bind(
         self,
