@@ -19,7 +19,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from distnn.engine import fused
-from distnn.engine.activations import Sigmoid, Softmax, Tanh
+from distnn.engine.activations import (
+    HALF,
+    Activation,
+    Identity,
+    LeakyReLU,
+    ReLU,
+    Sigmoid,
+    Softmax,
+    Softplus,
+    Tanh,
+)
 
 if TYPE_CHECKING:
     from distnn.engine.network import Network
@@ -28,8 +38,13 @@ if TYPE_CHECKING:
 # False: every network runs the NumPy passes (tests compare both ways in one process).
 ENABLED = fused.LIBRARY is not None
 
-# σ̇ from the layer's output a, one kernel each: Δ ⊙= a(1 − a), Δ ⊙= 1 − a².
-_DERIVATIVES = {Sigmoid: "sigmoid_derivative", Tanh: "tanh_derivative"}
+# σ̇ in one kernel each: from the layer's output a (Δ ⊙= a(1 − a), Δ ⊙= 1 − a²) or from z.
+_DERIVATIVES = {
+    Sigmoid: ("sigmoid_derivative", "a"),
+    Tanh: ("tanh_derivative", "a"),
+    ReLU: ("relu_derivative", "z"),
+    LeakyReLU: ("leaky_relu_derivative", "z"),
+}
 
 Step = Callable[[], None]
 
@@ -66,7 +81,8 @@ class BoundLayers:
     - ``forward[ℓ]``: steps (calls without arguments) that do z(ℓ) += b(ℓ) then
       a(ℓ) = σ(ℓ)(z(ℓ)); for the sigmoid, the bias kernel also halves z into a(ℓ), NumPy's
       tanh runs in place, and a second kernel does (a + 1)·0.5.
-    - ``derivative[ℓ]``: a call doing Δ(ℓ) ⊙= σ̇(ℓ), or None (the NumPy passes).
+    - ``derivative[ℓ]``: steps doing Δ(ℓ) ⊙= σ̇(ℓ) (Z(ℓ), dead by then, may be their
+      scratch, as for the NumPy passes), or None (the NumPy passes).
     - :meth:`scale_output_derivative` and :meth:`scaled_difference`: the loss's output
       delta, when a kernel does it.
     """
@@ -78,7 +94,7 @@ class BoundLayers:
         Z, A, D, _ = ws.rows(n)
         L = net.num_layers
         self.forward: list[Sequence[Step]] = [()]
-        self.derivative: list[Step | None] = [None]
+        self.derivative: list[Sequence[Step] | None] = [None]
         for ell in range(1, L + 1):
             sigma, b = net.sigma[ell - 1], net.biases[ell - 1]
             z, a = Z[ell], A[ell]
@@ -93,13 +109,37 @@ class BoundLayers:
             if None in steps:  # the NumPy passes, as feed_forward does them
                 steps = [partial(np.add, z, b, z), partial(sigma.apply, z, a)]
             self.forward.append(tuple(steps))
-            name = _DERIVATIVES.get(type(sigma))
-            self.derivative.append(name and self._bind(name, (D[ell], a)))
+            self.derivative.append(self._derivative(sigma, z, a, D[ell]))
         self._delta, self._a = D[L], A[L]
-        name = _DERIVATIVES.get(type(net.sigma[L - 1]))
-        self._output = name and self._bind(name, (D[L], A[L]), scaled=True)
+        self._output = self._derivative(net.sigma[L - 1], Z[L], A[L], D[L], scaled=True)
         self._difference = self._bind("scaled_difference", (A[L], A[L], D[L]))
         self._y: np.ndarray | None = None
+
+    def _derivative(
+        self,
+        sigma: Activation,
+        z: np.ndarray,
+        a: np.ndarray,
+        delta: np.ndarray,
+        scaled: bool = False,
+    ) -> Sequence[Step] | None:
+        """The steps of Δ ⊙= σ̇ (with ``scaled``, Δ·scale first: the output layer's), or
+        None where no kernel does it."""
+        kind = type(sigma)
+        if kind is Identity and not scaled:
+            return ()  # σ̇ = 1
+        if kind is Softplus:  # σ̇ is the sigmoid: z/2 and tanh in NumPy, in z, then a kernel
+            last = self._bind("sigmoid_tail_product", (delta, z), scaled=scaled)
+            steps = [partial(np.multiply, z, HALF, z), partial(np.tanh, z, z), last]
+        elif kind in _DERIVATIVES:
+            name, reads = _DERIVATIVES[kind]
+            last = self._bind(name, (delta, a if reads == "a" else z), scaled=scaled)
+            if last is not None and kind is LeakyReLU:
+                last.call.slope = sigma.slope
+            steps = [last]
+        else:
+            return None
+        return None if last is None else tuple(steps)
 
     @staticmethod
     def _softmax(z: np.ndarray, a: np.ndarray) -> list[Step]:
@@ -143,12 +183,14 @@ class BoundLayers:
         return step
 
     def scale_output_derivative(self, delta: np.ndarray, a: np.ndarray, scale: float) -> bool:
-        """Δ(L) ← (Δ(L)·scale) ⊙ σ̇(L) in one pass, if a kernel does it for these arrays."""
-        step = self._output
-        if step is None or delta is not self._delta or a is not self._a:
+        """Δ(L) ← (Δ(L)·scale) ⊙ σ̇(L), its product in one pass, if a kernel does it for
+        these arrays."""
+        steps = self._output
+        if steps is None or delta is not self._delta or a is not self._a:
             return False
-        step.call.scale = scale
-        step()
+        steps[-1].call.scale = scale
+        for step in steps:
+            step()
         return True
 
     def scaled_difference(

@@ -86,6 +86,9 @@ LAYER_KERNELS = (
     "sigmoid_tail",
     "sigmoid_derivative",
     "tanh_derivative",
+    "relu_derivative",
+    "leaky_relu_derivative",
+    "sigmoid_tail_product",
     "scaled_difference",
 )
 
@@ -105,6 +108,7 @@ class LayerCall(ctypes.Structure):
         ("array", ctypes.c_void_p * 3),
         ("bias", ctypes.c_void_p),
         ("scale", ctypes.c_double),
+        ("slope", ctypes.c_double),
         ("scaled", ctypes.c_int),
     )
 

@@ -36,6 +36,7 @@ typedef struct {
     void *array[3];
     const void *bias; /* cols elements: b(ℓ) */
     double scale;     /* rounded to the arrays' precision, as NumPy rounds a constant */
+    double slope;     /* the leaky ReLU's α, likewise */
     int scaled;       /* whether the output delta is multiplied by scale first */
 } layer_call;
 
@@ -119,6 +120,69 @@ typedef struct {
                     di = di * s;                                                            \
                 T t = a[i] * a[i];                                                          \
                 t = (T)1 - t;                                                               \
+                d[i] = di * t;                                                              \
+            }                                                                               \
+        }                                                                                   \
+    }                                                                                       \
+                                                                                            \
+    /* δ ← δ·s if scaled;  δ ← δ·[z > 0]: σ̇ of ReLU (np.greater's 1 or 0, then the      \
+     * product, so δ·0 keeps δ's sign and turns inf into NaN as NumPy does) */              \
+    VECTOR_WIDTHS void relu_derivative_##SUFFIX(const layer_call *c)                        \
+    {                                                                                       \
+        const ptrdiff_t n = c->rows * c->cols;                                              \
+        const T s = (T)c->scale;                                                            \
+        const int scaled = c->scaled;                                                       \
+        for (ptrdiff_t k = 0; k < c->blocks; k++) {                                         \
+            T *restrict d = BLOCK(T, c, 0, k);                                              \
+            const T *restrict z = BLOCK(T, c, 1, k);                                        \
+            for (ptrdiff_t i = 0; i < n; i++) {                                             \
+                T di = d[i];                                                                \
+                if (scaled)                                                                 \
+                    di = di * s;                                                            \
+                T t = z[i] > (T)0 ? (T)1 : (T)0;                                            \
+                d[i] = di * t;                                                              \
+            }                                                                               \
+        }                                                                                   \
+    }                                                                                       \
+                                                                                            \
+    /* δ ← δ·s if scaled;  δ ← δ·([z > 0]·(1 − α) + α): σ̇ of the leaky ReLU */             \
+    VECTOR_WIDTHS void leaky_relu_derivative_##SUFFIX(const layer_call *c)                  \
+    {                                                                                       \
+        const ptrdiff_t n = c->rows * c->cols;                                              \
+        const T s = (T)c->scale;                                                            \
+        const T alpha = (T)c->slope, one_minus_alpha = (T)(1.0 - c->slope);                 \
+        const int scaled = c->scaled;                                                       \
+        for (ptrdiff_t k = 0; k < c->blocks; k++) {                                         \
+            T *restrict d = BLOCK(T, c, 0, k);                                              \
+            const T *restrict z = BLOCK(T, c, 1, k);                                        \
+            for (ptrdiff_t i = 0; i < n; i++) {                                             \
+                T di = d[i];                                                                \
+                if (scaled)                                                                 \
+                    di = di * s;                                                            \
+                T t = z[i] > (T)0 ? (T)1 : (T)0;                                            \
+                t = t * one_minus_alpha;                                                    \
+                t = t + alpha;                                                              \
+                d[i] = di * t;                                                              \
+            }                                                                               \
+        }                                                                                   \
+    }                                                                                       \
+                                                                                            \
+    /* δ ← δ·s if scaled;  δ ← δ·((t + 1)·0.5) for t = tanh(z/2), which NumPy computed:    \
+     * σ̇ of softplus, the sigmoid's tail and the product in one pass (t is not written) */ \
+    VECTOR_WIDTHS void sigmoid_tail_product_##SUFFIX(const layer_call *c)                   \
+    {                                                                                       \
+        const ptrdiff_t n = c->rows * c->cols;                                              \
+        const T s = (T)c->scale;                                                            \
+        const int scaled = c->scaled;                                                       \
+        for (ptrdiff_t k = 0; k < c->blocks; k++) {                                         \
+            T *restrict d = BLOCK(T, c, 0, k);                                              \
+            const T *restrict tanh_half = BLOCK(T, c, 1, k);                                \
+            for (ptrdiff_t i = 0; i < n; i++) {                                             \
+                T di = d[i];                                                                \
+                if (scaled)                                                                 \
+                    di = di * s;                                                            \
+                T t = tanh_half[i] + (T)1;                                                  \
+                t = t * (T)0.5;                                                             \
                 d[i] = di * t;                                                              \
             }                                                                               \
         }                                                                                   \
