@@ -212,11 +212,20 @@ class BoundLayers:
 
 
 def bound_layers(net: Network, ws: Workspace, n: int) -> BoundLayers | None:
-    """``net``'s kernels bound to ``ws``'s views of n rows (made once, kept in ``ws``), or
-    None when the library is not there: then the NumPy passes run."""
+    """``net``'s kernels bound to ``ws``'s views of n rows (kept in ``ws``), or None: then
+    the NumPy passes run, with the same bits.
+
+    None also on the first step of ``net`` on these views: binding costs about a hundred
+    ufunc calls, which a workspace used once (``Network.forward``) would never win back;
+    the second step binds.
+    """
     if not ENABLED:
         return None
-    bound = ws.bound.get(n)
-    if bound is None or bound.net is not net:
+    seen = ws.bound.get(n)
+    if type(seen) is BoundLayers and seen.net is net:
+        return seen
+    if seen is net:
         bound = ws.bound[n] = BoundLayers(net, ws, n)
-    return bound
+        return bound
+    ws.bound[n] = net
+    return None

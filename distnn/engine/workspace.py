@@ -34,7 +34,8 @@ class Workspace:
         self.ones = np.ones(max_rows, dtype)  # column sums as a matrix-vector product
         self.sums = np.empty((pieces or 1, 1, 1), dtype)  # each piece's Σ_k C_k
         self._views: dict[int, tuple] = {}
-        # The network's layer kernels bound to the views of n rows (engine/bound_layers.py).
+        # The network's layer kernels bound to the views of n rows, or the network that
+        # has used them once (engine/bound_layers.py).
         self.bound: dict[int, object] = {}
 
     def rows(self, n: int) -> tuple[list, list, list, np.ndarray]:
