@@ -211,20 +211,22 @@ class BoundLayers:
         return True
 
 
-def bound_layers(net: Network, ws: Workspace, n: int) -> BoundLayers | None:
+def bound_layers(net: Network, ws: Workspace, n: int, at_once: bool) -> BoundLayers | None:
     """``net``'s kernels bound to ``ws``'s views of n rows (kept in ``ws``), or None: then
     the NumPy passes run, with the same bits.
 
-    None also on the first step of ``net`` on these views: binding costs about a hundred
-    ufunc calls, which a workspace used once (``Network.forward``) would never win back;
-    the second step binds.
+    Binding costs about a hundred ufunc calls, which a workspace used once
+    (``Network.forward``) would never win back: unless ``at_once`` (backprop, whose
+    workspace is a training loop's, and whose every buffer should exist after its first
+    step), the first step of ``net`` on these views runs the NumPy passes and the second
+    binds.
     """
     if not ENABLED:
         return None
     seen = ws.bound.get(n)
     if type(seen) is BoundLayers and seen.net is net:
         return seen
-    if seen is net:
+    if at_once or seen is net:
         bound = ws.bound[n] = BoundLayers(net, ws, n)
         return bound
     ws.bound[n] = net

@@ -147,7 +147,7 @@ class Network:
 
         X is ``rows × n_0``, or a stack ``pieces × rows × n_0`` for a stacked workspace.
         """
-        return self._feed_forward(X, ws, bound_layers(self, ws, X.shape[-2]))
+        return self._feed_forward(X, ws, bound_layers(self, ws, X.shape[-2], at_once=False))
 
     def _feed_forward(self, X: np.ndarray, ws: Workspace, bound: BoundLayers | None) -> np.ndarray:
         Z, A, _, _ = ws.rows(X.shape[-2])
@@ -208,7 +208,7 @@ class Network:
                     layer_done(ell)
             return 0.0
         grad_W, grad_b = self._grad_views(grad)
-        bound = bound_layers(self, ws, n)
+        bound = bound_layers(self, ws, n, at_once=True)
         a_L = self._feed_forward(X, ws, bound)
         Z, A, D, ones = ws.rows(n)
         for piece, rows in padding:
