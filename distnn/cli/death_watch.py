@@ -122,8 +122,9 @@ def _die_by(signum: int) -> None:
     same as without the watch. No core file: the child's crash is not the parent's."""
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
-    with contextlib.suppress(ValueError, OSError):
+    with contextlib.suppress(ValueError, OSError):  # SIGKILL has no handler to reset
         signal.signal(signum, signal.SIG_DFL)
+    with contextlib.suppress(ValueError, OSError):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
         os.kill(os.getpid(), signum)
     os._exit(128 + signum)  # a signal whose default is not to end the process
