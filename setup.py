@@ -11,7 +11,11 @@ from setuptools import Extension, setup
 # -fno-math-errno: sqrt may become the vector instruction (its operands are never negative).
 FUSED = Extension(
     "distnn.engine._fused",
-    sources=["distnn/engine/fused_updates.c", "distnn/engine/fused_layers.c"],
+    sources=[
+        "distnn/engine/fused_updates.c",
+        "distnn/engine/fused_sums.c",
+        "distnn/engine/fused_layers.c",
+    ],
     extra_compile_args=["-O3", "-ffp-contract=off", "-fno-math-errno", "-std=c99"],
     optional=True,
 )

@@ -92,3 +92,35 @@ class Freezing(SGD):
             f.write(str(os.getpid()))
         if rank == int(os.environ["FREEZE_RANK"]):
             os.kill(os.getpid(), __import__("signal").SIGSTOP)
+
+
+def _die(how: str) -> None:
+    """End this rank the way ``how`` says (DIE_HOW), with no word from Python."""
+    import ctypes
+    import signal
+
+    if how == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif how == "sigsegv":
+        ctypes.string_at(0)  # a real segmentation fault, not a signal sent
+    elif how == "os_exit":
+        os._exit(3)
+    elif how == "sigterm":
+        os.kill(os.getpid(), signal.SIGTERM)
+        return  # asks the job to stop: the run goes on to the end of the step
+    time.sleep(60)  # a signal is delivered at once; never reached
+
+
+class Dying(Slow):
+    """Rank DIE_RANK ends itself the way DIE_HOW says at step DIE_STEP, in a job's first
+    attempt only (``distnn.launch`` sets DISTNN_ATTEMPT), so a restart runs clean."""
+
+    def _step(self, grad, lr, out):
+        first = os.environ.get("DISTNN_ATTEMPT", "1") == "1"
+        if (
+            first
+            and self.rank == int(os.environ["DIE_RANK"])
+            and self.t == int(os.environ["DIE_STEP"])
+        ):
+            _die(os.environ["DIE_HOW"])
+        super()._step(grad, lr, out)

@@ -13,6 +13,7 @@ from mpi4py import MPI
 import distnn
 from distnn import Network
 from distnn.data.load import load_dataset
+from distnn.engine import fused
 from distnn.engine.schedules import SGD, Adam
 from distnn.io.metrics_log import epoch_records
 from distnn.parallel.ordered_sum import OrderedSum, tree_cover
@@ -202,13 +203,14 @@ def reference_tree(shards: list[np.ndarray]) -> np.ndarray:
     return tree[0]
 
 
+@pytest.mark.parametrize("n", [37, 5003], ids=["short", "blocks"])  # fused_sums.c's BLOCK
 @pytest.mark.parametrize("scatter", [False, True], ids=["allgather", "alltoall"])
 @pytest.mark.parametrize("V", range(1, 10))
-def test_every_world_size_computes_the_same_tree(V, scatter):
+def test_every_world_size_computes_the_same_tree(V, scatter, n):
     """For every P (up to V + 2: ranks without shards) and either transport, the subtree
-    covers partition the shards, and ``reduce`` gives the reference's bits on every rank."""
+    covers partition the shards, and ``reduce`` gives the reference's bits on every rank,
+    whether its additions run as the fused kernel's one pass or as NumPy calls."""
     rng = np.random.default_rng(V)
-    n = 37
     scales = 10.0 ** rng.integers(-6, 6, V)  # shards of very different sizes
     shards = [(rng.standard_normal(n) * c).astype(np.float32) for c in scales]
     want = reference_tree(shards).tobytes()
@@ -228,6 +230,8 @@ def test_every_world_size_computes_the_same_tree(V, scatter):
         run_threads([r.reduce for r in ranks])
         for r in ranks:
             assert r.grad.tobytes() == want, f"V={V} P={P} rank {r.world.rank}"
+            fusable = fused.LIBRARY is not None and not r.scatter and r.local_ops
+            assert isinstance(r.run_local, fused.SumPlan) == bool(fusable)
             assert r.votes.tolist() == [P * (P - 1) / 2, P, 2 * P], "votes not summed over ranks"
 
 

@@ -14,18 +14,10 @@ import signal
 import sys
 
 from distnn.errors import EXIT_INTERRUPTED  # a module without imports: loads nothing heavy
+from distnn.parallel.launcher_env import launcher_rank, launcher_tasks
 
-# Where launchers put a process's rank, read before MPI is started.
-_RANK_VARIABLES = ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID")
-
-
-def launcher_rank() -> int:
-    """This process's rank as its launcher says (0 when started alone), before MPI starts."""
-    for name in _RANK_VARIABLES:
-        value = os.environ.get(name, "")
-        if value.isdigit():
-            return int(value)
-    return 0
+# The commands a launcher runs as ranks of one job.
+RANK_COMMANDS = frozenset({"train", "evaluate", "predict"})
 
 
 def _end_quietly(signum: int, frame: object) -> None:
@@ -69,6 +61,10 @@ def run(command: str) -> None:
     """
     interrupts_end_quietly()
     _check_working_directory()
+    if command in RANK_COMMANDS and launcher_tasks() is not None:
+        from distnn.cli.death_watch import keep_death_watch
+
+        keep_death_watch(launcher_rank())  # a rank killed by a signal is named
     from importlib import import_module
 
     try:

@@ -1,14 +1,16 @@
-"""The fused kernels of ``fused_updates.c`` and ``fused_layers.c``, loaded with ctypes.
+"""The fused kernels (``fused_*.c``), loaded with ctypes: one pass where NumPy makes several.
 
-Each built-in rule of :mod:`distnn.engine.schedules` (but the normalized step, whose
-‖g‖ is a reduction) has a C function that does the rule's arithmetic and θ −= step in one
-pass, with the same bits as the rule's NumPy passes. The library is built at install time
-when a C compiler is there (setup.py); without it, or with ``DISTNN_FUSED_UPDATES=0`` in
-the environment, :func:`kernel` gives None and the rules run as NumPy passes.
+- ``fused_updates.c``: each built-in rule of :mod:`distnn.engine.schedules` (but the
+  normalized step, whose ‖g‖ is a reduction) does its arithmetic and θ −= step in one
+  pass (:func:`kernel`).
+- ``fused_sums.c``: ``--deterministic``'s tree of additions, block by block
+  (:func:`sum_plan`).
+- ``fused_layers.c``: the elementwise chains of feed-forward and backprop
+  (:func:`layer_kernel`), which :mod:`distnn.engine.bound_layers` binds to a workspace.
 
-The layer kernels (:func:`layer_kernel`) do the elementwise chains of feed-forward and
-backprop in one pass each, with the same bits; :mod:`distnn.engine.bound_layers` binds
-them to a workspace, and without the library the NumPy passes run.
+Each gives the same bits as the NumPy calls it replaces. The library is built at install
+time when a C compiler is there (setup.py); without it, or with ``DISTNN_FUSED_UPDATES=0``
+in the environment, the functions here give None and the NumPy calls run.
 """
 
 from __future__ import annotations
@@ -77,6 +79,46 @@ def kernel(name: str, dtype: np.dtype) -> Callable[..., None] | None:
 def pointer(array: np.ndarray) -> ctypes.c_void_p:
     """The address of ``array``'s first element, for a kernel argument."""
     return ctypes.c_void_p(array.ctypes.data)
+
+
+SumStep = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]  # into = a + b, or into = a
+
+
+class SumPlan:
+    """``steps`` carried out in order in one call, block by block (``fused_sums.c``).
+
+    Holds the arrays, so the addresses it passes stay valid for its lifetime.
+    """
+
+    def __init__(self, steps: list[SumStep], function: Callable[..., None]) -> None:
+        self.steps = steps
+        columns = zip(*steps, strict=True)  # every step's into, then a, then b
+        pointers = [
+            (ctypes.c_void_p * len(steps))(*(None if x is None else x.ctypes.data for x in col))
+            for col in columns
+        ]
+        self._function, self._args = function, (steps[0][0].size, len(steps), *pointers)
+
+    def __call__(self) -> None:
+        self._function(*self._args)
+
+
+def sum_plan(steps: list[SumStep]) -> SumPlan | None:
+    """``steps`` as one call; None if there is no library, or the arrays are not all
+    C-contiguous, 1-D, of one length and one float dtype."""
+    arrays = [x for step in steps for x in step if x is not None]
+    if LIBRARY is None or not arrays or arrays[0].dtype not in _SUFFIX:
+        return None
+    first = arrays[0]
+    if any(
+        x.ndim != 1 or x.shape != first.shape or x.dtype != first.dtype or not x.flags.c_contiguous
+        for x in arrays
+    ):
+        return None
+    function = getattr(LIBRARY, f"sum_plan_{_SUFFIX[first.dtype][0]}")
+    function.argtypes = [ctypes.c_ssize_t, ctypes.c_ssize_t] + [ctypes.c_void_p] * 3
+    function.restype = None
+    return SumPlan(steps, function)
 
 
 # The layer kernels of fused_layers.c; each takes one pointer to a LayerCall.

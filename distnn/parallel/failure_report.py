@@ -29,7 +29,7 @@ import stat
 from dataclasses import dataclass
 
 FAILURE_FILE_VARIABLE = "DISTNN_FAILURE_FILE"
-KINDS = frozenset({"exception", "exit", "interrupted"})
+KINDS = frozenset({"exception", "exit", "interrupted", "signal"})
 MAX_BYTES = 4096
 MAX_MESSAGE = 300  # characters of the one-line message kept
 
@@ -39,7 +39,7 @@ class RankFailure:
     """What the rank that ended the job said about it."""
 
     rank: int
-    kind: str  # one of KINDS: an exception, an os._exit, a second Ctrl-C
+    kind: str  # one of KINDS: an exception, an os._exit, a second Ctrl-C, a signal
     message: str  # one line
 
 

@@ -9,8 +9,12 @@ ranks P (MATH.md, Data parallelism).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import numpy as np
 
+from distnn.engine import fused
 from distnn.parallel.reducers import NUM_VOTES, shard_bounds
 from distnn.parallel.world import World
 
@@ -153,6 +157,7 @@ class OrderedSum:
         my_leaves = {(v, 0): leaves[v - self.my_pieces.start] for v in self.my_pieces}
         if P == 1:  # the whole tree is local: nothing to exchange
             self.local_ops, self.global_ops = plan_tree_sum(root, V, my_leaves, self.grad), []
+            self._compile_plans()
             return
         self.local_ops = []
         for j, node in enumerate(covers[world.rank]):
@@ -166,20 +171,27 @@ class OrderedSum:
         }
         mine = self.full_grad[world.rank * m : (world.rank + 1) * m] if self.scatter else self.grad
         self.global_ops = plan_tree_sum(root, V, gathered, mine)
+        self._compile_plans()
+
+    def _compile_plans(self) -> None:
+        """Each plan as one call of the block-by-block kernel (the same additions, one
+        pass over memory), where the library is built and the arrays allow it."""
+        self.run_local = compiled(self.local_ops)
+        self.run_global = compiled(self.global_ops)
 
     def reduce(self) -> tuple[float, float]:
         if self.measure_norms:  # each piece's |g_v|², before the tree sums overwrite it
             for j, g in enumerate(self.piece_grads):
                 self.piece_sqnorms[j] = self.norm_scales[j] * float(np.dot(g, g))
-        run(self.local_ops)
+        self.run_local()
         if self.scatter:
             np.copyto(self.extras_in_messages, self.extras)  # to every rank
             self.world.alltoall(self.send, self.received)
-            run(self.global_ops)  # this rank's slice of g
+            self.run_global()  # this rank's slice of g
             self.world.allgather(self.full_grad)
         else:
             self.world.allgather(self.received)
-            run(self.global_ops)
+            self.run_global()
         for votes in self.others_votes:  # the world's sums, where the trainer reads them
             np.add(self.votes, votes, out=self.votes)
         return self._in_shard_order(self.received_losses), (
@@ -232,3 +244,10 @@ def run(ops: list[Op]) -> None:
             np.copyto(into, a)
         else:
             np.add(a, b, out=into)
+
+
+def compiled(ops: list[Op]) -> Callable[[], None]:
+    """``run(ops)`` as a call: the fused kernel where it can take the arrays (the same
+    bits, :mod:`distnn.engine.fused`), else the NumPy calls."""
+    plan = fused.sum_plan(ops) if ops else None
+    return plan if plan is not None else partial(run, ops)

@@ -43,6 +43,10 @@ class Vote(IntEnum):
     SIGNAL = 0  # a signal asked this rank to stop (SIGTERM, SIGINT)
     TIME = 1  # rank 0's clock passed the time limit
     CALLBACK = 2  # a callback on this rank asked to stop
+    # With SIGNAL: this rank's number and the signal's. Summed, they name the rank and
+    # the signal exactly when one rank asked (SIGNAL sums to 1).
+    SIGNALLED_RANK = 3
+    SIGNAL_NUMBER = 4
 
 
 NUM_VOTES = len(Vote)

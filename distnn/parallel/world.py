@@ -24,6 +24,7 @@ from typing import Any, NoReturn, TypeVar
 import numpy as np
 
 from distnn.errors import CollectiveError, DistnnError, ReplicaMismatchError
+from distnn.parallel.launcher_env import launcher_tasks
 
 # mpi4py's MPI module once load_mpi() has run (World() runs it); None until then. The
 # methods below read this global as they read an imported module, at no extra cost.
@@ -32,16 +33,6 @@ MPI: Any = None
 T = TypeVar("T")
 REAL_EXIT = os._exit  # captured before failures_end_the_job wraps os._exit
 ABORT_GRACE_S = 0.2
-
-# Variables a launcher sets to the number of tasks it started (SLURM_STEP_NUM_TASKS is
-# set by srun, not by sbatch's batch script, which is a single process).
-_LAUNCHER_SIZE_VARIABLES = (
-    "PMI_SIZE",
-    "PMIX_SIZE",
-    "OMPI_COMM_WORLD_SIZE",
-    "MPI_LOCALNRANKS",
-    "SLURM_STEP_NUM_TASKS",
-)
 
 
 def load_mpi() -> Any:
@@ -62,15 +53,6 @@ def load_mpi() -> Any:
             ) from e
         MPI = mpi
     return MPI
-
-
-def launcher_tasks() -> tuple[str, int] | None:
-    """(variable, tasks) if a launcher's variable says it started more than one task."""
-    for name in _LAUNCHER_SIZE_VARIABLES:
-        value = os.environ.get(name, "")
-        if value.isdigit() and int(value) > 1:
-            return name, int(value)
-    return None
 
 
 class World:

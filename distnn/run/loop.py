@@ -149,7 +149,7 @@ def _train(
     if early:
         early.load_state(run.run_state, run.run_arrays)
     target = parse_target(config.target) if config.target else None
-    rules = StopRules(requests, target, config.target_loss, early, config.name)
+    rules = StopRules(requests, target, config.target_loss, early, config.name, world.rank)
 
     def snapshot_run_state() -> tuple[dict, dict]:  # a checkpoint's besides the trainer's
         scalars, arrays = early.state() if early else ({}, {})

@@ -98,6 +98,7 @@ class StopRequests:
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum = 0  # the signal that asked, once one has
         self.deadline: float | None = None
         self.deadline_s = 0.0  # the limit, for messages
         self._previous: dict[int, object] = {}
@@ -111,6 +112,7 @@ class StopRequests:
         return self.deadline is not None and time.perf_counter() > self.deadline
 
     def _request(self, signum: int, frame: FrameType | None) -> None:
+        self.signum = self.signum or signum  # the first one names the request
         self.requested = True
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
@@ -184,17 +186,22 @@ class StopRules:
         target_loss: float | None,
         early: EarlyStopping | None,
         names: Callable[[str], str],
+        rank: int = 0,
     ) -> None:
         self.requests, self.target, self.target_loss, self.early = (
             requests, target, target_loss, early
         )  # fmt: skip
+        self.rank = rank  # this rank's number, in the vote that names a signalled rank
         self.name = names  # how messages name an option (--flag or keyword)
         self.callback_asked = False  # this rank's callbacks asked since the last vote
         self.callback_message = ""
 
     def cast(self, votes: np.ndarray) -> None:
         """This rank's votes for the next step, written where the reducer sums them."""
-        votes[Vote.SIGNAL] = self.requests.requested
+        asked = self.requests.requested
+        votes[Vote.SIGNAL] = asked
+        votes[Vote.SIGNALLED_RANK] = self.rank if asked else 0
+        votes[Vote.SIGNAL_NUMBER] = self.requests.signum if asked else 0
         votes[Vote.TIME] = self.requests.time_is_up()
         votes[Vote.CALLBACK] = self.callback_asked
 
@@ -209,7 +216,9 @@ class StopRules:
     def after_step(self, votes: np.ndarray, step: int) -> Stop | None:
         """The world's summed votes of step ``step``: the same on every rank."""
         if votes[Vote.SIGNAL]:
-            return Stop(f"stopped on request after step {step}", preempted=True)
+            return Stop(
+                f"stopped on request after step {step} ({signalled(votes)})", preempted=True
+            )
         if votes[Vote.TIME]:
             limit = self.requests.deadline_s
             return Stop(f"{self.name('max_time')} {limit:g} s reached at step {step}")
@@ -251,3 +260,17 @@ class StopRules:
                 f"best weights from epoch {self.early.best_epoch}"
             )
         return None
+
+
+def signalled(votes: np.ndarray) -> str:
+    """Which signal reached which rank(s), from a step's summed votes: ``SIGTERM to rank
+    1``, or ``SIGTERM to 3 ranks``. Only the ranks whose signal arrived before they cast
+    that step's votes are counted (a signal to the launcher reaches every rank, not
+    necessarily in the same step)."""
+    count = round(float(votes[Vote.SIGNAL]))
+    number = round(float(votes[Vote.SIGNAL_NUMBER]))
+    names = [s.name for s in StopRequests.SIGNALS if number == count * s]
+    name = names[0] if names else "SIGTERM/SIGINT"
+    if count == 1:
+        return f"{name} to rank {round(float(votes[Vote.SIGNALLED_RANK]))}"
+    return f"{name} to {count} ranks"

@@ -231,7 +231,10 @@ class Supervisor:
         from its first rank falling silent to knowing."""
         reported = attempt.facts.reported
         if reported is not None and reported.rank in listener.beats:
-            attempt.reached = listener.beats[reported.rank].step
+            # Its beats lag its steps (up to a beat interval): never before a checkpoint
+            # the attempt wrote.
+            own = listener.beats[reported.rank].step
+            attempt.reached = max(own, attempt.facts.checkpoint_after)
         last_beats = [b.at for b in listener.beats.values()]
         if last_beats:
             attempt.detection_s = max(attempt.ended - min(last_beats), 0.0)
