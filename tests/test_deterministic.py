@@ -226,13 +226,14 @@ def test_every_world_size_computes_the_same_tree(V, scatter, n):
             spans = [range(i, min(i + (1 << s), V)) for i, s in cover]
             assert [v for span in spans for v in span] == list(own), f"V={V} P={P}: {cover}"
             r.piece_grads[...] = np.reshape(shards[own.start : own.stop], (-1, n))
-            r.votes[...] = [r.world.rank, 1, 2]
+            r.votes[...] = [r.world.rank, 1, 2, 3, r.world.rank * 2]
         run_threads([r.reduce for r in ranks])
         for r in ranks:
             assert r.grad.tobytes() == want, f"V={V} P={P} rank {r.world.rank}"
             fusable = fused.LIBRARY is not None and not r.scatter and r.local_ops
             assert isinstance(r.run_local, fused.SumPlan) == bool(fusable)
-            assert r.votes.tolist() == [P * (P - 1) / 2, P, 2 * P], "votes not summed over ranks"
+            want_votes = [P * (P - 1) / 2, P, 2 * P, 3 * P, P * (P - 1)]
+            assert r.votes.tolist() == want_votes, "votes not summed over ranks"
 
 
 @pytest.mark.mpi(min_size=2)
@@ -246,7 +247,7 @@ def test_both_transports_give_one_ranks_bits_and_sum_the_votes(scatter):
         trainer = Trainer(net, SGD(0.1), data, world, 37, reducer)
         order, votes = trainer.epoch_order(), []
         for step, lo in enumerate(range(0, 300, 37)):
-            trainer.votes[:] = [world.rank == 0, step % 2 == 1, world.rank == 1]
+            trainer.votes[:] = [world.rank == 0, step % 2 == 1, world.rank == 1, world.rank, 15]
             trainer.train_step(order[lo : lo + 37])
             votes.append(reducer.votes.tolist())
         return net.params.tobytes(), votes
@@ -254,7 +255,10 @@ def test_both_transports_give_one_ranks_bits_and_sum_the_votes(scatter):
     world = World()
     params, votes = train(world, scatter)
     assert params == train(World(MPI.COMM_SELF), False)[0]
-    want = [[1, world.size * (step % 2), int(world.size > 1)] for step in range(len(votes))]
+    ranks_sum, size = world.size * (world.size - 1) // 2, world.size
+    want = [
+        [1, size * (step % 2), int(size > 1), ranks_sum, 15 * size] for step in range(len(votes))
+    ]
     assert votes == want
 
 

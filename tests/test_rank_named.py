@@ -41,7 +41,7 @@ def expected(how: str, rank: int, pid: int) -> str:
         "sigkill": rf"distnn: rank {rank} \(pid {pid}\) died: killed by SIGKILL",
         "sigsegv": rf"distnn: rank {rank} \(pid {pid}\) died: killed by SIGSEGV",
         "os_exit": rf"distnn: rank {rank} called os\._exit\(3\)",
-        "sigterm": rf"distnn: stopped on request after step \d+ \(SIGTERM to rank {rank}\)",
+        "sigterm": rf"distnn: stopped on request after step \d+ \(SIGTERM, first to rank {rank}\)",
     }[how]
 
 
@@ -62,7 +62,7 @@ def pid_of(tmp_path: Path, rank: int) -> int:
 
 def named_ranks(stderr: str) -> set[int]:
     """Every rank a ``distnn:`` line names as the one that died or was signalled."""
-    pattern = r"^distnn: rank (\d+) |\((?:SIGTERM|SIGINT) to rank (\d+)\)"
+    pattern = r"^distnn: rank (\d+) |\((?:SIGTERM|SIGINT), first to rank (\d+)\)"
     found = set()
     for line in stderr.splitlines():
         if line.startswith("distnn:"):
@@ -144,7 +144,7 @@ def test_sigterm_to_the_watching_parent_reaches_the_rank(tmp_path):
         proc.kill()
         pytest.fail("the job hung after SIGTERM to a rank's parent")
     assert proc.returncode == 130, err
-    assert "(SIGTERM to rank 1)" in err, err
+    assert "(SIGTERM, first to rank 1)" in err, err
 
 
 def votes(*asked: tuple[int, int]) -> np.ndarray:
@@ -158,10 +158,13 @@ def votes(*asked: tuple[int, int]) -> np.ndarray:
 @pytest.mark.parametrize(
     ("asked", "said"),
     [
-        ([(0, signal.SIGTERM)], "SIGTERM to rank 0"),
-        ([(5, signal.SIGINT)], "SIGINT to rank 5"),
-        ([(0, signal.SIGTERM), (1, signal.SIGTERM), (2, signal.SIGTERM)], "SIGTERM to 3 ranks"),
-        ([(0, signal.SIGINT), (1, signal.SIGTERM)], "SIGTERM/SIGINT to 2 ranks"),
+        ([(0, signal.SIGTERM)], "SIGTERM, first to rank 0"),
+        ([(5, signal.SIGINT)], "SIGINT, first to rank 5"),
+        (
+            [(0, signal.SIGTERM), (1, signal.SIGTERM), (2, signal.SIGTERM)],
+            "SIGTERM, first to 3 ranks",
+        ),
+        ([(0, signal.SIGINT), (1, signal.SIGTERM)], "SIGTERM/SIGINT, first to 2 ranks"),
     ],
 )
 def test_the_summed_votes_name_the_signal_and_the_rank(asked, said):

@@ -263,14 +263,14 @@ class StopRules:
 
 
 def signalled(votes: np.ndarray) -> str:
-    """Which signal reached which rank(s), from a step's summed votes: ``SIGTERM to rank
-    1``, or ``SIGTERM to 3 ranks``. Only the ranks whose signal arrived before they cast
-    that step's votes are counted (a signal to the launcher reaches every rank, not
-    necessarily in the same step)."""
+    """Which signal reached which rank(s) first, from a step's summed votes: ``SIGTERM,
+    first to rank 1``, or ``SIGTERM, first to 3 ranks``. Only the ranks whose signal
+    arrived before they cast that step's votes are counted: a signal to the launcher
+    reaches every rank, not necessarily in the same step, so "first" is all it can say."""
     count = round(float(votes[Vote.SIGNAL]))
     number = round(float(votes[Vote.SIGNAL_NUMBER]))
     names = [s.name for s in StopRequests.SIGNALS if number == count * s]
     name = names[0] if names else "SIGTERM/SIGINT"
     if count == 1:
-        return f"{name} to rank {round(float(votes[Vote.SIGNALLED_RANK]))}"
-    return f"{name} to {count} ranks"
+        return f"{name}, first to rank {round(float(votes[Vote.SIGNALLED_RANK]))}"
+    return f"{name}, first to {count} ranks"
