@@ -5,8 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-echo "== serial tests (and the jobs they launch)"
-python -m pytest -q "$@"
+echo "== serial tests (and the jobs they launch), one test file per worker on every core"
+# Much of their time is spent waiting on the jobs they start (start-up, watchdogs,
+# signals): a worker per core overlaps those waits. `scripts/test.sh -n 0` runs them
+# in this process instead; a later -n wins.
+python -m pytest -q -n auto --dist loadfile "$@"
 
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT

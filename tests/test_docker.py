@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import pwd
@@ -41,6 +42,8 @@ COMPOSE = DOCKER / "compose.yaml"
 # The image install (pip) and the cluster (apt-get install openssh-server, if missing) may
 # take a while on a slow mirror: more than the default 120 s per test.
 pytestmark = pytest.mark.timeout(420)
+# Taken around apt-get here and in scripts/slurm/local-slurm.sh (tests run in parallel).
+APT_LOCK = "/tmp/distnn-apt.lock"
 
 SHELL_SCRIPTS = [
     DOCKER / "entrypoint.sh",
@@ -201,6 +204,16 @@ def ensure_sshd() -> str | None:
         return None
     if shutil.which("apt-get") is None:
         return "no sshd and no apt-get to install it"
+    # scripts/slurm/local-slurm.sh may be installing Slurm from another test worker at
+    # the same moment: one apt-get (and one policy-rc.d) at a time, by the same lock.
+    with open(APT_LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the module's timeout is the hang guard
+        if os.access("/usr/sbin/sshd", os.X_OK):
+            return None
+        return _install_sshd()
+
+
+def _install_sshd() -> str | None:
     policy = Path("/usr/sbin/policy-rc.d")
     made_policy = not policy.exists()
     if made_policy:  # keep the package from starting a system sshd

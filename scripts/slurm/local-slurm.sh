@@ -97,6 +97,10 @@ install_packages() {
     fi
     echo "local-slurm: installing slurmctld slurmd slurm-client munge" >&2
     export DEBIAN_FRONTEND=noninteractive
+    # tests/test_docker.py may install openssh-server from another test worker at the
+    # same moment: one apt-get (and one policy-rc.d) at a time, by the same lock.
+    exec 9>/tmp/distnn-apt.lock
+    flock 9
     # policy-rc.d: the packages' own service start-up is not wanted (and there may be
     # no init system to do it); this script starts its own daemons.
     local policy=/usr/sbin/policy-rc.d created_policy=0
@@ -112,6 +116,7 @@ install_packages() {
             slurmctld slurmd slurm-client munge >>"$state/apt.log" 2>&1 || ok=0
     fi
     [ "$created_policy" = 1 ] && rm -f "$policy"
+    exec 9>&-
     if [ "$ok" = 0 ]; then
         echo "local-slurm: apt-get could not install Slurm; its log:" >&2
         tail -n 20 "$state/apt.log" >&2
