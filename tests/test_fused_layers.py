@@ -10,7 +10,7 @@ feed-forward, and every A(ℓ), Δ(ℓ), the gradient and the loss of backprop, 
 as raw bytes, never with a tolerance (Z(ℓ) is backprop's scratch, which the kernels
 need not write). Inputs span
 saturation (|z| in the tens), ordinary values and exact zeros. Last, whole training
-runs with and without the compiled library (``DISTNN_FUSED_UPDATES=0``) save the same model.
+runs with and without the compiled library (``DISTNN_FUSED_KERNELS=0``) save the same model.
 """
 
 from __future__ import annotations
@@ -188,7 +188,7 @@ def test_training_with_and_without_the_library_saves_the_same_model(options, tmp
     digests = []
     for setting in ("1", "0"):
         out = tmp_path / f"model{setting}.npz"
-        result = launch([*run, "--save", str(out)], env={"DISTNN_FUSED_UPDATES": setting})
+        result = launch([*run, "--save", str(out)], env={"DISTNN_FUSED_KERNELS": setting})
         assert result.returncode == 0, result.stderr
         digests.append(weights_digest(out))
     assert digests[0] == digests[1]

@@ -113,7 +113,7 @@ def test_arrays_the_kernel_cannot_take_fall_back_to_numpy():
 
 
 def test_without_the_kernels_apply_is_the_numpy_passes():
-    """DISTNN_FUSED_UPDATES=0 (or no compiler at install): no library, same results."""
+    """DISTNN_FUSED_KERNELS=0 (or no compiler at install): no library, same results."""
     code = (
         "from distnn.engine import fused; import numpy as np;"
         "from distnn.engine.schedules import make_schedule;"
@@ -121,7 +121,7 @@ def test_without_the_kernels_apply_is_the_numpy_passes():
         "[r.apply(np.ones(3, np.float32), t) for _ in range(3)];"
         "print(fused.LIBRARY is None, r._bound is None, t.tobytes().hex())"
     )
-    env = {**os.environ, "DISTNN_FUSED_UPDATES": "0"}
+    env = {**os.environ, "DISTNN_FUSED_KERNELS": "0"}
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
     )

@@ -9,7 +9,7 @@
   (:func:`layer_kernel`), which :mod:`distnn.engine.bound_layers` binds to a workspace.
 
 Each gives the same bits as the NumPy calls it replaces. The library is built at install
-time when a C compiler is there (setup.py); without it, or with ``DISTNN_FUSED_UPDATES=0``
+time when a C compiler is there (setup.py); without it, or with ``DISTNN_FUSED_KERNELS=0``
 in the environment, the functions here give None and the NumPy calls run.
 """
 
@@ -39,7 +39,7 @@ _SUFFIX = {
 
 
 def _load() -> ctypes.CDLL | None:
-    if os.environ.get("DISTNN_FUSED_UPDATES", "1") == "0":
+    if os.environ.get("DISTNN_FUSED_KERNELS", "1") == "0":
         return None
     here = Path(__file__).parent
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
