@@ -14,7 +14,7 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -32,8 +32,21 @@ from distnn.engine.activations import (
 )
 
 if TYPE_CHECKING:
-    from distnn.engine.network import Network
     from distnn.engine.workspace import Workspace
+
+
+class Layers(Protocol):
+    """What the kernels are bound to: a :class:`~distnn.engine.network.Network`'s σ and b
+    per layer (a protocol, so that this module, which the network uses, needs no import
+    of it)."""
+
+    dtype: np.dtype
+    sigma: list[Activation]
+    biases: list[np.ndarray]
+
+    @property
+    def num_layers(self) -> int: ...
+
 
 # False: every network runs the NumPy passes (tests compare both ways in one process).
 ENABLED = fused.LIBRARY is not None
@@ -87,7 +100,7 @@ class BoundLayers:
       delta, when a kernel does it.
     """
 
-    def __init__(self, net: Network, ws: Workspace, n: int) -> None:
+    def __init__(self, net: Layers, ws: Workspace, n: int) -> None:
         self.net = net
         self._calls: list[fused.LayerCall] = []  # what the prebuilt pointers point into
         self._dtype = net.dtype
@@ -211,7 +224,7 @@ class BoundLayers:
         return True
 
 
-def bound_layers(net: Network, ws: Workspace, n: int, at_once: bool) -> BoundLayers | None:
+def bound_layers(net: Layers, ws: Workspace, n: int, at_once: bool) -> BoundLayers | None:
     """``net``'s kernels bound to ``ws``'s views of n rows (kept in ``ws``), or None: then
     the NumPy passes run, with the same bits.
 
