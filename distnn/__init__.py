@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 
 _WHERE = {
     "Network": "distnn.engine.network",
-    "GradientUpdateSchedule": "distnn.engine.schedules",
+    "GradientUpdateSchedule": "distnn.engine.update_schedule",
     "DistnnError": "distnn.errors",
     "StopTraining": "distnn.errors",
     "fit": "distnn.api",

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from distnn.engine.network import Network
-from distnn.engine.schedules import GradientUpdateSchedule
+from distnn.engine.update_schedule import GradientUpdateSchedule
 from distnn.errors import DistnnError
 from distnn.parallel.world import World
 from distnn.run.loop import History, train_config

@@ -22,7 +22,7 @@ import numpy as np
 
 from distnn.data.dataset import Dataset
 from distnn.engine.network import Network
-from distnn.engine.schedules import GradientUpdateSchedule
+from distnn.engine.update_schedule import GradientUpdateSchedule
 from distnn.errors import DivergenceError, ScheduleError
 from distnn.parallel.evaluation import EVAL_CHUNK, evaluate_sharded
 from distnn.parallel.noise_scale import NOISE_EVERY, NoiseScale, piece_scales

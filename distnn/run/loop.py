@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from distnn.engine.network import Network
-from distnn.engine.schedules import GradientUpdateSchedule
+from distnn.engine.update_schedule import GradientUpdateSchedule
 from distnn.errors import Interrupted, Preempted
 from distnn.parallel.failures import failures_end_the_job
 from distnn.parallel.heartbeat import Heartbeat

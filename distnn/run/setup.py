@@ -20,7 +20,8 @@ from distnn.data import Dataset, load_dataset
 from distnn.data.dataset import Source, classification, from_arrays, one_hot
 from distnn.data.preprocess import Split, fit_standardization, split_validation, standardize
 from distnn.engine.network import Network, standardize_rows
-from distnn.engine.schedules import GradientUpdateSchedule, make_schedule
+from distnn.engine.schedules import make_schedule
+from distnn.engine.update_schedule import GradientUpdateSchedule
 from distnn.errors import DistnnError
 from distnn.io.checkpoints import (
     Checkpoint,
