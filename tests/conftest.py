@@ -1,11 +1,18 @@
-"""Shared helpers: launching ``python -m distnn.train`` as a real job, always under a timeout."""
+"""Shared helpers: launching ``python -m distnn.train`` as a real job, always under a
+timeout, or running a one-rank command in this process (:func:`run_in_process`)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import resource
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,3 +45,100 @@ def launch(
 
 def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("distnn: error")]
+
+
+@contextlib.contextmanager
+def _fds_captured() -> Iterator[list[str]]:
+    """fd 1 and 2 (and sys.stdout/sys.stderr over them) into files while inside; the
+    yielded list gets their text, [stdout, stderr], on the way out. At fd level, as a
+    process's pipes would see them: distnn also writes some lines with ``os.write(2)``."""
+    streams = sys.stdout, sys.stderr
+    for stream in streams:
+        stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    texts: list[str] = []
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        try:
+            os.dup2(out.fileno(), 1)
+            os.dup2(err.fileno(), 2)
+            sys.stdout = io.TextIOWrapper(open(1, "wb", closefd=False), write_through=True)  # noqa: SIM115
+            sys.stderr = io.TextIOWrapper(open(2, "wb", closefd=False), write_through=True)  # noqa: SIM115
+            try:
+                yield texts
+            finally:
+                for stream in (sys.stdout, sys.stderr):
+                    with contextlib.suppress(OSError, ValueError):
+                        stream.flush()
+        finally:
+            sys.stdout, sys.stderr = streams
+            for fd, copy in zip((1, 2), saved, strict=True):
+                os.dup2(copy, fd)
+                os.close(copy)
+            for file in (out, err):
+                file.seek(0)
+                texts.append(file.read().decode(errors="replace"))
+
+
+def _address_space_headroom(limit: int) -> int:
+    """A soft RLIMIT_AS that leaves ``limit`` bytes to allocate beyond what this process
+    has mapped now: in a process of its own a command ran under ``limit`` in all."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024 + limit
+    raise RuntimeError("no VmSize in /proc/self/status")
+
+
+def run_in_process(
+    args: list[str],
+    cwd: Path | str | None = None,
+    module: str = "distnn.train",
+    memory_limit: int | None = None,
+) -> subprocess.CompletedProcess:
+    """``python -m MODULE ARGS`` on one rank, run here through the CLI's own entry
+    (:func:`distnn.cli.run`): the same exit status, stdout and stderr (at fd level), at
+    the cost of a call instead of an interpreter's start. For a command's refusals and
+    checks on one rank; what needs a process (several ranks, signals, exit by the OS, a
+    closed stdout) stays one. A hang is ended by the test's pytest-timeout.
+
+    What the command leaves behind in this process is put back: the SIGINT/SIGTERM
+    handlers it installs, sys.argv, the working directory, the BLAS thread limit, the
+    "stdout lost" note, and ``memory_limit`` (a soft RLIMIT_AS of that much headroom).
+    """
+    from threadpoolctl import threadpool_limits
+
+    import distnn.cli
+    import distnn.run.progress
+
+    command = module.removeprefix("distnn.")
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    argv, here, memory = sys.argv, os.getcwd(), resource.getrlimit(resource.RLIMIT_AS)
+    blas = threadpool_limits(limits=None)  # records the limits, changes nothing
+    status: int | str | None = 0
+    try:
+        with _fds_captured() as texts:
+            sys.argv = [f"{module}/__main__.py", *map(str, args)]
+            if cwd is not None:
+                os.chdir(cwd)
+            if memory_limit is not None:
+                soft = _address_space_headroom(memory_limit)
+                resource.setrlimit(resource.RLIMIT_AS, (min(soft, memory[1]), memory[1]))
+            try:
+                distnn.cli.run(command)
+            except SystemExit as e:
+                status = e.code
+            finally:
+                resource.setrlimit(resource.RLIMIT_AS, memory)
+    finally:
+        os.chdir(here)
+        sys.argv = argv
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        blas.restore_original_limits()
+        distnn.run.progress._stdout_lost = False
+    if status is None:
+        status = 0
+    elif not isinstance(status, int):  # sys.exit("message"): printed, status 1
+        texts[1] += f"{status}\n"
+        status = 1
+    return subprocess.CompletedProcess([module, *args], status, texts[0], texts[1])
