@@ -121,8 +121,10 @@ def run_in_process(
             if cwd is not None:
                 os.chdir(cwd)
             if memory_limit is not None:
-                soft = _address_space_headroom(memory_limit)
-                resource.setrlimit(resource.RLIMIT_AS, (min(soft, memory[1]), memory[1]))
+                soft, hard = _address_space_headroom(memory_limit), memory[1]
+                if hard != resource.RLIM_INFINITY:
+                    soft = min(soft, hard)
+                resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
             try:
                 distnn.cli.run(command)
             except SystemExit as e:
