@@ -12,12 +12,15 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 MPIEXEC = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
+# The commands run_in_process runs: ``python -m distnn.X`` for these X.
+CLI_MODULES = frozenset({"distnn.train", "distnn.evaluate", "distnn.predict", "distnn.plot"})
 
 
 def guarded_run(command: list[str], timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
@@ -35,8 +38,16 @@ def launch(
     env: dict | None = None,
     cwd: Path | None = None,
     module: str = "distnn.train",
+    process: bool = False,
 ) -> subprocess.CompletedProcess:
-    """Run the CLI on ``ranks`` ranks (no launcher for 1); a hang fails the test."""
+    """Run the CLI on ``ranks`` ranks (no launcher for 1); a hang fails the test.
+
+    One rank of a CLI command, with no ``env`` of its own, runs in this process
+    (:func:`run_in_process`) unless ``process`` is asked for: what it prints and its
+    status are the same, without an interpreter's start (pytest-timeout is the guard).
+    """
+    if ranks == 1 and env is None and module in CLI_MODULES and not process:
+        return run_in_process(args, cwd, module)
     command = [sys.executable, "-m", module, *args]
     if ranks > 1:
         command = [MPIEXEC, "-n", str(ranks), *command]
@@ -104,16 +115,21 @@ def run_in_process(
     What the command leaves behind in this process is put back: the SIGINT/SIGTERM
     handlers it installs, sys.argv, the working directory, the BLAS thread limit, the
     "stdout lost" note, and ``memory_limit`` (a soft RLIMIT_AS of that much headroom).
+    train's start-up time counts from this call, as from a process's start.
     """
     from threadpoolctl import threadpool_limits
 
     import distnn.cli
+    import distnn.cli.train
     import distnn.run.progress
 
     command = module.removeprefix("distnn.")
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     argv, here, memory = sys.argv, os.getcwd(), resource.getrlimit(resource.RLIMIT_AS)
     blas = threadpool_limits(limits=None)  # records the limits, changes nothing
+    started = time.perf_counter()  # "the process's start", for train's start-up time
+    process_started = distnn.cli.train.process_started
+    distnn.cli.train.process_started = lambda: started
     status: int | str | None = 0
     try:
         with _fds_captured() as texts:
@@ -134,6 +150,7 @@ def run_in_process(
     finally:
         os.chdir(here)
         sys.argv = argv
+        distnn.cli.train.process_started = process_started
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
         blas.restore_original_limits()
