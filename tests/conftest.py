@@ -46,7 +46,11 @@ def launch(
     (:func:`run_in_process`) unless ``process`` is asked for: what it prints and its
     status are the same, without an interpreter's start (pytest-timeout is the guard).
     """
-    if ranks == 1 and env is None and module in CLI_MODULES and not process:
+    from distnn.parallel.launcher_env import launcher_tasks
+
+    # Not inside a launched job (pytest under mpiexec): a rank's command would join it.
+    alone = launcher_tasks() is None
+    if ranks == 1 and env is None and module in CLI_MODULES and alone and not process:
         return run_in_process(args, cwd, module)
     command = [sys.executable, "-m", module, *args]
     if ranks > 1:
