@@ -5,6 +5,9 @@ address-space limit of 2 GiB (so a reader that tries to allocate what a header
 announces, or inflates a bomb, fails the test): each must end with exit 2 on every
 rank, exactly one line ``distnn: error: …`` naming the file, no traceback, no
 MemoryError or RecursionError, and no hang (a generous guard, not a timing assert).
+One-rank commands run in this process through the CLI's own entry (``run_in_process``,
+with the same 2 GiB of address space to spare and the file's hang guard as the test's
+timeout); the two-rank cases and the Python API's scripts start processes.
 With ``--resume`` a damaged newest checkpoint is skipped for the previous one, with a
 note naming it.
 
@@ -30,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import MPIEXEC, error_lines
+from conftest import MPIEXEC, error_lines, run_in_process
 
 from distnn import Network
 from distnn.io.checkpoints import list_checkpoints
@@ -40,6 +43,7 @@ BOMB = 3 << 30  # what the bombs inflate to
 HANG_GUARD = float(os.environ.get("DISTNN_HANG_GUARD", 120))  # seconds; a hang fails the test
 SMALL = ["--dataset", "synthetic:60:4:3", "--hidden", "8", "--quiet"]
 NOTED = SMALL[:-1]  # notes (a skipped checkpoint) are not quiet
+pytestmark = pytest.mark.timeout(HANG_GUARD + 30)  # an in-process hang ends here
 
 
 def _limit_memory() -> None:
@@ -49,6 +53,8 @@ def _limit_memory() -> None:
 def run(
     args: list[str], cwd: Path, ranks: int = 1, module: str = "distnn.train"
 ) -> subprocess.CompletedProcess:
+    if ranks == 1:  # stdin: pytest's, which refuses reads as /dev/null gives none
+        return run_in_process(args, cwd, module, memory_limit=LIMIT)
     command = [sys.executable, "-m", module, *args]
     if ranks > 1:
         command = [MPIEXEC, "-n", str(ranks), *command]

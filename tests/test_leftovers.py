@@ -3,8 +3,9 @@ working directory, two Ctrl-C to rank 0, and naming the rank that died.
 
 Each family is parametrized by case; every command runs under a hang guard (and the
 plot cases under an address-space limit, so a reader that swallows ``/dev/zero`` or a
-huge line fails instead of eating the machine). Bad input ends with exit 2 and exactly
-one line ``distnn: error: …``, never a traceback.
+huge line fails instead of eating the machine). The plot cases run in-process through
+the CLI's own entry (``run_in_process``); the others are about processes. Bad input
+ends with exit 2 and exactly one line ``distnn: error: …``, never a traceback.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import contextlib
 import json
 import os
 import re
-import resource
 import signal
 import subprocess
 import sys
@@ -23,14 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import MPIEXEC, error_lines, guarded_run
+from conftest import MPIEXEC, error_lines, guarded_run, run_in_process
 
-LIMIT = 2 << 30  # RLIMIT_AS of each plot: reading /dev/zero whole must fail, not swap
+LIMIT = 2 << 30  # address space each plot has to spare: reading /dev/zero whole must fail
 HANG_GUARD = 120.0
-
-
-def _limit_memory() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (LIMIT, LIMIT))
 
 
 def assert_one_error(result: subprocess.CompletedProcess, *words: str) -> str:
@@ -142,18 +138,14 @@ PLOT_FILES: dict[str, tuple[str, Callable[[Path], None], tuple[str, ...] | None]
 }  # fmt: skip
 
 
+@pytest.mark.timeout(HANG_GUARD)
 @pytest.mark.parametrize("case", list(PLOT_FILES))
 def test_plot_files(tmp_path, case):
+    """Run in-process through the CLI's entry, with 2 GiB of address space to spare."""
     pytest.importorskip("matplotlib")
     name, build, words = PLOT_FILES[case]
     build(tmp_path / name)
-    result = guarded_run(
-        [sys.executable, "-m", "distnn.plot", name, "-o", "c.png"],
-        HANG_GUARD,
-        cwd=tmp_path,
-        preexec_fn=_limit_memory,
-        stdin=subprocess.DEVNULL,
-    )
+    result = run_in_process([name, "-o", "c.png"], tmp_path, "distnn.plot", memory_limit=LIMIT)
     if words is None:
         assert result.returncode == 0, result.stderr
         assert result.stdout.startswith("wrote c.png") and not result.stderr, result.stderr

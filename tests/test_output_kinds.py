@@ -13,6 +13,10 @@ A symbolic link to a regular file is followed: the file it names is written, the
 stays; a path that is the process's own stdout (``/dev/stdout`` while stdout is a file)
 is refused. ``predict -o -`` writes to stdout whatever stdout is.
 
+One-rank cases run the command in this process through the CLI's own entry
+(``run_in_process``: same status, same stdout and stderr); the two-rank cases, and those
+about the process's own stdout, start the process.
+
 Run as root, a regression here would replace ``/dev/null`` for the whole machine: an
 autouse fixture puts the device back (and fails the test) if that ever happens.
 """
@@ -29,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import MPIEXEC, error_lines, guarded_run
+from conftest import MPIEXEC, error_lines, guarded_run, run_in_process
 
 import distnn
 from distnn.errors import DistnnError
@@ -62,7 +66,7 @@ def work(tmp_path_factory) -> Path:
     """A trained model, its metrics file and inputs for evaluate, predict and plot."""
     root = tmp_path_factory.mktemp("kinds")
     args = [*TRAIN, "--save", "m.npz", "--metrics", "m.jsonl", "--trace", "t.json"]
-    result = run([sys.executable, "-m", "distnn.train", *args], root)
+    result = run_in_process(args, root)
     assert result.returncode == 0, result.stderr
     np.save(root / "x.npy", np.random.default_rng(0).standard_normal((10, 6)))
     return root
@@ -149,21 +153,24 @@ TRAIN_OUTPUTS = {
 }
 
 
+@pytest.mark.timeout(TIMEOUT)
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("option", TRAIN_OUTPUTS)
 @pytest.mark.parametrize("ranks", [1, 2])
 def test_train_refuses(work, place, ranks, option, kind):
     if ranks > 1 and MPIEXEC is None:
         pytest.skip("no mpiexec")
-    launcher = [MPIEXEC, "-n", str(ranks)] if ranks > 1 else []
 
     def command(path: str):
         args = [*TRAIN, option, path]
-        return run([*launcher, sys.executable, "-m", "distnn.train", *args], place)
+        if ranks == 1:
+            return run_in_process(args, place)
+        return run([MPIEXEC, "-n", str(ranks), sys.executable, "-m", "distnn.train", *args], place)
 
     check_case(kind, place, TRAIN_OUTPUTS[option], option, command)
 
 
+@pytest.mark.timeout(TIMEOUT)
 @pytest.mark.parametrize("kind", [k for k in KINDS if not k.startswith("/dev/")])
 @pytest.mark.parametrize("option", ["--save", "--metrics"])
 def test_train_refuses_the_configuration_beside(work, place, option, kind):
@@ -171,8 +178,7 @@ def test_train_refuses_the_configuration_beside(work, place, option, kind):
     suffix = {"--save": ".npz", "--metrics": ".jsonl"}[option]
 
     def command(path: str):
-        args = [*TRAIN, option, str(place / f"out{suffix}")]
-        return run([sys.executable, "-m", "distnn.train", *args], place)
+        return run_in_process([*TRAIN, option, str(place / f"out{suffix}")], place)
 
     check_case(kind, place, ".toml", f"the configuration written beside {option}", command)
     assert not (place / f"out{suffix}").exists()
@@ -220,6 +226,7 @@ SERIAL = {
 }
 
 
+@pytest.mark.timeout(TIMEOUT)
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("case", SERIAL)
 def test_serial_commands_refuse(work, place, case, kind):
@@ -228,7 +235,7 @@ def test_serial_commands_refuse(work, place, case, kind):
         pytest.importorskip("matplotlib")
 
     def command(path: str):
-        return run([sys.executable, "-m", module, *args, path], work)
+        return run_in_process([*args, path], work, module)
 
     check_case(kind, place, suffix, args[-1], command)
 
@@ -248,6 +255,7 @@ def test_predict_to_stdout_is_the_exception(work):
     assert result.returncode == 0 and result.stderr == "", result.stderr
 
 
+@pytest.mark.timeout(TIMEOUT)
 @pytest.mark.parametrize("option", ["--save", "--metrics"])
 def test_a_link_to_a_regular_file_is_followed(work, place, option):
     """The file the link names is written; the link stays a link to it."""
@@ -257,7 +265,7 @@ def test_a_link_to_a_regular_file_is_followed(work, place, option):
     target.write_bytes(b"old")
     link = place / f"link{suffix}"
     link.symlink_to(target)
-    result = run([sys.executable, "-m", "distnn.train", *TRAIN, option, str(link)], place)
+    result = run_in_process([*TRAIN, option, str(link)], place)
     assert result.returncode == 0, result.stderr
     assert link.is_symlink() and os.readlink(link) == str(target)
     assert target.read_bytes() != b"old" and target.stat().st_size > 100

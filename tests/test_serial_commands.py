@@ -4,7 +4,8 @@
 distnn.plot`` and ``distnn.evaluate(net, x, y)`` in a plain script must work where
 mpi4py is missing or finds no MPI library: each runs here with a fake ``mpi4py``
 first on PYTHONPATH that fails to import (as mpi4py does then, with ImportError or
-RuntimeError) and no launcher variables, and must give the same output as with MPI.
+RuntimeError) and no launcher variables, and must give the same output as with MPI (the
+reference run in-process through the CLI's own entry, :func:`alone`).
 A launcher that says several tasks while MPI cannot load is one line and exit 2.
 
 ``| head``: a serial command (predict, evaluate, plot, ``train --help``) whose stdout is
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import MPIEXEC, error_lines, guarded_run, launch
+from conftest import MPIEXEC, error_lines, guarded_run, launch, run_in_process
 
 SPEC = "synthetic:200:8:3"
 TIMEOUT = 120
@@ -61,6 +62,15 @@ def run(module: str, args: list[str], cwd: Path, env: dict) -> subprocess.Comple
     """``python -m MODULE ARGS`` alone (no launcher) in exactly ``env``, under a timeout."""
     command = [sys.executable, "-m", module, *args]
     return guarded_run(command, TIMEOUT, env=env, cwd=cwd)
+
+
+def alone(module: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """The reference: ``python -m MODULE ARGS`` alone, MPI at hand. In this process
+    through the CLI's own entry when no launcher's variable is set here (the same
+    output as a process's), else as a process without them."""
+    if any(k.startswith(LAUNCHER_PREFIXES) for k in os.environ):
+        return run(module, args, cwd, alone_env())
+    return run_in_process(args, cwd, module)
 
 
 def clean(stderr: str) -> bool:
@@ -103,7 +113,7 @@ def work(tmp_path_factory) -> Path:
 )
 def test_predict_without_mpi(work, fake, output):
     args = ["m.npz", "few.npy", "-o", output] + (["--classes"] if "classes" in output else [])
-    with_mpi = run("distnn.predict", args, work, alone_env())
+    with_mpi = alone("distnn.predict", args, work)
     assert with_mpi.returncode == 0, with_mpi.stderr
     expected = None if output == "-" else (work / output).read_bytes()
     without = run("distnn.predict", args, work, no_mpi_env(fake))
@@ -120,7 +130,7 @@ def test_predict_without_mpi(work, fake, output):
 @pytest.mark.parametrize("split", ["test", "all"])
 def test_evaluate_without_mpi(work, fake, split):
     args = ["m.npz", "--dataset", SPEC, "--split", split, "--json", f"{split}.json"]
-    with_mpi = run("distnn.evaluate", args, work, alone_env())
+    with_mpi = alone("distnn.evaluate", args, work)
     assert with_mpi.returncode == 0, with_mpi.stderr
     expected = json.loads((work / f"{split}.json").read_text())
     without = run("distnn.evaluate", args, work, no_mpi_env(fake))
@@ -132,7 +142,7 @@ def test_evaluate_without_mpi(work, fake, split):
 
 def test_plot_without_mpi(work, fake):
     pytest.importorskip("matplotlib")
-    with_mpi = run("distnn.plot", ["m.jsonl", "-o", "with.png"], work, alone_env())
+    with_mpi = alone("distnn.plot", ["m.jsonl", "-o", "with.png"], work)
     assert with_mpi.returncode == 0, with_mpi.stderr
     without = run("distnn.plot", ["m.jsonl", "-o", "without.png"], work, no_mpi_env(fake))
     assert without.returncode == 0, without.stderr
@@ -167,8 +177,7 @@ def test_evaluate_function_in_a_plain_script(work, fake):
         assert loaded == "mpi4py loaded: False"  # alone, MPI is not even started
         results.append(json.loads(report))
     assert results[0] == results[1]
-    cli = run("distnn.evaluate", ["m.npz", "--dataset", SPEC, "--json", "cli.json"], work,
-              alone_env())  # fmt: skip
+    cli = alone("distnn.evaluate", ["m.npz", "--dataset", SPEC, "--json", "cli.json"], work)
     assert cli.returncode == 0, cli.stderr
     from_cli = json.loads((work / "cli.json").read_text())
     assert {k: from_cli[k] for k in results[0]} == results[0]
