@@ -55,6 +55,13 @@ def _load() -> ctypes.CDLL | None:
 LIBRARY = _load()
 
 
+def _function(name: str, dtype: np.dtype, argtypes: list) -> Callable[..., None]:
+    """``name``'s copy for ``dtype`` (``adam_f32``, …), declared with ``argtypes``."""
+    function = getattr(LIBRARY, f"{name}_{_SUFFIX[np.dtype(dtype)][0]}")
+    function.argtypes, function.restype = argtypes, None
+    return function
+
+
 def kernel(name: str, dtype: np.dtype) -> Callable[..., None] | None:
     """The C function of rule ``name`` for arrays of ``dtype``, or None if there is none.
 
@@ -63,17 +70,12 @@ def kernel(name: str, dtype: np.dtype) -> Callable[..., None] | None:
     """
     if LIBRARY is None or name not in SIGNATURES or np.dtype(dtype) not in _SUFFIX:
         return None
-    suffix, real = _SUFFIX[np.dtype(dtype)]
+    real = _SUFFIX[np.dtype(dtype)][1]
     n_arrays, n_scalars, n_flags = SIGNATURES[name]
-    function = getattr(LIBRARY, f"{name}_{suffix}")
-    function.argtypes = (
-        [ctypes.c_ssize_t]
-        + [ctypes.c_void_p] * (2 + n_arrays)
-        + [real] * n_scalars
-        + [ctypes.c_int] * n_flags
+    pointers = [ctypes.c_void_p] * (2 + n_arrays)
+    return _function(
+        name, dtype, [ctypes.c_ssize_t, *pointers, *[real] * n_scalars, *[ctypes.c_int] * n_flags]
     )
-    function.restype = None
-    return function
 
 
 def pointer(array: np.ndarray) -> ctypes.c_void_p:
@@ -115,10 +117,8 @@ def sum_plan(steps: list[SumStep]) -> SumPlan | None:
         for x in arrays
     ):
         return None
-    function = getattr(LIBRARY, f"sum_plan_{_SUFFIX[first.dtype][0]}")
-    function.argtypes = [ctypes.c_ssize_t, ctypes.c_ssize_t] + [ctypes.c_void_p] * 3
-    function.restype = None
-    return SumPlan(steps, function)
+    argtypes = [ctypes.c_ssize_t, ctypes.c_ssize_t, *[ctypes.c_void_p] * 3]
+    return SumPlan(steps, _function("sum_plan", first.dtype, argtypes))
 
 
 # The layer kernels of fused_layers.c; each takes one pointer to a LayerCall.
@@ -160,7 +160,4 @@ def layer_kernel(name: str, dtype: np.dtype) -> Callable[[ctypes.c_void_p], None
     is none. Called as ``f(address)`` with the address of a :class:`LayerCall`."""
     if LIBRARY is None or name not in LAYER_KERNELS or np.dtype(dtype) not in _SUFFIX:
         return None
-    function = getattr(LIBRARY, f"{name}_{_SUFFIX[np.dtype(dtype)][0]}")
-    function.argtypes = [ctypes.c_void_p]
-    function.restype = None
-    return function
+    return _function(name, dtype, [ctypes.c_void_p])

@@ -42,6 +42,37 @@ typedef struct {
 
 #define BLOCK(T, c, i, k) ((T *)(c)->array[i] + (k) * (c)->stride[i])
 
+/* The factors f(x) of σ̇, each the NumPy passes' operations in their order (one rounding
+ * each: built with -ffp-contract=off, nothing is fused or reordered). */
+#define SIGMOID_FACTOR(T, x) (((T)1 - (x)) * (x))          /* (1 − a)·a */
+#define TANH_FACTOR(T, x) ((T)1 - (x) * (x))               /* 1 − a·a */
+/* np.greater's 1 or 0, then the product: δ·0 keeps δ's sign, inf·0 is NaN, as in NumPy */
+#define RELU_FACTOR(T, x) ((x) > (T)0 ? (T)1 : (T)0)
+#define LEAKY_FACTOR(T, x) (RELU_FACTOR(T, x) * one_minus_alpha + alpha) /* [z>0]·(1−α) + α */
+#define SIGMOID_TAIL_FACTOR(T, x) (((x) + (T)1) * (T)0.5)  /* (t + 1)·0.5 */
+#define LEAKY_CONSTANTS(T) const T alpha = (T)c->slope, one_minus_alpha = (T)(1.0 - c->slope);
+
+/* One σ̇ kernel: δ ← δ·s if the call is scaled (the output layer: the loss's factor
+ * first), then δ ← δ·FACTOR(x) for the element x of array 1 (a or z). */
+#define DEFINE_DERIVATIVE(T, SUFFIX, NAME, SETUP, FACTOR)                                    \
+    VECTOR_WIDTHS void NAME##_##SUFFIX(const layer_call *c)                                 \
+    {                                                                                       \
+        const ptrdiff_t n = c->rows * c->cols;                                              \
+        const T s = (T)c->scale;                                                            \
+        const int scaled = c->scaled;                                                       \
+        SETUP                                                                               \
+        for (ptrdiff_t k = 0; k < c->blocks; k++) {                                         \
+            T *restrict d = BLOCK(T, c, 0, k);                                              \
+            const T *restrict x = BLOCK(T, c, 1, k);                                        \
+            for (ptrdiff_t i = 0; i < n; i++) {                                             \
+                T di = d[i];                                                                \
+                if (scaled)                                                                 \
+                    di = di * s;                                                            \
+                d[i] = di * FACTOR(T, x[i]);                                                \
+            }                                                                               \
+        }                                                                                   \
+    }
+
 #define DEFINE_LAYER_KERNELS(T, SUFFIX)                                                     \
                                                                                             \
     /* z ← z + b, b broadcast over the rows (np.add(z, b, out=z)) */                        \
@@ -85,108 +116,14 @@ typedef struct {
         }                                                                                   \
     }                                                                                       \
                                                                                             \
-    /* δ ← δ·s if scaled;  δ ← δ·((1 − a)·a): σ̇ of the sigmoid from its output a */        \
-    VECTOR_WIDTHS void sigmoid_derivative_##SUFFIX(const layer_call *c)                     \
-    {                                                                                       \
-        const ptrdiff_t n = c->rows * c->cols;                                              \
-        const T s = (T)c->scale;                                                            \
-        const int scaled = c->scaled;                                                       \
-        for (ptrdiff_t k = 0; k < c->blocks; k++) {                                         \
-            T *restrict d = BLOCK(T, c, 0, k);                                              \
-            const T *restrict a = BLOCK(T, c, 1, k);                                        \
-            for (ptrdiff_t i = 0; i < n; i++) {                                             \
-                T di = d[i];                                                                \
-                if (scaled)                                                                 \
-                    di = di * s;                                                            \
-                T t = (T)1 - a[i];                                                          \
-                t = t * a[i];                                                               \
-                d[i] = di * t;                                                              \
-            }                                                                               \
-        }                                                                                   \
-    }                                                                                       \
-                                                                                            \
-    /* δ ← δ·s if scaled;  δ ← δ·(1 − a·a): σ̇ of tanh from its output a */                 \
-    VECTOR_WIDTHS void tanh_derivative_##SUFFIX(const layer_call *c)                        \
-    {                                                                                       \
-        const ptrdiff_t n = c->rows * c->cols;                                              \
-        const T s = (T)c->scale;                                                            \
-        const int scaled = c->scaled;                                                       \
-        for (ptrdiff_t k = 0; k < c->blocks; k++) {                                         \
-            T *restrict d = BLOCK(T, c, 0, k);                                              \
-            const T *restrict a = BLOCK(T, c, 1, k);                                        \
-            for (ptrdiff_t i = 0; i < n; i++) {                                             \
-                T di = d[i];                                                                \
-                if (scaled)                                                                 \
-                    di = di * s;                                                            \
-                T t = a[i] * a[i];                                                          \
-                t = (T)1 - t;                                                               \
-                d[i] = di * t;                                                              \
-            }                                                                               \
-        }                                                                                   \
-    }                                                                                       \
-                                                                                            \
-    /* δ ← δ·s if scaled;  δ ← δ·[z > 0]: σ̇ of ReLU (np.greater's 1 or 0, then the      \
-     * product, so δ·0 keeps δ's sign and turns inf into NaN as NumPy does) */              \
-    VECTOR_WIDTHS void relu_derivative_##SUFFIX(const layer_call *c)                        \
-    {                                                                                       \
-        const ptrdiff_t n = c->rows * c->cols;                                              \
-        const T s = (T)c->scale;                                                            \
-        const int scaled = c->scaled;                                                       \
-        for (ptrdiff_t k = 0; k < c->blocks; k++) {                                         \
-            T *restrict d = BLOCK(T, c, 0, k);                                              \
-            const T *restrict z = BLOCK(T, c, 1, k);                                        \
-            for (ptrdiff_t i = 0; i < n; i++) {                                             \
-                T di = d[i];                                                                \
-                if (scaled)                                                                 \
-                    di = di * s;                                                            \
-                T t = z[i] > (T)0 ? (T)1 : (T)0;                                            \
-                d[i] = di * t;                                                              \
-            }                                                                               \
-        }                                                                                   \
-    }                                                                                       \
-                                                                                            \
-    /* δ ← δ·s if scaled;  δ ← δ·([z > 0]·(1 − α) + α): σ̇ of the leaky ReLU */             \
-    VECTOR_WIDTHS void leaky_relu_derivative_##SUFFIX(const layer_call *c)                  \
-    {                                                                                       \
-        const ptrdiff_t n = c->rows * c->cols;                                              \
-        const T s = (T)c->scale;                                                            \
-        const T alpha = (T)c->slope, one_minus_alpha = (T)(1.0 - c->slope);                 \
-        const int scaled = c->scaled;                                                       \
-        for (ptrdiff_t k = 0; k < c->blocks; k++) {                                         \
-            T *restrict d = BLOCK(T, c, 0, k);                                              \
-            const T *restrict z = BLOCK(T, c, 1, k);                                        \
-            for (ptrdiff_t i = 0; i < n; i++) {                                             \
-                T di = d[i];                                                                \
-                if (scaled)                                                                 \
-                    di = di * s;                                                            \
-                T t = z[i] > (T)0 ? (T)1 : (T)0;                                            \
-                t = t * one_minus_alpha;                                                    \
-                t = t + alpha;                                                              \
-                d[i] = di * t;                                                              \
-            }                                                                               \
-        }                                                                                   \
-    }                                                                                       \
-                                                                                            \
-    /* δ ← δ·s if scaled;  δ ← δ·((t + 1)·0.5) for t = tanh(z/2), which NumPy computed:    \
-     * σ̇ of softplus, the sigmoid's tail and the product in one pass (t is not written) */ \
-    VECTOR_WIDTHS void sigmoid_tail_product_##SUFFIX(const layer_call *c)                   \
-    {                                                                                       \
-        const ptrdiff_t n = c->rows * c->cols;                                              \
-        const T s = (T)c->scale;                                                            \
-        const int scaled = c->scaled;                                                       \
-        for (ptrdiff_t k = 0; k < c->blocks; k++) {                                         \
-            T *restrict d = BLOCK(T, c, 0, k);                                              \
-            const T *restrict tanh_half = BLOCK(T, c, 1, k);                                \
-            for (ptrdiff_t i = 0; i < n; i++) {                                             \
-                T di = d[i];                                                                \
-                if (scaled)                                                                 \
-                    di = di * s;                                                            \
-                T t = tanh_half[i] + (T)1;                                                  \
-                t = t * (T)0.5;                                                             \
-                d[i] = di * t;                                                              \
-            }                                                                               \
-        }                                                                                   \
-    }                                                                                       \
+    /* δ ← δ·s if scaled, then δ ← δ·f(x), x from array 1 (f's operations in the NumPy \
+     * passes' order): σ̇ of sigmoid and tanh from a, of ReLU and leaky ReLU from z, and \
+     * softplus's σ̇ (the sigmoid's tail of NumPy's t = tanh(z/2), t not written) */     \
+    DEFINE_DERIVATIVE(T, SUFFIX, sigmoid_derivative, , SIGMOID_FACTOR)                      \
+    DEFINE_DERIVATIVE(T, SUFFIX, tanh_derivative, , TANH_FACTOR)                            \
+    DEFINE_DERIVATIVE(T, SUFFIX, relu_derivative, , RELU_FACTOR)                            \
+    DEFINE_DERIVATIVE(T, SUFFIX, leaky_relu_derivative, LEAKY_CONSTANTS(T), LEAKY_FACTOR)   \
+    DEFINE_DERIVATIVE(T, SUFFIX, sigmoid_tail_product, , SIGMOID_TAIL_FACTOR)               \
                                                                                             \
     /* δ ← (a − y)·s: cross-entropy's output delta (softmax's Jacobian folded in) */        \
     VECTOR_WIDTHS void scaled_difference_##SUFFIX(const layer_call *c)                      \
