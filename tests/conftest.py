@@ -58,6 +58,15 @@ def launch(
     return guarded_run(command, timeout, env={**os.environ, **(env or {})}, cwd=cwd)
 
 
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """In the MPI session: a fresh folder every rank sees (:mod:`on_every_rank`)."""
+    from on_every_rank import shared_folder
+
+    with shared_folder() as path:
+        yield path
+
+
 def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("distnn: error")]
 

@@ -1,7 +1,10 @@
-"""Bad input, as a matrix: options, data files and checkpoints, each under `mpiexec -n 2`.
+"""Bad input, as a matrix: options, data files and checkpoints, on one rank and on several.
 
 Every case must end with a non-zero exit, one clear line naming the problem, no
-traceback, no hang, and no existing model or checkpoint file touched.
+traceback, no hang, and no existing model or checkpoint file touched. Every case runs on
+one rank (in this process), and on every rank of the in-process MPI session (2 and 4
+ranks: ``test_bad_input_on_every_rank``); one case of each family also runs as a real
+``mpiexec -n 2`` job, for what only processes show (the launcher's exit status).
 """
 
 import hashlib
@@ -9,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import error_lines, launch
+from conftest import MPIEXEC, error_lines, launch
+from on_every_rank import assert_refused_as_one_job, on_rank_0, run_on_every_rank, shared_folder
 
 from distnn.io.checkpoints import list_checkpoints
 
@@ -26,8 +30,8 @@ class Crafted:
         return (open, (self.marker, "w"))
 
 
-def make_files(root: Path) -> None:
-    """The data files and checkpoint folders the cases below point at."""
+def write_data_files(root: Path) -> None:
+    """The data files the cases below point at."""
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((20, 4)), np.arange(20) % 3
     np.savez(root / "nokey.npz", x=x)
@@ -46,8 +50,12 @@ def make_files(root: Path) -> None:
     np.savez(root / "empty.npz", x=np.empty((0, 4)), y=np.empty(0, int))
     (root / "text.npz").write_text("x,y\n1,2\n")
 
-    for name, args in {"ck_trunc": [], "ck_arch": [], "ck_newer": []}.items():
-        assert launch([*SMALL, *args, "--checkpoint-dir", name], cwd=root).returncode == 0
+
+TRAINED = ["ck_trunc", "ck_arch", "ck_newer"]  # checkpoint folders of a real run, then spoilt
+
+
+def spoil_checkpoints(root: Path) -> None:
+    """Truncate, date in the future, pickle and misplace the trained checkpoints."""
     trunc = list_checkpoints(str(root / "ck_trunc"))
     for extra in trunc[1:]:
         Path(extra).unlink()
@@ -115,8 +123,23 @@ CASES = [
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad")
-    make_files(root)
+    write_data_files(root)
+    for name in TRAINED:
+        assert launch([*SMALL, "--checkpoint-dir", name], cwd=root).returncode == 0
+    spoil_checkpoints(root)
     return root
+
+
+@pytest.fixture(scope="module")
+def shared_workdir():
+    """``workdir``'s files, in a folder every rank of the MPI session sees."""
+    with shared_folder() as root:
+        on_rank_0(lambda: write_data_files(root))
+        for name in TRAINED:
+            results = run_on_every_rank([*SMALL, "--checkpoint-dir", name], root)
+            assert [r.returncode for r in results] == [0] * len(results), results[0].stderr
+        on_rank_0(lambda: spoil_checkpoints(root))
+        yield root
 
 
 def snapshot(root: Path) -> dict:
@@ -126,11 +149,21 @@ def snapshot(root: Path) -> dict:
     }
 
 
-@pytest.mark.parametrize("args, words", CASES, ids=[" ".join(a) for a, _ in CASES])
+def case_args(args: list[str]) -> list[str]:
+    default_data = [] if "--dataset" in args else SMALL
+    return [*default_data, *args, "--save", "model.npz"]
+
+
+IDS = [" ".join(a) for a, _ in CASES]
+# One case of each family (option, data file, checkpoint, output) as a real job.
+AS_A_JOB = ["--lr -1", "--dataset nan.npz", "--checkpoint-dir ck_pickle --resume",
+            "--checkpoint-dir model.npz"]  # fmt: skip
+
+
+@pytest.mark.parametrize("args, words", CASES, ids=IDS)
 def test_bad_input(workdir, args, words):
     before = snapshot(workdir)
-    default_data = [] if "--dataset" in args else SMALL
-    result = launch([*default_data, *args, "--save", "model.npz"], ranks=2, cwd=workdir)
+    result = launch(case_args(args), cwd=workdir)  # one rank, in this process
     assert result.returncode == 2, result.stderr
     lines = error_lines(result.stderr)
     assert len(lines) == 1, result.stderr
@@ -138,3 +171,27 @@ def test_bad_input(workdir, args, words):
     assert "Traceback" not in result.stderr
     assert snapshot(workdir) == before, "an existing file was changed"
     assert not (workdir / "pwned").exists(), "a checkpoint ran pickled code"
+
+
+@pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec")
+@pytest.mark.parametrize("args, words", [CASES[IDS.index(i)] for i in AS_A_JOB], ids=AS_A_JOB)
+def test_bad_input_ends_a_two_rank_job(workdir, args, words):
+    before = snapshot(workdir)
+    result = launch(case_args(args), ranks=2, cwd=workdir)
+    assert result.returncode == 2, result.stderr
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1, result.stderr
+    assert words in lines[0], lines[0]
+    assert "Traceback" not in result.stderr
+    assert snapshot(workdir) == before, "an existing file was changed"
+    assert not (workdir / "pwned").exists(), "a checkpoint ran pickled code"
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("args, words", CASES, ids=IDS)
+def test_bad_input_on_every_rank(shared_workdir, args, words):
+    before = snapshot(shared_workdir)
+    results = run_on_every_rank(case_args(args), shared_workdir)
+    assert_refused_as_one_job(results, words)
+    assert snapshot(shared_workdir) == before, "an existing file was changed"
+    assert not (shared_workdir / "pwned").exists(), "a checkpoint ran pickled code"

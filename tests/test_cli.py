@@ -2,7 +2,8 @@
 
 import numpy as np
 import pytest
-from conftest import error_lines, launch
+from conftest import MPIEXEC, error_lines, launch
+from on_every_rank import assert_refused_as_one_job, run_on_every_rank
 
 import distnn
 from distnn.io.metrics_log import epoch_records
@@ -73,31 +74,52 @@ def test_help_prints_once_and_exits_zero():
     assert result.stdout.count("usage:") == 1 and "--batch-size" in result.stdout
 
 
+BAD_OPTIONS = [
+    (["--bogus"], "unrecognized arguments"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--epochs", "-1"], "--epochs"),
+    (["--lr", "0"], "--lr"),
+    (["--lr", "nan"], "--lr"),
+    (["--activation", "swish"], "swish"),
+    (["--loss", "hinge"], "hinge"),
+    (["--schedule", "nosuch"], "nosuch"),
+    (["--schedule", "no_such_module:Thing"], "no_such_module"),
+    (["--hidden", "3,x"], "--hidden"),
+    (["--dataset", "missing.npz"], "missing.npz"),
+    (["--dataset", "synthetic:10"], "synthetic"),
+    (["--lr-schedule", "sometimes"], "sometimes"),
+]
+BAD_IDS = [" ".join(args) for args, _ in BAD_OPTIONS]
+
+
+@pytest.mark.parametrize("args, words", BAD_OPTIONS, ids=BAD_IDS)
+def test_bad_input_one_line_exit_2(args, words, tmp_path):
+    result = launch(args, cwd=tmp_path)  # one rank, in this process
+    assert result.returncode == 2, result.stderr
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1, result.stderr
+    assert words in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec")
 @pytest.mark.parametrize(
-    "args, words",
-    [
-        (["--bogus"], "unrecognized arguments"),
-        (["--batch-size", "0"], "--batch-size"),
-        (["--epochs", "-1"], "--epochs"),
-        (["--lr", "0"], "--lr"),
-        (["--lr", "nan"], "--lr"),
-        (["--activation", "swish"], "swish"),
-        (["--loss", "hinge"], "hinge"),
-        (["--schedule", "nosuch"], "nosuch"),
-        (["--schedule", "no_such_module:Thing"], "no_such_module"),
-        (["--hidden", "3,x"], "--hidden"),
-        (["--dataset", "missing.npz"], "missing.npz"),
-        (["--dataset", "synthetic:10"], "synthetic"),
-        (["--lr-schedule", "sometimes"], "sometimes"),
-    ],
+    "args, words", [BAD_OPTIONS[0], BAD_OPTIONS[-3]], ids=BAD_IDS[:1] + BAD_IDS[-3:-2]
 )
 def test_bad_input_one_line_nonzero_exit_on_every_rank(args, words, tmp_path):
+    """As a real two-rank job: argparse's refusal, and a file's."""
     result = launch(args, ranks=2, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     lines = error_lines(result.stderr)
     assert len(lines) == 1, result.stderr
     assert words in lines[0]
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("args, words", BAD_OPTIONS, ids=BAD_IDS)
+def test_bad_input_on_every_rank(args, words, shared_tmp):
+    assert_refused_as_one_job(run_on_every_rank(args, shared_tmp), words)
 
 
 def test_user_schedule_loaded_by_module_path(tmp_path):

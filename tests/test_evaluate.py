@@ -5,7 +5,8 @@ import json
 
 import numpy as np
 import pytest
-from conftest import error_lines, launch
+from conftest import MPIEXEC, error_lines, launch
+from on_every_rank import assert_refused_as_one_job, on_rank_0, run_on_every_rank, shared_folder
 
 import distnn
 from distnn.data.load import load_dataset
@@ -20,17 +21,19 @@ def evaluate_cli(args, ranks=1, cwd=None):
     return launch(args, ranks=ranks, cwd=cwd, module="distnn.evaluate")
 
 
+COMMON = ["--dataset", SPEC, "--hidden", "8", "--epochs", "2", "--quiet"]
+MODELS = {
+    "squared.npz": ["--standardize", "--activation", "sigmoid"],
+    "xent.npz": ["--loss", "cross-entropy", "--activation", "tanh"],
+}
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """Two small trained models: squared loss on standardized inputs, and cross-entropy."""
     root = tmp_path_factory.mktemp("evaluate")
-    common = ["--dataset", SPEC, "--hidden", "8", "--epochs", "2", "--quiet"]
-    runs = {
-        "squared.npz": ["--standardize", "--activation", "sigmoid"],
-        "xent.npz": ["--loss", "cross-entropy", "--activation", "tanh"],
-    }
-    for name, extra in runs.items():
-        result = launch([*common, *extra, "--save", name], cwd=root)
+    for name, extra in MODELS.items():
+        result = launch([*COMMON, *extra, "--save", name], cwd=root)
         assert result.returncode == 0, result.stderr
     return root
 
@@ -184,11 +187,30 @@ BAD = {
 }
 
 
+def bad_files(root) -> None:
+    (root / "text.npz").write_text("not a zip\n")
+    np.savez(root / "nt.npz", x=np.zeros((4, 6)), y=np.arange(4) % 3)
+
+
 @pytest.mark.parametrize("case", list(BAD))
-def test_bad_input_is_one_line_on_two_ranks(models, case):
+def test_bad_input_is_one_line(models, case):
     args, message = BAD[case]
-    (models / "text.npz").write_text("not a zip\n")
-    np.savez(models / "nt.npz", x=np.zeros((4, 6)), y=np.arange(4) % 3)
+    bad_files(models)
+    model = (models / "squared.npz").read_bytes()
+    result = evaluate_cli(args, cwd=models)  # one rank, in this process
+    assert (models / "squared.npz").read_bytes() == model
+    assert result.returncode == 2, result.stderr
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+@pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec")
+@pytest.mark.parametrize("case", ["not a model", "json over model"])
+def test_bad_input_is_one_line_on_two_ranks(models, case):
+    """As a real two-rank job: an input refused, and an output that would overwrite it."""
+    args, message = BAD[case]
+    bad_files(models)
     model = (models / "squared.npz").read_bytes()
     result = evaluate_cli(args, ranks=2, cwd=models)
     assert (models / "squared.npz").read_bytes() == model
@@ -196,3 +218,25 @@ def test_bad_input_is_one_line_on_two_ranks(models, case):
     lines = error_lines(result.stderr)
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+@pytest.fixture(scope="module")
+def shared_models():
+    """``models``, trained on every rank of the MPI session into a folder all see."""
+    with shared_folder() as root:
+        for name, extra in MODELS.items():
+            results = run_on_every_rank([*COMMON, *extra, "--save", name], root)
+            assert [r.returncode for r in results] == [0] * len(results), results[0].stderr
+        on_rank_0(lambda: bad_files(root))
+        yield root
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_is_one_line_on_every_rank(shared_models, case):
+    args, message = BAD[case]
+    model = (shared_models / "squared.npz").read_bytes()
+    results = run_on_every_rank(args, shared_models, "distnn.evaluate")
+    assert (shared_models / "squared.npz").read_bytes() == model
+    assert_refused_as_one_job(results, message)
+    assert not any(r.stdout for r in results), results[0].stdout

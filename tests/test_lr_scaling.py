@@ -11,6 +11,7 @@ import tomllib
 import numpy as np
 import pytest
 from conftest import error_lines, launch
+from on_every_rank import assert_refused_as_one_job, run_on_every_rank
 
 import distnn
 from distnn.engine.lr_scaling import describe_factor, lr_factor
@@ -264,24 +265,30 @@ def test_print_config_shows_the_new_options():
     assert tomllib.loads(launch(["--print-config"]).stdout)["lr_scaling"] == "none"
 
 
-@pytest.mark.parametrize(
-    ("args", "words"),
-    [
-        (["--lr-scaling", "linear", "--base-batch", "0"], "--base-batch must be at least 1"),
-        (["--base-batch", "-4"], "--base-batch must be at least 1"),
-        (["--base-batch", "64"], "--base-batch 64 has no effect without --lr-scaling"),
-        (["--lr-scaling", "cube"], "unknown --lr-scaling 'cube'"),
-        (["--lr-schedule", "cosine+warmup:0ep"], "must be more than 0 epochs"),
-        (["--lr-schedule", "cosine+warmup:-2ep"], "must be more than 0 epochs"),
-        (["--lr-schedule", "cosine+warmup:xep"], "'xep' is not a number of epochs"),
-        (["--lr-schedule", "step:0.5:0.1"], "'0.5' is not a whole number of steps"),
-    ],
-)
-def test_bad_input_is_one_line_exit_2_on_every_rank(tmp_path, args, words):
-    result = launch([*SMALL, *args], ranks=2, cwd=tmp_path)
+BAD_RULES = [
+    (["--lr-scaling", "linear", "--base-batch", "0"], "--base-batch must be at least 1"),
+    (["--base-batch", "-4"], "--base-batch must be at least 1"),
+    (["--base-batch", "64"], "--base-batch 64 has no effect without --lr-scaling"),
+    (["--lr-scaling", "cube"], "unknown --lr-scaling 'cube'"),
+    (["--lr-schedule", "cosine+warmup:0ep"], "must be more than 0 epochs"),
+    (["--lr-schedule", "cosine+warmup:-2ep"], "must be more than 0 epochs"),
+    (["--lr-schedule", "cosine+warmup:xep"], "'xep' is not a number of epochs"),
+    (["--lr-schedule", "step:0.5:0.1"], "'0.5' is not a whole number of steps"),
+]
+
+
+@pytest.mark.parametrize(("args", "words"), BAD_RULES)
+def test_bad_input_is_one_line_exit_2(tmp_path, args, words):
+    result = launch([*SMALL, *args], cwd=tmp_path)  # one rank, in this process
     assert result.returncode == 2, result.stderr
     (line,) = error_lines(result.stderr)
     assert words in line and "Traceback" not in result.stderr
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize(("args", "words"), BAD_RULES)
+def test_bad_input_is_one_line_exit_2_on_every_rank(shared_tmp, args, words):
+    assert_refused_as_one_job(run_on_every_rank([*SMALL, *args], shared_tmp), words)
 
 
 def test_resume_refuses_a_changed_rule_and_continues_the_same(tmp_path):

@@ -14,8 +14,10 @@ stays; a path that is the process's own stdout (``/dev/stdout`` while stdout is 
 is refused. ``predict -o -`` writes to stdout whatever stdout is.
 
 One-rank cases run the command in this process through the CLI's own entry
-(``run_in_process``: same status, same stdout and stderr); the two-rank cases, and those
-about the process's own stdout, start the process.
+(``run_in_process``: same status, same stdout and stderr); ``train``'s cases also run on
+every rank of the in-process MPI session (2 and 4 ranks), and one case of each kind and
+of each option as a real ``mpiexec -n 2`` job; the cases about the process's own stdout
+start the process.
 
 Run as root, a regression here would replace ``/dev/null`` for the whole machine: an
 autouse fixture puts the device back (and fails the test) if that ever happens.
@@ -23,6 +25,7 @@ autouse fixture puts the device back (and fails the test) if that ever happens.
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import stat
@@ -34,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import MPIEXEC, error_lines, guarded_run, run_in_process
+from on_every_rank import assert_refused_as_one_job, on_rank_0, run_on_every_rank
 
 import distnn
 from distnn.errors import DistnnError
@@ -153,21 +157,50 @@ TRAIN_OUTPUTS = {
 }
 
 
+# As real two-rank jobs: every kind once and every option at least once.
+AS_A_JOB = list(zip(itertools.cycle(TRAIN_OUTPUTS), KINDS))
+
+
 @pytest.mark.timeout(TIMEOUT)
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("option", TRAIN_OUTPUTS)
-@pytest.mark.parametrize("ranks", [1, 2])
-def test_train_refuses(work, place, ranks, option, kind):
-    if ranks > 1 and MPIEXEC is None:
-        pytest.skip("no mpiexec")
-
+def test_train_refuses(place, option, kind):
     def command(path: str):
-        args = [*TRAIN, option, path]
-        if ranks == 1:
-            return run_in_process(args, place)
-        return run([MPIEXEC, "-n", str(ranks), sys.executable, "-m", "distnn.train", *args], place)
+        return run_in_process([*TRAIN, option, path], place)
 
     check_case(kind, place, TRAIN_OUTPUTS[option], option, command)
+
+
+@pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec")
+@pytest.mark.timeout(TIMEOUT)
+@pytest.mark.parametrize(("option", "kind"), AS_A_JOB)
+def test_train_refuses_in_a_two_rank_job(place, option, kind):
+    def command(path: str):
+        args = [*TRAIN, option, path]
+        return run([MPIEXEC, "-n", "2", sys.executable, "-m", "distnn.train", *args], place)
+
+    check_case(kind, place, TRAIN_OUTPUTS[option], option, command)
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.timeout(TIMEOUT)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("option", TRAIN_OUTPUTS)
+def test_train_refuses_on_every_rank(shared_tmp, option, kind):
+    """check_case on every rank of the session: rank 0 makes and checks the path."""
+    suffix, made = TRAIN_OUTPUTS[option], []
+    on_rank_0(lambda: made.append(Special(kind, shared_tmp, suffix)))
+    path = kind if kind.startswith("/dev/") else str(shared_tmp / f"out{suffix}")
+    try:
+        before = [special.snapshot() for special in made]
+        results = run_on_every_rank([*TRAIN, option, path], shared_tmp)
+        assert path in assert_refused_as_one_job(results, option)
+        assert [special.snapshot() for special in made] == before, f"{path} was replaced"
+    finally:
+        for special in made:
+            special.close()
+    leftovers = [p.name for p in shared_tmp.iterdir() if p.name.startswith(".tmp-")]
+    assert leftovers == []
 
 
 @pytest.mark.timeout(TIMEOUT)
