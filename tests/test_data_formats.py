@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import distnn.data.dataset
+import distnn.data.checks
 from distnn.data.load import VALID_SPECS, load_dataset
 from distnn.errors import DistnnError
 
@@ -91,7 +91,7 @@ def test_npy_regression_and_int_features(tmp_path: Path) -> None:
 
 def test_npy_scan_is_chunked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """NaN/inf are counted block by block: no full-size temporary of a mapped x."""
-    monkeypatch.setattr(distnn.data.dataset, "CHUNK_BYTES", 1 << 16)
+    monkeypatch.setattr(distnn.data.checks, "CHUNK_BYTES", 1 << 16)
     x = np.ones((4000, 500), dtype=np.float32)  # 8 MB, 122 blocks
     labels = np.arange(4000) % 10
     _npy_dir(tmp_path / "ok", x=x, y=labels)

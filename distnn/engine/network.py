@@ -15,14 +15,12 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from distnn.engine import model_arrays
 from distnn.engine.activations import Activation, get_activation
 from distnn.engine.bound_layers import BoundLayers, bound_layers
 from distnn.engine.losses import Loss, get_loss
-from distnn.engine.model_arrays import check_model_arrays
 from distnn.engine.workspace import Workspace
-from distnn.errors import DistnnError
 from distnn.io.outputs import atomic_savez
-from distnn.io.safe_read import read_npz
 
 
 class Network:
@@ -268,67 +266,19 @@ class Network:
         """The class (output index with the largest a(L)) of each row of raw inputs."""
         return self.predict(X).argmax(axis=1)
 
-    # --- the model file: a plain .npz any NumPy user can read --------------------------
-    # W1..WL (n_ℓ × n_{ℓ-1}), b1..bL, activations (one name per layer), loss,
-    # is_classifier; with --standardize input_mean and input_std, which predict applies
-    # to raw inputs; for labels given as names, class_names (class k's name; absent in
-    # older models, which still load). Written atomically (distnn.io.outputs), so a crash
-    # never leaves half a model; read without pickle, so a crafted file cannot run code.
+    # --- the model file: a plain .npz any NumPy user can read (distnn.engine.model_arrays)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Everything a saved model holds, as named arrays (views of the weights)."""
-        arrays: dict[str, np.ndarray] = {}
-        for ell, (W, b) in enumerate(zip(self.weights, self.biases, strict=True), start=1):
-            arrays[f"W{ell}"], arrays[f"b{ell}"] = W, b
-        arrays["activations"] = np.array(self.activation_names)
-        arrays["loss"] = np.array(self.loss_fn.name)
-        arrays["is_classifier"] = np.array(self.is_classifier)
-        if self.input_mean is not None:
-            arrays["input_mean"], arrays["input_std"] = self.input_mean, self.input_std
-        if self.class_names is not None:
-            arrays["class_names"] = np.array(self.class_names, dtype=str)  # not pickled
-        return arrays
+        return model_arrays.to_arrays(self)
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray], source: str = "model") -> Network:
         """The network ``to_arrays`` described; DistnnError naming ``source`` if it is not one."""
-        check_model_arrays(arrays, source)
-        try:
-            names = [str(a) for a in arrays["activations"]]
-            loss = str(arrays.get("loss", np.array("squared")))
-            L = len(names)
-            weights = [arrays[f"W{ell}"] for ell in range(1, L + 1)]
-            biases = [arrays[f"b{ell}"] for ell in range(1, L + 1)]
-        except KeyError as e:
-            raise DistnnError(f"{source}: not a distnn model (missing {e})") from None
-        try:
-            sizes = [weights[0].shape[1]] + [W.shape[0] for W in weights]
-            net = cls(sizes, names, loss=loss, dtype=weights[0].dtype)
-        except (ValueError, IndexError, TypeError) as e:
-            raise DistnnError(f"{source}: not a valid distnn model ({e})") from None
-        for ell, (W, b) in enumerate(zip(weights, biases, strict=True)):
-            if W.shape != net.weights[ell].shape or b.shape != net.biases[ell].shape:
-                raise DistnnError(f"{source}: layer {ell + 1} has inconsistent shapes")
-            net.weights[ell][...], net.biases[ell][...] = W, b
-        net.is_classifier = bool(arrays.get("is_classifier", net.is_classifier))
-        if "input_mean" in arrays:
-            mean, std = arrays["input_mean"], arrays.get("input_std")
-            if std is None or mean.shape != (sizes[0],) or std.shape != (sizes[0],):
-                raise DistnnError(
-                    f"{source}: input standardization does not fit {sizes[0]} features"
-                )
-            net.input_mean, net.input_std = mean.astype(net.dtype), std.astype(net.dtype)
-        if "class_names" in arrays:  # models saved before class names have none
-            names = arrays["class_names"]
-            if names.ndim != 1 or names.dtype.kind != "U" or len(names) > sizes[-1]:
-                raise DistnnError(
-                    f"{source}: class_names must be at most {sizes[-1]} strings, one per output"
-                )
-            net.class_names = [str(n) for n in names]
-        return net
+        return model_arrays.from_arrays(cls, arrays, source)
 
     def save(self, path: str) -> None:
-        """Write a plain ``.npz`` (the format is above ``to_arrays``), atomically;
+        """Write a plain ``.npz`` (the format: :mod:`distnn.engine.model_arrays`), atomically;
         DistnnError (one line) if it cannot be written."""
         atomic_savez(path, self.to_arrays())
 
@@ -336,13 +286,7 @@ class Network:
     def load(cls, path: str) -> Network:
         """The network saved at ``path``, read without pickle (so a file cannot run code);
         DistnnError (one line) naming the file if it is not a distnn model."""
-        try:
-            arrays = read_npz(path, "model file")  # sizes checked before anything is read
-        except FileNotFoundError:
-            raise DistnnError(f"{path}: no such model file") from None
-        except OSError as e:
-            raise DistnnError(f"{path}: not a readable model file ({e.strerror or e})") from None
-        return cls.from_arrays(arrays, source=path)
+        return cls.from_arrays(model_arrays.read_model_file(path), source=path)
 
     def loss(self, X: np.ndarray, Y: np.ndarray) -> float:
         """C = (1/N) Σ_k C_k, the mean loss over the rows of (X, Y)."""
