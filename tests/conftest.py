@@ -23,6 +23,24 @@ MPIEXEC = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shut
 CLI_MODULES = frozenset({"distnn.train", "distnn.evaluate", "distnn.predict", "distnn.plot"})
 
 
+PYTEST_CONFIG: pytest.Config | None = None  # this session's, for what must reach the terminal
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global PYTEST_CONFIG
+    PYTEST_CONFIG = config
+
+
+def print_past_capture(text: str) -> None:
+    """``text`` on the terminal's stderr now, past pytest's output capture (for a rank
+    about to end the MPI session, whose captured output would be lost)."""
+    capture = PYTEST_CONFIG and PYTEST_CONFIG.pluginmanager.getplugin("capturemanager")
+    if capture:
+        capture.suspend_global_capture(in_=False)
+    sys.stderr.write(text)
+    sys.stderr.flush()
+
+
 def guarded_run(command: list[str], timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
     """``command`` with its output captured as text; a hang past ``timeout`` fails the test."""
     try:

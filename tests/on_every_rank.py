@@ -17,11 +17,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import error_lines, run_in_process
+from conftest import error_lines, print_past_capture, run_in_process
 
 # The ranks of the session are the job: the dead-rank watch would fork pytest itself.
 NO_DEATH_WATCH = {"DISTNN_DEATH_WATCH": "0"}
@@ -42,6 +43,12 @@ def run_on_every_rank(
     os.environ.update(NO_DEATH_WATCH)
     try:
         mine = run_in_process(args, cwd, module)
+    except Exception:
+        # As the command's own abort-on-error hook would: the other ranks may be waiting
+        # in one of its collectives, so the whole session ends now, with this traceback.
+        rank = _comm().Get_rank()
+        print_past_capture(f"rank {rank}: {' '.join(args)} raised:\n{traceback.format_exc()}")
+        _comm().Abort(1)
     finally:
         sys.excepthook = hook  # the command's abort-on-error hook ends with it
         for key, value in saved.items():
