@@ -16,8 +16,12 @@ trap 'rm -rf "$logs"' EXIT
 for n in 2 4; do
     echo "== MPI tests under mpiexec -n $n (rank 0 shown; other ranks' output on failure)"
     # The outer timeout is the hang guard: a rank stuck in a collective fails the run.
+    # Each rank's pytest gets a temporary folder of its own: n sessions cleaning up one
+    # shared /tmp/pytest-of-USER at once race each other.
     if ! timeout -s KILL 600 mpiexec -n "$n" bash -c \
-        'if [ "${PMI_RANK:-0}" = 0 ]; then exec "$@"; else exec "$@" >"$0/rank-$PMI_RANK.log" 2>&1; fi' \
+        'tmp="$0/tmp-${PMI_RANK:-0}"
+         if [ "${PMI_RANK:-0}" = 0 ]; then exec "$@" --basetemp "$tmp"
+         else exec "$@" --basetemp "$tmp" >"$0/rank-$PMI_RANK.log" 2>&1; fi' \
         "$logs" python -m pytest -q --with-mpi -m mpi -p no:cacheprovider "$@"; then
         for log in "$logs"/rank-*.log; do echo "--- $log"; cat "$log"; done
         exit 1
