@@ -15,7 +15,9 @@ import distnn
 from distnn.cli.options import build_parser, parse_config, toml_to_argv
 from distnn.errors import DistnnError
 from distnn.run.checkpointing import fingerprint_names, run_fingerprint
-from distnn.run.options import TrainConfig, declared, flag_of, read_toml
+from distnn.run.config_file import read_toml, to_toml
+from distnn.run.options import TrainConfig, declared, flag_of
+from distnn.run.outputs import input_paths, output_paths
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 OPTIONS_PAGE = (DOCS / "options.md").read_text(encoding="utf-8")  # the options, by group
@@ -102,7 +104,7 @@ def test_every_option_travels_through_toml_and_the_command_line(tmp_path):
     unchanged = [n for n in OPTIONS if getattr(changed, n) == getattr(TrainConfig(), n)]
     assert unchanged == ["activations", "overlap", "init_from", "config_file"]
     path = tmp_path / "run.toml"
-    path.write_text(changed.to_toml())
+    path.write_text(to_toml(changed))
     assert parse_config(toml_to_argv(read_toml(str(path)))) == changed
     assert parse_config(["--config", str(path)]) == dataclasses.replace(
         changed, config_file=str(path)
@@ -138,15 +140,15 @@ def test_paths_come_from_the_declaration():
         dataset="synthetic_data.npz", save="m.npz", metrics="m.jsonl", checkpoint_dir="ck",
         tensorboard="tb", trace="t.json", init_from="w.npz", config_file="run.toml",
     )  # fmt: skip
-    assert dict(config.inputs()) == {
+    assert dict(input_paths(config)) == {
         "--dataset": "synthetic_data.npz", "--init-from": "w.npz", "--config": "run.toml",
     }  # fmt: skip
-    assert sorted(p for _, p in config.outputs()) == sorted(
+    assert sorted(p for _, p in output_paths(config)) == sorted(
         ["m.npz", "m.jsonl", "ck", "tb", "t.json", "m.toml"]
     )
-    assert dict(TrainConfig(dataset="synthetic:10:2:2").inputs())["--dataset"] is None
+    assert dict(input_paths(TrainConfig(dataset="synthetic:10:2:2")))["--dataset"] is None
     fit_config = TrainConfig(spelling="fit", save="m.npz")
-    assert ("save", "m.npz") in fit_config.outputs()
+    assert ("save", "m.npz") in output_paths(fit_config)
 
 
 def options_table() -> list[str]:

@@ -13,8 +13,9 @@ import sys
 
 from distnn import __version__
 from distnn.errors import DistnnError
+from distnn.run.config_file import read_toml, to_toml
 from distnn.run.declaring import Option
-from distnn.run.options import GROUPS, TrainConfig, declared, flag_of, read_toml, value_type
+from distnn.run.options import GROUPS, TrainConfig, declared, flag_of, value_type
 
 
 class CliParser(argparse.ArgumentParser):
@@ -127,6 +128,6 @@ def parse_config(argv: list[str] | None, rank: int = 0) -> TrainConfig:
     config.validate()
     if print_config:
         if rank == 0:
-            print(config.to_toml(), end="")
+            print(to_toml(config), end="")
         raise SystemExit(0)
     return config

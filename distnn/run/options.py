@@ -15,13 +15,9 @@ A config speaks its interface's language: ``spelling="cli"`` names options by fl
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from distnn.data.load import dataset_path
 from distnn.engine.activations import ACTIVATIONS
 from distnn.engine.losses import LOSSES
 from distnn.engine.lr_scaling import LR_SCALINGS
@@ -353,60 +349,9 @@ class TrainConfig:
                 "plus the output layer)"
             )
 
-    def paths(self, role: str) -> list[tuple[str, str | None]]:
-        """The declared paths of one role ("input", "output", "output folder"), as
-        (what a message calls it, path); a data set spec counts only if it is a file."""
-        found = []
-        for f, opt in declared():
-            path = getattr(self, f.name)
-            if opt.path == role:
-                found.append(
-                    (
-                        self.name(f.name),
-                        dataset_path(path) if f.name == "dataset" and path else path,
-                    )
-                )
-        return found
-
-    def config_copies(self) -> list[tuple[str, str]]:
-        """The run's configuration written beside its model and metrics files
-        (model.npz → model.toml), as (what a message calls it, path); one file where the
-        two share a stem."""
-        beside = {
-            os.path.splitext(path)[0] + ".toml": self.name(key)
-            for key in ("save", "metrics")
-            if (path := getattr(self, key))
-        }
-        return [(f"the configuration written beside {what}", p) for p, what in beside.items()]
-
-    def outputs(self) -> list[tuple[str, str | None]]:
-        """Every path this run writes, as (what a message calls it, path)."""
-        return [*self.paths("output"), *self.paths("output folder"), *self.config_copies()]
-
-    def inputs(self, dataset: bool = True) -> list[tuple[str, str | None]]:
-        """Every path this run reads, as (what a message calls it, path); ``dataset``
-        False when the data came as arrays (fit), not from the spec's file."""
-        return [(w, p) for w, p in self.paths("input") if dataset or w != self.name("dataset")]
-
     def to_dict(self) -> dict:
         """The options (the run's configuration, as a checkpoint and a metrics file keep it)."""
         return {f.name: getattr(self, f.name) for f, _ in declared()}
-
-    def to_toml(self) -> str:
-        """The configuration as a TOML file ``--config`` reads back (unset options left out)."""
-        lines = ["# distnn run configuration: python -m distnn.train --config THIS_FILE"]
-        for f, opt in declared():
-            value = getattr(self, f.name)
-            if value is None or not opt.in_toml:
-                continue
-            if isinstance(value, bool):
-                text = "true" if value else "false"
-            elif isinstance(value, (tuple, list)):
-                text = json.dumps(list(value))
-            else:  # JSON's strings and numbers are valid TOML
-                text = json.dumps(value)
-            lines.append(f"{f.name} = {text}")
-        return "\n".join(lines) + "\n"
 
 
 # The options by group, as ``--help`` and docs/options.md show them; every declared
@@ -456,26 +401,3 @@ def default_of(key: str) -> object:
 def value_type(f: dataclasses.Field) -> tuple[type, type | None]:
     """The option's type without ``None``: (int, None), or (tuple, int) for a tuple of int."""
     return declaring.value_type(TrainConfig, f)
-
-
-def read_toml(path: str) -> dict:
-    """Options from a TOML file, by field name (``batch-size`` and ``batch_size`` alike)."""
-    from distnn.io.safe_read import read_limited  # bounded, and never blocks on a FIFO
-
-    try:  # a configuration is small: 1 MiB is plenty
-        text = read_limited(path, 1 << 20, "a configuration file")
-        raw = tomllib.loads(text.decode("utf-8"))
-    except FileNotFoundError:
-        raise DistnnError(f"{path}: no such configuration file") from None
-    except RecursionError:
-        raise DistnnError(f"{path}: not a valid TOML file (nested too deeply)") from None
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise DistnnError(f"{path}: not a valid TOML file ({e})") from None
-    fields = [f.name for f, opt in declared() if opt.in_toml]
-    options = {}
-    for key, value in raw.items():
-        name = key.replace("-", "_")
-        if name not in fields:
-            raise DistnnError(f"{path}: unknown option {key!r} (valid: {', '.join(fields)})")
-        options[name] = tuple(value) if isinstance(value, list) else value
-    return options
