@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -86,7 +86,7 @@ def shared_folder() -> Iterator[Path]:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def on_rank_0(make) -> None:
+def on_rank_0(make: Callable[[], object]) -> None:
     """``make()`` on rank 0 alone, the others waiting until it is done (an error there
     fails the test on every rank instead of leaving the others to wait)."""
     comm = _comm()
