@@ -57,6 +57,15 @@
         }                                                                                   \
     }                                                                                       \
                                                                                             \
+    /* scale·num / (√x + ε): the adaptive rules' step, in NumPy's order of operations */    \
+    static inline T adaptive_step_##SUFFIX(T num, T x, T eps, T scale)                      \
+    {                                                                                       \
+        T step = SQRT(x);                                                                   \
+        step = step + eps;                                                                  \
+        step = num / step;                                                                  \
+        return step * scale;                                                                \
+    }                                                                                       \
+                                                                                            \
     /* G ← G + g²;  step = lr·g / (√G + ε) */                                               \
     VECTOR_WIDTHS void adagrad_##SUFFIX(ptrdiff_t n, T *restrict theta, const T *restrict g,               \
                           T *restrict sum_sq, T eps, T lr)                                  \
@@ -65,11 +74,7 @@
             T sq = g[i] * g[i];                                                             \
             T G = sum_sq[i] + sq;                                                           \
             sum_sq[i] = G;                                                                  \
-            T step = SQRT(G);                                                               \
-            step = step + eps;                                                              \
-            step = g[i] / step;                                                             \
-            step = step * lr;                                                               \
-            theta[i] = theta[i] - step;                                                     \
+            theta[i] = theta[i] - adaptive_step_##SUFFIX(g[i], G, eps, lr);                 \
         }                                                                                   \
     }                                                                                       \
                                                                                             \
@@ -83,11 +88,7 @@
             sq = sq * one_minus_rho;                                                        \
             s = s + sq;                                                                     \
             sq_avg[i] = s;                                                                  \
-            T step = SQRT(s);                                                               \
-            step = step + eps;                                                              \
-            step = g[i] / step;                                                             \
-            step = step * lr;                                                               \
-            theta[i] = theta[i] - step;                                                     \
+            theta[i] = theta[i] - adaptive_step_##SUFFIX(g[i], s, eps, lr);                 \
         }                                                                                   \
     }                                                                                       \
                                                                                             \
@@ -108,12 +109,8 @@
             t = t * one_minus_b2;                                                           \
             vi = vi + t;                                                                    \
             v[i] = vi;                                                                      \
-            T step = vi / v_correction;                                                     \
-            step = SQRT(step);                                                              \
-            step = step + eps;                                                              \
-            step = mi / step;                                                               \
-            step = step * m_factor;                                                         \
-            theta[i] = theta[i] - step;                                                     \
+            T v_hat = vi / v_correction;                                                    \
+            theta[i] = theta[i] - adaptive_step_##SUFFIX(mi, v_hat, eps, m_factor);         \
         }                                                                                   \
     }
 
