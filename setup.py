@@ -1,4 +1,4 @@
-"""Builds the one compiled piece: the fused kernels (distnn/engine/fused_*.c).
+"""Builds the one compiled piece: the fused kernels (distnn/engine/fused_*.c), backprop among them.
 
 Everything else is in pyproject.toml. The extension is optional: without a C compiler the
 install still succeeds and the rules run as NumPy passes, with the same bits.
@@ -15,7 +15,9 @@ FUSED = Extension(
         "distnn/engine/fused_updates.c",
         "distnn/engine/fused_sums.c",
         "distnn/engine/fused_layers.c",
+        "distnn/engine/fused_backprop.c",
     ],
+    depends=["distnn/engine/fused_layers.h"],
     extra_compile_args=["-O3", "-ffp-contract=off", "-fno-math-errno", "-std=c99"],
     optional=True,
 )

@@ -14,11 +14,11 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from distnn.engine import fused
+from distnn.engine import fused, fused_backprop
 from distnn.engine.activations import (
     HALF,
     Activation,
@@ -30,22 +30,10 @@ from distnn.engine.activations import (
     Softplus,
     Tanh,
 )
+from distnn.engine.fused_backprop import Layers
 
 if TYPE_CHECKING:
     from distnn.engine.workspace import Workspace
-
-
-class Layers(Protocol):
-    """What the kernels are bound to: a :class:`~distnn.engine.network.Network`'s σ and b
-    per layer (a protocol, so that this module, which the network uses, needs no import
-    of it)."""
-
-    dtype: np.dtype
-    sigma: list[Activation]
-    biases: list[np.ndarray]
-
-    @property
-    def num_layers(self) -> int: ...
 
 
 # False: every network runs the NumPy passes (tests compare both ways in one process).
@@ -127,6 +115,8 @@ class BoundLayers:
         self._output = self._derivative(net.sigma[L - 1], Z[L], A[L], D[L], scaled=True)
         self._difference = self._bind("scaled_difference", (A[L], A[L], D[L]))
         self._y: np.ndarray | None = None
+        # The whole backprop as one call, where it gives these bits (fused_backprop.c).
+        self.whole = fused_backprop.bind(net, ws, n)
 
     def _derivative(
         self,

@@ -21,7 +21,7 @@
  * rows of `cols` contiguous elements, rows contiguous within a block (a workspace's
  * leading rows); block k of array i starts stride[i] elements after block k − 1.
  */
-#include <stddef.h>
+#include "fused_layers.h"
 
 /* One copy of each loop per vector width, chosen at load time (as in fused_updates.c). */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
@@ -29,16 +29,6 @@
 #else
 #define VECTOR_WIDTHS
 #endif
-
-typedef struct {
-    ptrdiff_t blocks, rows, cols;
-    ptrdiff_t stride[3];
-    void *array[3];
-    const void *bias; /* cols elements: b(ℓ) */
-    double scale;     /* rounded to the arrays' precision, as NumPy rounds a constant */
-    double slope;     /* the leaky ReLU's α, likewise */
-    int scaled;       /* whether the output delta is multiplied by scale first */
-} layer_call;
 
 #define BLOCK(T, c, i, k) ((T *)(c)->array[i] + (k) * (c)->stride[i])
 

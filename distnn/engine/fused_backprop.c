@@ -1,0 +1,153 @@
+/* Backprop of a whole small network in ONE call: feed-forward, the squared loss's output
+ * delta and sum, and every layer's gradient (network.py's backprop, MATH.md's dynamic
+ * program), for σ in {sigmoid, tanh, identity}.
+ *
+ * Why: on the default network (64-32-10, batch 32) a step's products take about 9 µs and
+ * the twenty-odd Python and NumPy calls around them as long again. Here the same work is
+ * one ctypes call.
+ *
+ * The same bits as network.py's NumPy path, because every operation is the one NumPy
+ * runs, on the same operands, in the same order:
+ * - each product is the BLAS call NumPy's ndarray.dot makes for these shapes and layouts
+ *   (numpy/_core/src/common/cblasfuncs.c: gemm for matrix × matrix, gemv with CblasTrans
+ *   for ones · Δ, its output zeroed first as NumPy does), through the very functions NumPy
+ *   calls (fused_backprop.py finds them in the OpenBLAS NumPy loaded);
+ * - tanh is NumPy's own float loop for np.tanh (its SIMD code is not libm's), called with
+ *   the arguments np.tanh passes for a contiguous array;
+ * - the elementwise work is fused_layers.c's kernels, and the loss is Σ (a − y)² by the
+ *   BLAS dot np.vdot calls.
+ * Every width and the row count are > 1: NumPy takes other BLAS routes for vectors, so
+ * fused_backprop.py binds nothing then. tests/test_fused_backprop.py compares both ways
+ * bit for bit.
+ */
+#include <stdint.h>
+#include <string.h>
+
+#include "fused_layers.h"
+
+#define MAX_LAYERS 16
+enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112 }; /* CBLAS's enum values */
+enum { IDENTITY = 0, SIGMOID = 1, TANH = 2 };          /* σ(ℓ), fused_backprop.py's KINDS */
+
+typedef int64_t blas_int; /* scipy-openblas's ILP64 interface (its "64_" symbols) */
+typedef void (*ufunc_loop)(char **args, const ptrdiff_t *dims, const ptrdiff_t *steps, void *data);
+
+typedef struct {
+    ptrdiff_t layers, rows;          /* L and n */
+    ptrdiff_t width[MAX_LAYERS + 1]; /* n_0 .. n_L */
+    int kind[MAX_LAYERS + 1];        /* σ(ℓ) for ℓ = 1..L */
+    const void *x, *y, *ones;        /* X (n × n_0), Y (n × n_L), n ones */
+    const void *W[MAX_LAYERS + 1], *b[MAX_LAYERS + 1];
+    void *Z[MAX_LAYERS + 1], *A[MAX_LAYERS + 1], *D[MAX_LAYERS + 1];
+    void *grad_W[MAX_LAYERS + 1], *grad_b[MAX_LAYERS + 1];
+    void *gemm, *gemv, *dot;         /* cblas_?gemm, cblas_?gemv, cblas_?dot */
+    void *tanh_loop, *tanh_data;     /* np.tanh's inner loop for this dtype */
+    double scale;                    /* in: the trainer's 1/B */
+    double loss;                     /* out: Σ_k C_k */
+} backprop_call;
+
+/* One block of rows × cols for a fused_layers.c kernel. */
+static layer_call block(ptrdiff_t rows, ptrdiff_t cols, void *a0, void *a1, const void *bias)
+{
+    layer_call c = {.blocks = 1, .rows = rows, .cols = cols, .bias = bias};
+    c.array[0] = a0;
+    c.array[1] = a1;
+    return c;
+}
+
+/* out ← tanh(in), as np.tanh(in, out=out) runs it on contiguous arrays: one loop call. */
+static void numpy_tanh(const backprop_call *c, void *in, void *out, ptrdiff_t count, ptrdiff_t size)
+{
+    char *args[2] = {in, out};
+    ptrdiff_t steps[2] = {size, size};
+    ((ufunc_loop)c->tanh_loop)(args, &count, steps, c->tanh_data);
+}
+
+#define DEFINE_BACKPROP(T, SUFFIX)                                                            \
+    typedef void (*gemm_##SUFFIX)(int, int, int, blas_int, blas_int, blas_int, T, const T *, \
+                                  blas_int, const T *, blas_int, T, T *, blas_int);          \
+    typedef void (*gemv_##SUFFIX)(int, int, blas_int, blas_int, T, const T *, blas_int,      \
+                                  const T *, blas_int, T, T *, blas_int);                    \
+    typedef T (*dot_##SUFFIX)(blas_int, const T *, blas_int, const T *, blas_int);           \
+                                                                                              \
+    /* a(ℓ) = σ(z(ℓ) + b(ℓ)), z(ℓ) holding the sum (network.py's _feed_forward) */          \
+    static void activate_##SUFFIX(const backprop_call *c, ptrdiff_t ell)                     \
+    {                                                                                         \
+        const ptrdiff_t n = c->rows, m = c->width[ell];                                       \
+        layer_call k = block(n, m, c->Z[ell], c->A[ell], c->b[ell]);                          \
+        if (c->kind[ell] == SIGMOID) { /* ((tanh(z/2) + 1)·0.5 */                             \
+            bias_half_##SUFFIX(&k);                                                           \
+            numpy_tanh(c, c->A[ell], c->A[ell], n * m, sizeof(T));                            \
+            k.array[0] = c->A[ell];                                                           \
+            sigmoid_tail_##SUFFIX(&k);                                                        \
+        } else {                                                                              \
+            bias_add_##SUFFIX(&k);                                                            \
+            if (c->kind[ell] == TANH)                                                         \
+                numpy_tanh(c, c->Z[ell], c->A[ell], n * m, sizeof(T));                        \
+            else                                                                              \
+                memcpy(c->A[ell], c->Z[ell], (size_t)(n * m) * sizeof(T));                    \
+        }                                                                                     \
+    }                                                                                         \
+                                                                                              \
+    /* Δ ⊙= σ̇(ℓ) from a(ℓ), with Δ·s first if scaled (σ̇ = 1 for the identity) */           \
+    static void derivative_##SUFFIX(const backprop_call *c, ptrdiff_t ell, int scaled, T s)  \
+    {                                                                                         \
+        const ptrdiff_t count = c->rows * c->width[ell];                                      \
+        layer_call k = block(c->rows, c->width[ell], c->D[ell], c->A[ell], NULL);             \
+        k.scaled = scaled;                                                                    \
+        k.scale = s;                                                                          \
+        if (c->kind[ell] == SIGMOID)                                                          \
+            sigmoid_derivative_##SUFFIX(&k);                                                  \
+        else if (c->kind[ell] == TANH)                                                        \
+            tanh_derivative_##SUFFIX(&k);                                                     \
+        else if (scaled) {                                                                    \
+            T *d = c->D[ell];                                                                 \
+            for (ptrdiff_t i = 0; i < count; i++)                                             \
+                d[i] = d[i] * s;                                                              \
+        }                                                                                     \
+    }                                                                                         \
+                                                                                              \
+    void backprop_##SUFFIX(backprop_call *c)                                                  \
+    {                                                                                         \
+        const gemm_##SUFFIX gemm = (gemm_##SUFFIX)c->gemm;                                    \
+        const gemv_##SUFFIX gemv = (gemv_##SUFFIX)c->gemv;                                    \
+        const ptrdiff_t L = c->layers, n = c->rows, *w = c->width;                            \
+                                                                                              \
+        /* Feed-forward: z(ℓ) = a(ℓ-1) W(ℓ)ᵀ (W(ℓ)ᵀ is a transposed view: TRANS) */          \
+        for (ptrdiff_t ell = 1; ell <= L; ell++) {                                            \
+            const T *a_prev = ell == 1 ? c->x : c->A[ell - 1];                                \
+            memset(c->Z[ell], 0, (size_t)(n * w[ell]) * sizeof(T));                           \
+            gemm(ROW_MAJOR, NO_TRANS, TRANS, n, w[ell], w[ell - 1], 1, a_prev, w[ell - 1],   \
+                 c->W[ell], w[ell - 1], 0, c->Z[ell], w[ell]);                                \
+            activate_##SUFFIX(c, ell);                                                        \
+        }                                                                                     \
+                                                                                              \
+        /* The squared loss: Δ(L) = a(L) − y, Σ Δ², then Δ(L)·2s ⊙ σ̇(L) (losses.py) */      \
+        const ptrdiff_t outputs = n * w[L];                                                   \
+        const T *a = c->A[L], *y = c->y;                                                      \
+        T *d = c->D[L];                                                                       \
+        for (ptrdiff_t i = 0; i < outputs; i++)                                               \
+            d[i] = a[i] - y[i];                                                               \
+        c->loss = (double)((dot_##SUFFIX)c->dot)(outputs, d, 1, d, 1);                        \
+        derivative_##SUFFIX(c, L, 1, (T)(2.0 * c->scale));                                    \
+                                                                                              \
+        /* Backward: ∂C/∂W(ℓ) = Δᵀ a(ℓ-1), ∂C/∂b(ℓ) = onesᵀ Δ, Δ(ℓ-1) = (Δ W(ℓ)) ⊙ σ̇ */    \
+        for (ptrdiff_t ell = L; ell >= 1; ell--) {                                            \
+            const T *a_prev = ell == 1 ? c->x : c->A[ell - 1];                                \
+            memset(c->grad_W[ell], 0, (size_t)(w[ell] * w[ell - 1]) * sizeof(T));             \
+            gemm(ROW_MAJOR, TRANS, NO_TRANS, w[ell], w[ell - 1], n, 1, c->D[ell], w[ell],    \
+                 a_prev, w[ell - 1], 0, c->grad_W[ell], w[ell - 1]);                          \
+            memset(c->grad_b[ell], 0, (size_t)w[ell] * sizeof(T));                            \
+            gemv(ROW_MAJOR, TRANS, n, w[ell], 1, c->D[ell], w[ell], c->ones, 1, 0,           \
+                 c->grad_b[ell], 1);                                                          \
+            if (ell > 1) {                                                                    \
+                memset(c->D[ell - 1], 0, (size_t)(n * w[ell - 1]) * sizeof(T));               \
+                gemm(ROW_MAJOR, NO_TRANS, NO_TRANS, n, w[ell - 1], w[ell], 1, c->D[ell],     \
+                     w[ell], c->W[ell], w[ell - 1], 0, c->D[ell - 1], w[ell - 1]);            \
+                derivative_##SUFFIX(c, ell - 1, 0, 1);                                        \
+            }                                                                                 \
+        }                                                                                     \
+    }
+
+DEFINE_BACKPROP(float, f32)
+DEFINE_BACKPROP(double, f64)

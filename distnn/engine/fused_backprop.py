@@ -1,0 +1,266 @@
+"""Backprop of a small network in one compiled call (``fused_backprop.c``), the same bits.
+
+``Network.backprop`` on one block of rows makes about twenty NumPy calls; on the default
+network (64-32-10, batch 32) they cost as much as the matrix products themselves. The
+compiled step makes the same BLAS calls (the functions NumPy itself calls, found here in
+the OpenBLAS it loaded) and NumPy's own tanh loop, with its elementwise work in
+``fused_layers.c``'s kernels, so its results are NumPy's to the bit.
+
+It takes what it can prove equal and nothing else: the squared loss; σ in {sigmoid, tanh,
+identity}; at most 16 layers; every width and the row count above 1 (NumPy takes other
+BLAS routes for vectors); C-contiguous, aligned arrays of the network's dtype; NumPy's
+wheels' BLAS (scipy-openblas, ILP64) on Linux. Anything else gets None from
+:func:`bind`, and the NumPy calls run.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from distnn.engine import fused
+from distnn.engine.activations import Activation, Identity, Sigmoid, Tanh
+
+if TYPE_CHECKING:
+    from distnn.engine.workspace import Workspace
+
+MAX_LAYERS = 16
+KINDS = {Identity: 0, Sigmoid: 1, Tanh: 2}  # fused_backprop.c's enum
+_BLAS = {np.dtype(np.float32): "s", np.dtype(np.float64): "d"}
+_NUMPY_TYPE = {np.dtype(np.float32): 11, np.dtype(np.float64): 12}  # NPY_FLOAT, NPY_DOUBLE
+
+
+class Layers(Protocol):
+    """What the kernels are bound to: a :class:`~distnn.engine.network.Network`'s layers
+    and loss (a protocol, so that the engine's kernel modules, which the network uses,
+    need no import of it)."""
+
+    dtype: np.dtype
+    sizes: list[int]
+    sigma: list[Activation]
+    params: np.ndarray
+    weights: list[np.ndarray]
+    biases: list[np.ndarray]
+    loss_fn: object
+
+    @property
+    def num_layers(self) -> int: ...
+
+    def views(self, flat: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]: ...
+
+
+_Slots = ctypes.c_void_p * (MAX_LAYERS + 1)
+
+
+class BackpropCall(ctypes.Structure):
+    """fused_backprop.c's ``backprop_call``."""
+
+    _fields_ = (
+        ("layers", ctypes.c_ssize_t),
+        ("rows", ctypes.c_ssize_t),
+        ("width", ctypes.c_ssize_t * (MAX_LAYERS + 1)),
+        ("kind", ctypes.c_int * (MAX_LAYERS + 1)),
+        ("x", ctypes.c_void_p),
+        ("y", ctypes.c_void_p),
+        ("ones", ctypes.c_void_p),
+        ("W", _Slots),
+        ("b", _Slots),
+        ("Z", _Slots),
+        ("A", _Slots),
+        ("D", _Slots),
+        ("grad_W", _Slots),
+        ("grad_b", _Slots),
+        ("gemm", ctypes.c_void_p),
+        ("gemv", ctypes.c_void_p),
+        ("dot", ctypes.c_void_p),
+        ("tanh_loop", ctypes.c_void_p),
+        ("tanh_data", ctypes.c_void_p),
+        ("scale", ctypes.c_double),
+        ("loss", ctypes.c_double),
+    )
+
+
+class _UFunc(ctypes.Structure):
+    """The head of NumPy's PyUFuncObject (numpy/ufuncobject.h, unchanged since NumPy 1.x)."""
+
+    _fields_ = (
+        ("ob_refcnt", ctypes.c_ssize_t),
+        ("ob_type", ctypes.c_void_p),
+        ("nin", ctypes.c_int),
+        ("nout", ctypes.c_int),
+        ("nargs", ctypes.c_int),
+        ("identity", ctypes.c_int),
+        ("functions", ctypes.POINTER(ctypes.c_void_p)),
+        ("data", ctypes.POINTER(ctypes.c_void_p)),
+        ("ntypes", ctypes.c_int),
+        ("reserved1", ctypes.c_int),
+        ("name", ctypes.c_char_p),
+        ("types", ctypes.POINTER(ctypes.c_ubyte)),
+    )
+
+
+def _tanh_loop(dtype: np.dtype) -> tuple[int, int] | None:
+    """(function, data) of the loop np.tanh runs for ``dtype``: its first loop of that
+    type, as NumPy's type resolution picks it."""
+    ufunc = _UFunc.from_address(id(np.tanh))
+    if ufunc.name != b"tanh" or (ufunc.nin, ufunc.nout, ufunc.nargs) != (1, 1, 2):
+        return None
+    code = _NUMPY_TYPE[dtype]
+    for i in range(ufunc.ntypes):
+        if ufunc.types[2 * i] == code and ufunc.types[2 * i + 1] == code:
+            return ufunc.functions[i], ufunc.data[i] or 0
+    return None
+
+
+def _gives_numpy_tanh(loop: tuple[int, int], dtype: np.dtype) -> bool:
+    """Whether ``loop`` gives np.tanh's bits on a probe of ordinary and special values."""
+    probe = np.concatenate(
+        [np.linspace(-12, 12, 997), [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-30, 1e30]]
+    ).astype(dtype)
+    out = np.empty_like(probe)
+    function = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 4)(loop[0])
+    args = (ctypes.c_void_p * 2)(probe.ctypes.data, out.ctypes.data)
+    count = ctypes.c_ssize_t(probe.size)
+    steps = (ctypes.c_ssize_t * 2)(dtype.itemsize, dtype.itemsize)
+    function(args, ctypes.byref(count), steps, loop[1])
+    return out.tobytes() == np.tanh(probe).tobytes()
+
+
+def _numpy_openblas() -> ctypes.CDLL | None:
+    """The OpenBLAS NumPy loaded (the very library instance, so its thread settings are
+    NumPy's), if it is scipy-openblas's ILP64 build; else None."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "openblas" in line.lower()}
+    except OSError:
+        return None
+    for path in sorted(paths):
+        try:
+            library = ctypes.CDLL(path, mode=os.RTLD_NOLOAD)
+        except OSError:
+            continue
+        if hasattr(library, "scipy_cblas_sgemm64_"):
+            return library
+    return None
+
+
+def _load() -> dict[np.dtype, dict[str, int]] | None:
+    """Per dtype: the kernel and the addresses it calls; None if anything is missing or a
+    probe does not give NumPy's bits."""
+    if fused.LIBRARY is None:
+        return None
+    blas = _numpy_openblas()
+    if blas is None:
+        return None
+    found = {}
+    for dtype, letter in _BLAS.items():
+        tanh = _tanh_loop(dtype)
+        if tanh is None or not _gives_numpy_tanh(tanh, dtype):
+            return None
+        kernel = fused.LIBRARY[f"backprop_{'f32' if letter == 's' else 'f64'}"]
+        kernel.argtypes, kernel.restype = [ctypes.c_void_p], None
+        found[dtype] = {
+            "kernel": kernel,
+            "tanh_loop": tanh[0],
+            "tanh_data": tanh[1],
+            **{
+                name: ctypes.cast(blas[f"scipy_cblas_{letter}{name}64_"], ctypes.c_void_p).value
+                for name in ("gemm", "gemv", "dot")
+            },
+        }
+    return found
+
+
+_FOUND = _load()
+# False: Network.backprop makes its NumPy (and layer kernel) calls (tests compare both).
+ENABLED = _FOUND is not None
+
+
+def _fits(x: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> bool:
+    return x.shape == shape and x.dtype == dtype and x.flags.c_contiguous and x.flags.aligned
+
+
+class WholeBackprop:
+    """``net``'s backprop over the views of ``n`` rows of ``ws`` as one compiled call.
+
+    The inputs, targets and gradient buffer are bound on first use and again whenever the
+    caller passes other arrays (the trainer passes the same buffers every step).
+    """
+
+    def __init__(self, net: Layers, ws: Workspace, n: int, found: dict[str, int]) -> None:
+        self.net, self.n = net, n
+        Z, A, D, ones = ws.rows(n)
+        call = self.call = BackpropCall()
+        L = call.layers = len(net.sizes) - 1
+        call.rows = n
+        call.width[: L + 1] = net.sizes
+        call.kind[1 : L + 1] = [KINDS[type(s)] for s in net.sigma]
+        call.ones = ones.ctypes.data
+        for ell in range(1, L + 1):
+            call.W[ell] = net.weights[ell - 1].ctypes.data
+            call.b[ell] = net.biases[ell - 1].ctypes.data
+            call.Z[ell], call.A[ell] = Z[ell].ctypes.data, A[ell].ctypes.data
+            call.D[ell] = D[ell].ctypes.data
+        for name in ("gemm", "gemv", "dot", "tanh_loop", "tanh_data"):
+            setattr(call, name, found[name])
+        self._run = found["kernel"]
+        self._address = ctypes.c_void_p(ctypes.addressof(call))
+        self._held = (Z, A, D, ones)  # what the pointers point into
+        self._x = self._y = self._grad = None
+
+    def __call__(
+        self, X: np.ndarray, Y: np.ndarray, grad: np.ndarray, scale: float
+    ) -> float | None:
+        """Σ_k C_k with ``grad`` written, as ``Network.backprop``; None if these arrays do
+        not fit (then nothing was touched)."""
+        bound = X is self._x and Y is self._y and grad is self._grad
+        if not (bound or self._bind_arrays(X, Y, grad)):
+            return None
+        call = self.call
+        call.scale = scale
+        self._run(self._address)
+        return call.loss
+
+    def _bind_arrays(self, X: np.ndarray, Y: np.ndarray, grad: np.ndarray) -> bool:
+        net, n, dtype = self.net, self.n, self.net.dtype
+        self._x = self._y = self._grad = None
+        if grad.shape != (net.params.size,):
+            return False
+        grad_W, grad_b = net.views(grad)
+        if not (
+            _fits(X, (n, net.sizes[0]), dtype)
+            and _fits(Y, (n, net.sizes[-1]), dtype)
+            and all(_fits(g, W.shape, dtype) for g, W in zip(grad_W, net.weights, strict=True))
+            and all(_fits(g, b.shape, dtype) for g, b in zip(grad_b, net.biases, strict=True))
+        ):
+            return False
+        call = self.call
+        call.x, call.y = X.ctypes.data, Y.ctypes.data
+        for ell, (g_W, g_b) in enumerate(zip(grad_W, grad_b, strict=True), start=1):
+            call.grad_W[ell], call.grad_b[ell] = g_W.ctypes.data, g_b.ctypes.data
+        self._x, self._y, self._grad = X, Y, grad  # held, so the addresses stay valid
+        return True
+
+
+def bind(net: Layers, ws: Workspace, n: int) -> WholeBackprop | None:
+    """The compiled backprop of ``net`` on ``ws``'s views of ``n`` rows, or None where it
+    would not give NumPy's bits (see the module's docstring)."""
+    if not ENABLED or ws.Z[1].ndim != 2:
+        return None
+    found = _FOUND.get(np.dtype(net.dtype)) if _FOUND else None
+    if (
+        found is None
+        or getattr(net.loss_fn, "name", None) != "squared"
+        or len(net.sizes) - 1 > MAX_LAYERS
+        or min(net.sizes) < 2
+        or n < 2
+        or any(type(s) not in KINDS for s in net.sigma)
+    ):
+        return None
+    arrays = [*net.weights, *net.biases]
+    if not all(a.flags.c_contiguous and a.flags.aligned for a in arrays):
+        return None
+    return WholeBackprop(net, ws, n, found)

@@ -1,0 +1,154 @@
+"""Backprop in one compiled call gives the same bits as the NumPy calls, and declines the rest.
+
+``fused_backprop.c`` runs a whole backprop (feed-forward, the squared loss, every gradient)
+through the BLAS functions NumPy calls and NumPy's own tanh loop. Each case runs the same
+steps three ways: the compiled call, the layer kernels alone (``fused_backprop.ENABLED``
+off), and plain NumPy (``bound_layers.ENABLED`` off too); the loss, the gradient and every
+A(ℓ), Δ(ℓ) are compared as raw bytes over several steps with the parameters moving. The
+shapes cover widths that do and do not fill a vector register, a row count past BLAS's
+small-matrix paths, leading-row views of a larger workspace, and inputs from exact zeros
+to saturation. Where the call cannot promise NumPy's bits (another loss or σ, a width or
+row count of 1, arrays of another layout or dtype, a stacked workspace), it must decline,
+and the result is still NumPy's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from distnn import Network
+from distnn.engine import bound_layers, fused_backprop
+
+needs_it = pytest.mark.skipif(
+    not fused_backprop.ENABLED,
+    reason="no compiled backprop here (no C compiler, or not NumPy's scipy-openblas)",
+)
+
+# (sizes, rows, workspace rows)
+SHAPES = {
+    "default": ([64, 32, 10], 32, 32),
+    "odd-widths": ([5, 7, 6, 3], 9, 9),
+    "two-wide": ([2, 2, 2], 2, 2),
+    "leading-rows": ([20, 33, 17, 4], 11, 16),
+    "deep": ([12, 9, 8, 7, 6, 5, 4], 13, 13),
+    "large": ([100, 96, 10], 300, 300),
+}
+ACTIVATIONS = ["sigmoid", "tanh", "identity", ["tanh", "sigmoid"], ["identity", "tanh"]]
+
+
+def run(monkeypatch, way, sizes, rows, ws_rows, activations, dtype, steps=3):
+    """Raw bytes of everything backprop leaves behind, step by step, done ``way``."""
+    monkeypatch.setattr(fused_backprop, "ENABLED", way == "compiled")
+    monkeypatch.setattr(bound_layers, "ENABLED", way != "numpy")
+    if isinstance(activations, list):  # one name per layer: repeat the pattern
+        activations = [activations[i % len(activations)] for i in range(len(sizes) - 1)]
+    net = Network(sizes, activations, seed=3, dtype=dtype)
+    rng = np.random.default_rng(7)
+    for b in net.biases:  # not zeros, so the bias addition shows
+        b[...] = rng.uniform(-1, 1, b.shape)
+    scales = rng.choice([0.0, 1.0, 3.0, 40.0], rows)[:, None]  # zero rows to saturated ones
+    X = (rng.standard_normal((rows, sizes[0])) * scales).astype(dtype)
+    Y = rng.uniform(-1, 1, (rows, sizes[-1])).astype(dtype)
+    ws = net.workspace(ws_rows)
+    grad = np.empty(net.num_params, net.dtype)
+    record = []
+    for step in range(steps):
+        total = net.backprop(X, Y, grad, ws, 1.0 / (step + 3))
+        _, A, D, _ = ws.rows(rows)
+        record.append(
+            [np.float64(total).tobytes(), grad.tobytes(), *(a.tobytes() for a in A[1:] + D[1:])]
+        )
+        net.params -= 0.05 * grad / max(float(np.abs(grad).max()), 1e-30)
+    whole = (
+        ws.bound[rows].whole if isinstance(ws.bound.get(rows), bound_layers.BoundLayers) else None
+    )
+    return record, whole
+
+
+@needs_it
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("activations", ACTIVATIONS, ids=str)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_one_call_gives_numpys_bits(monkeypatch, shape, activations, dtype):
+    sizes, rows, ws_rows = SHAPES[shape]
+    compiled, whole = run(monkeypatch, "compiled", sizes, rows, ws_rows, activations, dtype)
+    assert whole is not None and whole._x is not None  # the one call ran, bound to X
+    kernels, none = run(monkeypatch, "kernels", sizes, rows, ws_rows, activations, dtype)
+    assert none is None
+    numpy, _ = run(monkeypatch, "numpy", sizes, rows, ws_rows, activations, dtype)
+    assert compiled == kernels == numpy
+
+
+@needs_it
+@pytest.mark.parametrize(
+    "case",
+    ["cross-entropy", "relu", "softplus", "width-1", "one-row", "overlap"],
+)
+def test_declines_what_it_cannot_promise(monkeypatch, case):
+    """No compiled call for these networks or steps; the NumPy calls give the result."""
+    sizes, activations, loss, rows = [6, 5, 4], "sigmoid", "squared", 7
+    if case == "cross-entropy":
+        loss = "cross-entropy"
+    elif case in ("relu", "softplus"):
+        activations = ["tanh", case]
+    elif case == "width-1":
+        sizes = [6, 5, 1]
+    elif case == "one-row":
+        rows = 1
+    results = []
+    for enabled in (True, False):
+        monkeypatch.setattr(fused_backprop, "ENABLED", enabled)
+        net = Network(sizes, activations, loss=loss, seed=1)
+        rng = np.random.default_rng(2)
+        X = rng.standard_normal((rows, sizes[0])).astype(np.float32)
+        Y = np.eye(sizes[-1], dtype=np.float32)[rng.integers(0, sizes[-1], rows)]
+        ws, grad = net.workspace(rows), np.empty(net.num_params, np.float32)
+        done = [] if case == "overlap" else None
+        total = net.backprop(X, Y, grad, ws, 0.25, done.append if done is not None else None)
+        bound = ws.bound.get(rows)
+        whole = bound.whole if isinstance(bound, bound_layers.BoundLayers) else None
+        if case == "overlap":  # per-layer hand-off needs the layer-by-layer calls
+            assert done == [2, 1]
+            assert whole is None or whole._x is None
+        elif enabled:
+            assert whole is None
+        results.append((np.float64(total).tobytes(), grad.tobytes()))
+    assert results[0] == results[1]
+
+
+@needs_it
+@pytest.mark.parametrize("layout", ["strided-x", "fortran-y", "float64-x", "wrong-size-grad"])
+def test_arrays_of_another_layout_take_the_numpy_calls(monkeypatch, layout):
+    """The call binds X, Y and the gradient buffer only if they are what it reads."""
+    net = Network([6, 5, 4], "sigmoid", seed=1)
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((8, 12)).astype(np.float32)[:, ::2]  # strided unless copied
+    Y = rng.uniform(-1, 1, (8, 4)).astype(np.float32)
+    grad = np.empty(net.num_params, np.float32)
+    if layout == "fortran-y":
+        X, Y = np.ascontiguousarray(X), np.asfortranarray(Y)
+    elif layout == "float64-x":
+        X = X.astype(np.float64)
+    elif layout == "wrong-size-grad":
+        X, grad = np.ascontiguousarray(X), np.empty(net.num_params + 1, np.float32)
+    ws = net.workspace(8)
+    whole = fused_backprop.bind(net, ws, 8)
+    assert whole is not None
+    assert whole(X, Y, grad, 0.5) is None and whole._x is None
+    if layout in (
+        "strided-x",
+        "fortran-y",
+    ):  # Network.backprop takes its NumPy calls and the same bits
+        monkeypatch.setattr(fused_backprop, "ENABLED", False)
+        expected = np.empty_like(grad)
+        t0 = net.backprop(X, Y, expected, net.workspace(8), 0.5)
+        monkeypatch.setattr(fused_backprop, "ENABLED", True)
+        t1 = net.backprop(X, Y, grad, ws, 0.5)
+        assert (t0, expected.tobytes()) == (t1, grad.tobytes())
+
+
+def test_a_stacked_workspace_is_never_bound():
+    """--deterministic's stacks run one product per piece: not this call's shape."""
+    net = Network([6, 5, 4], "sigmoid", seed=1)
+    assert fused_backprop.bind(net, net.workspace(4, pieces=3), 4) is None
