@@ -62,20 +62,51 @@ def _function(name: str, dtype: np.dtype, argtypes: list) -> Callable[..., None]
     return function
 
 
-def kernel(name: str, dtype: np.dtype) -> Callable[..., None] | None:
-    """The C function of rule ``name`` for arrays of ``dtype``, or None if there is none.
+class UpdateCall(ctypes.Structure):
+    """fused_updates.c's ``update_call``: one rule's arrays, scalars and flag."""
 
-    Called as ``f(n, θ_ptr, g_ptr, *state_ptrs, *scalars, *flags)`` with pointers to
-    C-contiguous arrays of ``dtype`` holding n elements each.
+    _fields_ = (
+        ("n", ctypes.c_ssize_t),
+        ("theta", ctypes.c_void_p),
+        ("g", ctypes.c_void_p),
+        ("state", ctypes.c_void_p * 2),
+        ("scalar", ctypes.c_double * 7),
+        ("flag", ctypes.c_int),
+    )
+
+
+class RuleCall:
+    """Rule ``name``'s kernel bound to θ, g and the state arrays: ``call(scalars)`` runs
+    one step with the rule's scalars then its flags (in ``SIGNATURES``' counts).
+
+    Holds nothing but addresses: the caller keeps the arrays alive.
     """
+
+    def __init__(self, name: str, dtype: np.dtype, arrays: tuple[np.ndarray, ...]) -> None:
+        self._function = _function(f"{name}_call", dtype, [ctypes.c_void_p])
+        self._n_scalars = SIGNATURES[name][1]
+        call = self._call = UpdateCall()
+        call.n = arrays[0].size
+        call.theta, call.g = arrays[0].ctypes.data, arrays[1].ctypes.data
+        for i, state in enumerate(arrays[2:]):
+            call.state[i] = state.ctypes.data
+        self._scalars = call.scalar
+        self._address = ctypes.c_void_p(ctypes.addressof(call))
+
+    def __call__(self, scalars: tuple) -> None:
+        k = self._n_scalars
+        self._scalars[:k] = scalars[:k]
+        if len(scalars) > k:
+            self._call.flag = scalars[k]
+        self._function(self._address)
+
+
+def kernel(name: str, dtype: np.dtype, arrays: tuple[np.ndarray, ...]) -> RuleCall | None:
+    """The C function of rule ``name`` bound to ``arrays`` (θ, g, then the rule's state,
+    C-contiguous arrays of ``dtype`` of one size), or None if there is none."""
     if LIBRARY is None or name not in SIGNATURES or np.dtype(dtype) not in _SUFFIX:
         return None
-    real = _SUFFIX[np.dtype(dtype)][1]
-    n_arrays, n_scalars, n_flags = SIGNATURES[name]
-    pointers = [ctypes.c_void_p] * (2 + n_arrays)
-    return _function(
-        name, dtype, [ctypes.c_ssize_t, *pointers, *[real] * n_scalars, *[ctypes.c_int] * n_flags]
-    )
+    return RuleCall(name, np.dtype(dtype), arrays)
 
 
 def pointer(array: np.ndarray) -> ctypes.c_void_p:

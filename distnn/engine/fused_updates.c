@@ -114,5 +114,44 @@
         }                                                                                   \
     }
 
+/* Each rule as a call with ONE argument, the address of an `update_call` that
+ * distnn/engine/fused.py builds once per (θ, g, state) and refreshes with each step's
+ * scalars: ctypes converts every argument of a call, and twelve of them cost a small
+ * network's step more than the pass itself. The scalars are doubles here, rounded to the
+ * arrays' precision on the way in, as ctypes rounds a Python float for a float argument. */
+typedef struct {
+    ptrdiff_t n;
+    void *theta, *g, *state[2];
+    double scalar[7]; /* the rule's scalars, in its kernel's order */
+    int flag;         /* momentum's Nesterov switch */
+} update_call;
+
+#define S(T, i) ((T)c->scalar[i])
+#define DEFINE_CALLS(T, SUFFIX)                                                              \
+    void sgd_call_##SUFFIX(const update_call *c)                                            \
+    {                                                                                       \
+        sgd_##SUFFIX(c->n, c->theta, c->g, S(T, 0));                                        \
+    }                                                                                       \
+    void momentum_call_##SUFFIX(const update_call *c)                                       \
+    {                                                                                       \
+        momentum_##SUFFIX(c->n, c->theta, c->g, c->state[0], S(T, 0), S(T, 1), c->flag);    \
+    }                                                                                       \
+    void adagrad_call_##SUFFIX(const update_call *c)                                        \
+    {                                                                                       \
+        adagrad_##SUFFIX(c->n, c->theta, c->g, c->state[0], S(T, 0), S(T, 1));              \
+    }                                                                                       \
+    void rmsprop_call_##SUFFIX(const update_call *c)                                        \
+    {                                                                                       \
+        rmsprop_##SUFFIX(c->n, c->theta, c->g, c->state[0], S(T, 0), S(T, 1), S(T, 2),      \
+                         S(T, 3));                                                          \
+    }                                                                                       \
+    void adam_call_##SUFFIX(const update_call *c)                                           \
+    {                                                                                       \
+        adam_##SUFFIX(c->n, c->theta, c->g, c->state[0], c->state[1], S(T, 0), S(T, 1),     \
+                      S(T, 2), S(T, 3), S(T, 4), S(T, 5), S(T, 6));                         \
+    }
+
 DEFINE_RULES(float, f32, sqrtf)
 DEFINE_RULES(double, f64, sqrt)
+DEFINE_CALLS(float, f32)
+DEFINE_CALLS(double, f64)

@@ -73,7 +73,7 @@ class GradientUpdateSchedule(abc.ABC):
         self.t: int = 0
         self._step_buf: np.ndarray | None = None
         self._ready = False
-        self._bound: tuple | None = None  # (grad, params, kernel, its array arguments)
+        self._bound: tuple | None = None  # (grad, params, kernel call, the arrays it reads)
         for name in (*self.state_arrays, *self.scratch_arrays):
             setattr(self, name, None)
 
@@ -101,7 +101,7 @@ class GradientUpdateSchedule(abc.ABC):
         """
         bound = self._bound
         if bound is not None and bound[0] is grad and bound[1] is params:
-            bound[2](*bound[3], *self._kernel_scalars(float(self.lr_schedule(self.t))))
+            bound[2](self._kernel_scalars(float(self.lr_schedule(self.t))))
             self.t += 1
             return
         params -= self(grad)
@@ -112,17 +112,17 @@ class GradientUpdateSchedule(abc.ABC):
         this rule or dtype), a subclass with its own ``_step``, or arrays the kernel cannot
         take."""
         owner = next(c for c in type(self).__mro__ if "kernel" in vars(c))
-        function = fused.kernel(owner.kernel, grad.dtype) if owner.kernel else None
         state = [getattr(self, name) for name in self.state_arrays]
         arrays = (params, grad, *state)
         if (
-            function is None
+            owner.kernel is None
             or type(self)._step is not owner._step
             or any(a.dtype != grad.dtype or a.shape != grad.shape for a in arrays)
             or not all(a.flags.c_contiguous and a.flags.writeable for a in arrays)
         ):
             return None
-        return grad, params, function, (grad.size, *map(fused.pointer, arrays))
+        call = fused.kernel(owner.kernel, grad.dtype, arrays)
+        return None if call is None else (grad, params, call, arrays)  # arrays: kept alive
 
     def _kernel_scalars(self, lr: float) -> tuple:
         """The kernel's scalar arguments for a step at ``lr``, in the array's precision
