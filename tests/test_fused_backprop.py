@@ -6,10 +6,11 @@ steps three ways: the compiled call, the layer kernels alone (``fused_backprop.E
 off), and plain NumPy (``bound_layers.ENABLED`` off too); the loss, the gradient and every
 A(ℓ), Δ(ℓ) are compared as raw bytes over several steps with the parameters moving. The
 shapes cover widths that do and do not fill a vector register, a row count past BLAS's
-small-matrix paths, leading-row views of a larger workspace, and inputs from exact zeros
-to saturation. Where the call cannot promise NumPy's bits (another loss or σ, a width or
-row count of 1, arrays of another layout or dtype, a stacked workspace), it must decline,
-and the result is still NumPy's.
+small-matrix paths, leading-row views of a larger workspace, stacks of pieces
+(``--deterministic``'s virtual shards, whose NumPy calls are np.matmul's) with and without
+padding, and inputs from exact zeros to saturation. Where the call cannot promise NumPy's
+bits (another loss or σ, a width or row count of 1, arrays of another layout or dtype), it
+must decline, and the result is still NumPy's.
 """
 
 from __future__ import annotations
@@ -25,20 +26,26 @@ needs_it = pytest.mark.skipif(
     reason="no compiled backprop here (no C compiler, or not NumPy's scipy-openblas)",
 )
 
-# (sizes, rows, workspace rows)
+# (sizes, rows, workspace rows, pieces, padding): a stack of pieces is --deterministic's
+# virtual shards, np.matmul's products one piece at a time; padding lists its short pieces
+# (index, real rows), whose rows beyond are zeros.
 SHAPES = {
-    "default": ([64, 32, 10], 32, 32),
-    "odd-widths": ([5, 7, 6, 3], 9, 9),
-    "two-wide": ([2, 2, 2], 2, 2),
-    "leading-rows": ([20, 33, 17, 4], 11, 16),
-    "deep": ([12, 9, 8, 7, 6, 5, 4], 13, 13),
-    "large": ([100, 96, 10], 300, 300),
+    "default": ([64, 32, 10], 32, 32, None, ()),
+    "odd-widths": ([5, 7, 6, 3], 9, 9, None, ()),
+    "two-wide": ([2, 2, 2], 2, 2, None, ()),
+    "leading-rows": ([20, 33, 17, 4], 11, 16, None, ()),
+    "deep": ([12, 9, 8, 7, 6, 5, 4], 13, 13, None, ()),
+    "large": ([100, 96, 10], 300, 300, None, ()),
+    "stacked": ([64, 32, 10], 16, 16, 2, ()),
+    "stacked-leading-rows": ([20, 33, 17, 4], 5, 8, 3, ()),
+    "stacked-padded": ([5, 7, 6, 3], 6, 8, 4, ((1, 4), (3, 0))),
 }
 ACTIVATIONS = ["sigmoid", "tanh", "identity", ["tanh", "sigmoid"], ["identity", "tanh"]]
 
 
-def run(monkeypatch, way, sizes, rows, ws_rows, activations, dtype, steps=3):
+def run(monkeypatch, way, shape, activations, dtype, steps=3):
     """Raw bytes of everything backprop leaves behind, step by step, done ``way``."""
+    sizes, rows, ws_rows, pieces, padding = SHAPES[shape]
     monkeypatch.setattr(fused_backprop, "ENABLED", way == "compiled")
     monkeypatch.setattr(bound_layers, "ENABLED", way != "numpy")
     if isinstance(activations, list):  # one name per layer: repeat the pattern
@@ -47,19 +54,23 @@ def run(monkeypatch, way, sizes, rows, ws_rows, activations, dtype, steps=3):
     rng = np.random.default_rng(7)
     for b in net.biases:  # not zeros, so the bias addition shows
         b[...] = rng.uniform(-1, 1, b.shape)
-    scales = rng.choice([0.0, 1.0, 3.0, 40.0], rows)[:, None]  # zero rows to saturated ones
-    X = (rng.standard_normal((rows, sizes[0])) * scales).astype(dtype)
-    Y = rng.uniform(-1, 1, (rows, sizes[-1])).astype(dtype)
-    ws = net.workspace(ws_rows)
-    grad = np.empty(net.num_params, net.dtype)
+    lead = (rows,) if pieces is None else (pieces, rows)
+    scales = rng.choice([0.0, 1.0, 3.0, 40.0], lead)[..., None]  # zero rows to saturated ones
+    X = (rng.standard_normal((*lead, sizes[0])) * scales).astype(dtype)
+    Y = rng.uniform(-1, 1, (*lead, sizes[-1])).astype(dtype)
+    for piece, real in padding:
+        X[piece, real:], Y[piece, real:] = 0.0, 0.0
+    ws = net.workspace(ws_rows, pieces)
+    grad = np.empty((*lead[:-1], net.num_params), net.dtype)
     record = []
     for step in range(steps):
-        total = net.backprop(X, Y, grad, ws, 1.0 / (step + 3))
+        total = net.backprop(X, Y, grad, ws, 1.0 / (step + 3), padding=padding)
         _, A, D, _ = ws.rows(rows)
         record.append(
             [np.float64(total).tobytes(), grad.tobytes(), *(a.tobytes() for a in A[1:] + D[1:])]
         )
-        net.params -= 0.05 * grad / max(float(np.abs(grad).max()), 1e-30)
+        total_grad = grad.reshape(-1, net.num_params).sum(axis=0)
+        net.params -= 0.05 * total_grad / max(float(np.abs(total_grad).max()), 1e-30)
     whole = (
         ws.bound[rows].whole if isinstance(ws.bound.get(rows), bound_layers.BoundLayers) else None
     )
@@ -71,12 +82,11 @@ def run(monkeypatch, way, sizes, rows, ws_rows, activations, dtype, steps=3):
 @pytest.mark.parametrize("activations", ACTIVATIONS, ids=str)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_one_call_gives_numpys_bits(monkeypatch, shape, activations, dtype):
-    sizes, rows, ws_rows = SHAPES[shape]
-    compiled, whole = run(monkeypatch, "compiled", sizes, rows, ws_rows, activations, dtype)
+    compiled, whole = run(monkeypatch, "compiled", shape, activations, dtype)
     assert whole is not None and whole._x is not None  # the one call ran, bound to X
-    kernels, none = run(monkeypatch, "kernels", sizes, rows, ws_rows, activations, dtype)
+    kernels, none = run(monkeypatch, "kernels", shape, activations, dtype)
     assert none is None
-    numpy, _ = run(monkeypatch, "numpy", sizes, rows, ws_rows, activations, dtype)
+    numpy, _ = run(monkeypatch, "numpy", shape, activations, dtype)
     assert compiled == kernels == numpy
 
 
@@ -148,7 +158,11 @@ def test_arrays_of_another_layout_take_the_numpy_calls(monkeypatch, layout):
         assert (t0, expected.tobytes()) == (t1, grad.tobytes())
 
 
-def test_a_stacked_workspace_is_never_bound():
-    """--deterministic's stacks run one product per piece: not this call's shape."""
+def test_a_stack_whose_arrays_do_not_fit_takes_the_numpy_calls():
+    """A stack of pieces binds only a stack of gradients, one row per piece."""
     net = Network([6, 5, 4], "sigmoid", seed=1)
-    assert fused_backprop.bind(net, net.workspace(4, pieces=3), 4) is None
+    whole = fused_backprop.bind(net, net.workspace(4, pieces=3), 4)
+    X, Y = np.zeros((3, 4, 6), np.float32), np.zeros((3, 4, 4), np.float32)
+    assert whole(X, Y, np.zeros(net.num_params, np.float32), 0.5) is None
+    assert whole(X[:2], Y[:2], np.zeros((2, net.num_params), np.float32), 0.5) is None
+    assert whole(X, Y, np.zeros((3, net.num_params), np.float32), 0.5) is not None

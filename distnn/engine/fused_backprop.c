@@ -17,8 +17,14 @@
  * - the elementwise work is fused_layers.c's kernels, and the loss is Σ (a − y)² by the
  *   BLAS dot np.vdot calls.
  * Every width and the row count are > 1: NumPy takes other BLAS routes for vectors, so
- * fused_backprop.py binds nothing then. tests/test_fused_backprop.py compares both ways
- * bit for bit.
+ * fused_backprop.py binds nothing then.
+ *
+ * A stack of pieces (--deterministic's virtual shards, which network.py runs through
+ * np.matmul) is run piece by piece, each its own block: np.matmul makes the same BLAS
+ * call per matrix of a stack (numpy/_core/src/umath/matmul.c.src), but leaves the
+ * output's zeroing to BLAS's β = 0, and so does this call for a stack. A short piece's
+ * rows past its real ones get a(L) = 0, as network.py's padding does.
+ * tests/test_fused_backprop.py compares every way bit for bit.
  */
 #include <stdint.h>
 #include <string.h>
@@ -33,17 +39,25 @@ typedef int64_t blas_int; /* scipy-openblas's ILP64 interface (its "64_" symbols
 typedef void (*ufunc_loop)(char **args, const ptrdiff_t *dims, const ptrdiff_t *steps, void *data);
 
 typedef struct {
-    ptrdiff_t layers, rows;          /* L and n */
+    ptrdiff_t layers, rows;          /* L and n (rows per piece) */
     ptrdiff_t width[MAX_LAYERS + 1]; /* n_0 .. n_L */
     int kind[MAX_LAYERS + 1];        /* σ(ℓ) for ℓ = 1..L */
-    const void *x, *y, *ones;        /* X (n × n_0), Y (n × n_L), n ones */
+    const void *x, *y, *ones;        /* X (n × n_0), Y (n × n_L), n ones: piece 0's */
     const void *W[MAX_LAYERS + 1], *b[MAX_LAYERS + 1];
     void *Z[MAX_LAYERS + 1], *A[MAX_LAYERS + 1], *D[MAX_LAYERS + 1];
     void *grad_W[MAX_LAYERS + 1], *grad_b[MAX_LAYERS + 1];
     void *gemm, *gemv, *dot;         /* cblas_?gemm, cblas_?gemv, cblas_?dot */
     void *tanh_loop, *tanh_data;     /* np.tanh's inner loop for this dtype */
+    /* A stack of pieces (--deterministic's virtual shards), each run as its own block:
+     * elements from one piece to the next in X, Y, the gradient, and layer ℓ's Z, A, D;
+     * each piece's real rows (its rows past them are padding: a(L) = 0 there). */
+    ptrdiff_t pieces, x_step, y_step, grad_step, step[MAX_LAYERS + 1];
+    const int64_t *real_rows;        /* pieces entries, or NULL: every row is real */
+    void *sums;                      /* out, for a stack: each piece's Σ_k C_k */
+    int zero_outputs;                /* ndarray.dot zeroes a product's output first;
+                                      * np.matmul (stacks) leaves it to BLAS's β = 0 */
     double scale;                    /* in: the trainer's 1/B */
-    double loss;                     /* out: Σ_k C_k */
+    double loss;                     /* out: Σ_k C_k (of the last piece) */
 } backprop_call;
 
 /* One block of rows × cols for a fused_layers.c kernel. */
@@ -62,6 +76,13 @@ static void numpy_tanh(const backprop_call *c, void *in, void *out, ptrdiff_t co
     ptrdiff_t steps[2] = {size, size};
     ((ufunc_loop)c->tanh_loop)(args, &count, steps, c->tanh_data);
 }
+
+/* A product's output zeroed first, where the NumPy call it mirrors does that. */
+#define ZERO(p, bytes)                \
+    do {                              \
+        if (c->zero_outputs)          \
+            memset((p), 0, (bytes));  \
+    } while (0)
 
 #define DEFINE_BACKPROP(T, SUFFIX)                                                            \
     typedef void (*gemm_##SUFFIX)(int, int, int, blas_int, blas_int, blas_int, T, const T *, \
@@ -107,7 +128,7 @@ static void numpy_tanh(const backprop_call *c, void *in, void *out, ptrdiff_t co
         }                                                                                     \
     }                                                                                         \
                                                                                               \
-    void backprop_##SUFFIX(backprop_call *c)                                                  \
+    static void backprop_block_##SUFFIX(backprop_call *c, ptrdiff_t real_rows)              \
     {                                                                                         \
         const gemm_##SUFFIX gemm = (gemm_##SUFFIX)c->gemm;                                    \
         const gemv_##SUFFIX gemv = (gemv_##SUFFIX)c->gemv;                                    \
@@ -116,11 +137,14 @@ static void numpy_tanh(const backprop_call *c, void *in, void *out, ptrdiff_t co
         /* Feed-forward: z(ℓ) = a(ℓ-1) W(ℓ)ᵀ (W(ℓ)ᵀ is a transposed view: TRANS) */          \
         for (ptrdiff_t ell = 1; ell <= L; ell++) {                                            \
             const T *a_prev = ell == 1 ? c->x : c->A[ell - 1];                                \
-            memset(c->Z[ell], 0, (size_t)(n * w[ell]) * sizeof(T));                           \
+            ZERO(c->Z[ell], (size_t)(n * w[ell]) * sizeof(T));                           \
             gemm(ROW_MAJOR, NO_TRANS, TRANS, n, w[ell], w[ell - 1], 1, a_prev, w[ell - 1],   \
                  c->W[ell], w[ell - 1], 0, c->Z[ell], w[ell]);                                \
             activate_##SUFFIX(c, ell);                                                        \
         }                                                                                     \
+                                                                                              \
+        /* A piece's padding rows: a(L) = 0, hence Δ(L) = 0 and no share of anything */    \
+        memset((T *)c->A[L] + real_rows * w[L], 0, (size_t)((n - real_rows) * w[L]) * sizeof(T)); \
                                                                                               \
         /* The squared loss: Δ(L) = a(L) − y, Σ Δ², then Δ(L)·2s ⊙ σ̇(L) (losses.py) */      \
         const ptrdiff_t outputs = n * w[L];                                                   \
@@ -134,18 +158,41 @@ static void numpy_tanh(const backprop_call *c, void *in, void *out, ptrdiff_t co
         /* Backward: ∂C/∂W(ℓ) = Δᵀ a(ℓ-1), ∂C/∂b(ℓ) = onesᵀ Δ, Δ(ℓ-1) = (Δ W(ℓ)) ⊙ σ̇ */    \
         for (ptrdiff_t ell = L; ell >= 1; ell--) {                                            \
             const T *a_prev = ell == 1 ? c->x : c->A[ell - 1];                                \
-            memset(c->grad_W[ell], 0, (size_t)(w[ell] * w[ell - 1]) * sizeof(T));             \
+            ZERO(c->grad_W[ell], (size_t)(w[ell] * w[ell - 1]) * sizeof(T));             \
             gemm(ROW_MAJOR, TRANS, NO_TRANS, w[ell], w[ell - 1], n, 1, c->D[ell], w[ell],    \
                  a_prev, w[ell - 1], 0, c->grad_W[ell], w[ell - 1]);                          \
-            memset(c->grad_b[ell], 0, (size_t)w[ell] * sizeof(T));                            \
+            ZERO(c->grad_b[ell], (size_t)w[ell] * sizeof(T));                            \
             gemv(ROW_MAJOR, TRANS, n, w[ell], 1, c->D[ell], w[ell], c->ones, 1, 0,           \
                  c->grad_b[ell], 1);                                                          \
             if (ell > 1) {                                                                    \
-                memset(c->D[ell - 1], 0, (size_t)(n * w[ell - 1]) * sizeof(T));               \
+                ZERO(c->D[ell - 1], (size_t)(n * w[ell - 1]) * sizeof(T));               \
                 gemm(ROW_MAJOR, NO_TRANS, NO_TRANS, n, w[ell - 1], w[ell], 1, c->D[ell],     \
                      w[ell], c->W[ell], w[ell - 1], 0, c->D[ell - 1], w[ell - 1]);            \
                 derivative_##SUFFIX(c, ell - 1, 0, 1);                                        \
             }                                                                                 \
+        }                                                                                     \
+    }                                                                                         \
+                                                                                              \
+    /* Every piece in turn, as its own block with its own products (so a piece's bits do \
+     * not depend on the stack it is in), its Σ_k C_k into sums[k] for a stack */         \
+    void backprop_##SUFFIX(backprop_call *c)                                                  \
+    {                                                                                         \
+        for (ptrdiff_t k = 0; k < c->pieces; k++) {                                          \
+            backprop_call piece = *c;                                                         \
+            piece.x = (const T *)c->x + k * c->x_step;                                        \
+            piece.y = (const T *)c->y + k * c->y_step;                                        \
+            for (ptrdiff_t ell = 1; ell <= c->layers; ell++) {                                \
+                const ptrdiff_t at = k * c->step[ell], grad_at = k * c->grad_step;            \
+                piece.Z[ell] = (T *)c->Z[ell] + at;                                           \
+                piece.A[ell] = (T *)c->A[ell] + at;                                           \
+                piece.D[ell] = (T *)c->D[ell] + at;                                           \
+                piece.grad_W[ell] = (T *)c->grad_W[ell] + grad_at;                            \
+                piece.grad_b[ell] = (T *)c->grad_b[ell] + grad_at;                            \
+            }                                                                                 \
+            backprop_block_##SUFFIX(&piece, c->real_rows ? c->real_rows[k] : c->rows);        \
+            c->loss = piece.loss;                                                             \
+            if (c->sums)                                                                      \
+                ((T *)c->sums)[k] = (T)piece.loss;                                            \
         }                                                                                     \
     }
 

@@ -8,15 +8,17 @@ the OpenBLAS it loaded) and NumPy's own tanh loop, with its elementwise work in
 
 It takes what it can prove equal and nothing else: the squared loss; σ in {sigmoid, tanh,
 identity}; at most 16 layers; every width and the row count above 1 (NumPy takes other
-BLAS routes for vectors); C-contiguous, aligned arrays of the network's dtype; NumPy's
-wheels' BLAS (scipy-openblas, ILP64) on Linux. Anything else gets None from
-:func:`bind`, and the NumPy calls run.
+BLAS routes for vectors); aligned arrays of the network's dtype with contiguous rows;
+NumPy's wheels' BLAS (scipy-openblas, ILP64) on Linux. A stacked workspace
+(``--deterministic``) runs piece by piece, as np.matmul does. Anything else gets None
+from :func:`bind` (or from the call, for arrays that do not fit), and the NumPy calls run.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -78,6 +80,14 @@ class BackpropCall(ctypes.Structure):
         ("dot", ctypes.c_void_p),
         ("tanh_loop", ctypes.c_void_p),
         ("tanh_data", ctypes.c_void_p),
+        ("pieces", ctypes.c_ssize_t),
+        ("x_step", ctypes.c_ssize_t),
+        ("y_step", ctypes.c_ssize_t),
+        ("grad_step", ctypes.c_ssize_t),
+        ("step", ctypes.c_ssize_t * (MAX_LAYERS + 1)),
+        ("real_rows", ctypes.c_void_p),
+        ("sums", ctypes.c_void_p),
+        ("zero_outputs", ctypes.c_int),
         ("scale", ctypes.c_double),
         ("loss", ctypes.c_double),
     )
@@ -179,15 +189,28 @@ _FOUND = _load()
 ENABLED = _FOUND is not None
 
 
-def _fits(x: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> bool:
-    return x.shape == shape and x.dtype == dtype and x.flags.c_contiguous and x.flags.aligned
+def _blocks(x: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> int | None:
+    """Elements from one block to the next if ``x`` is ``shape`` of ``dtype`` with each
+    block's rows contiguous (a 2-D array: one block); else None."""
+    if x.shape != shape or x.dtype != dtype or not x.flags.aligned:
+        return None
+    size, (*lead, rows, cols) = x.itemsize, x.shape
+    if (cols > 1 and x.strides[-1] != size) or (rows > 1 and x.strides[-2] != cols * size):
+        return None
+    if not lead:
+        return 0
+    if x.strides[0] < 0 or x.strides[0] % size:
+        return None
+    return x.strides[0] // size
 
 
 class WholeBackprop:
     """``net``'s backprop over the views of ``n`` rows of ``ws`` as one compiled call.
 
-    The inputs, targets and gradient buffer are bound on first use and again whenever the
-    caller passes other arrays (the trainer passes the same buffers every step).
+    A stacked workspace runs each piece as its own block, with its own products: the
+    products np.matmul makes for the stack, one matrix at a time. The inputs, targets and
+    gradient buffer are bound on first use and again whenever the caller passes other
+    arrays (the trainer passes the same buffers every step).
     """
 
     def __init__(self, net: Layers, ws: Workspace, n: int, found: dict[str, int]) -> None:
@@ -195,6 +218,7 @@ class WholeBackprop:
         Z, A, D, ones = ws.rows(n)
         call = self.call = BackpropCall()
         L = call.layers = len(net.sizes) - 1
+        self.pieces = call.pieces = 1 if Z[1].ndim == 2 else Z[1].shape[0]
         call.rows = n
         call.width[: L + 1] = net.sizes
         call.kind[1 : L + 1] = [KINDS[type(s)] for s in net.sigma]
@@ -204,41 +228,60 @@ class WholeBackprop:
             call.b[ell] = net.biases[ell - 1].ctypes.data
             call.Z[ell], call.A[ell] = Z[ell].ctypes.data, A[ell].ctypes.data
             call.D[ell] = D[ell].ctypes.data
+            call.step[ell] = _blocks(Z[ell], Z[ell].shape, net.dtype)
         for name in ("gemm", "gemv", "dot", "tanh_loop", "tanh_data"):
             setattr(call, name, found[name])
+        # ndarray.dot zeroes its output before BLAS; np.matmul (a stack's) does not.
+        call.zero_outputs = Z[1].ndim == 2
+        self._sums = None
+        if Z[1].ndim == 3:  # each piece's Σ_k C_k, where the NumPy calls put them
+            self._sums = ws.sums[: self.pieces]
+            call.sums = self._sums.ctypes.data
+        self._real_rows = np.full(self.pieces, n, np.int64)  # a stack's padding
+        call.real_rows = self._real_rows.ctypes.data
+        self._padded = False
         self._run = found["kernel"]
         self._address = ctypes.c_void_p(ctypes.addressof(call))
         self._held = (Z, A, D, ones)  # what the pointers point into
         self._x = self._y = self._grad = None
 
     def __call__(
-        self, X: np.ndarray, Y: np.ndarray, grad: np.ndarray, scale: float
-    ) -> float | None:
-        """Σ_k C_k with ``grad`` written, as ``Network.backprop``; None if these arrays do
-        not fit (then nothing was touched)."""
+        self,
+        X: np.ndarray,
+        Y: np.ndarray,
+        grad: np.ndarray,
+        scale: float,
+        padding: Sequence[tuple[int, int]] = (),
+    ) -> float | np.ndarray | None:
+        """Σ_k C_k (a stack: each piece's) with ``grad`` written, as ``Network.backprop``;
+        None if these arrays do not fit (then nothing was touched)."""
         bound = X is self._x and Y is self._y and grad is self._grad
         if not (bound or self._bind_arrays(X, Y, grad)):
             return None
+        if padding or self._padded:  # a stack's short pieces: the epoch's last batch
+            self._real_rows[:] = self.n
+            for piece, rows in padding:
+                self._real_rows[piece] = rows
+            self._padded = bool(padding)
         call = self.call
         call.scale = scale
         self._run(self._address)
-        return call.loss
+        return call.loss if self._sums is None else self._sums
 
     def _bind_arrays(self, X: np.ndarray, Y: np.ndarray, grad: np.ndarray) -> bool:
         net, n, dtype = self.net, self.n, self.net.dtype
         self._x = self._y = self._grad = None
-        if grad.shape != (net.params.size,):
+        lead = () if self._sums is None else (self.pieces,)
+        if grad.shape != (*lead, net.params.size) or not grad.flags.c_contiguous:
             return False
         grad_W, grad_b = net.views(grad)
-        if not (
-            _fits(X, (n, net.sizes[0]), dtype)
-            and _fits(Y, (n, net.sizes[-1]), dtype)
-            and all(_fits(g, W.shape, dtype) for g, W in zip(grad_W, net.weights, strict=True))
-            and all(_fits(g, b.shape, dtype) for g, b in zip(grad_b, net.biases, strict=True))
-        ):
+        x_step = _blocks(X, (*lead, n, net.sizes[0]), dtype)
+        y_step = _blocks(Y, (*lead, n, net.sizes[-1]), dtype)
+        if x_step is None or y_step is None or grad.dtype != dtype or not grad.flags.aligned:
             return False
         call = self.call
-        call.x, call.y = X.ctypes.data, Y.ctypes.data
+        call.x, call.y, call.x_step, call.y_step = X.ctypes.data, Y.ctypes.data, x_step, y_step
+        call.grad_step = net.params.size if lead else 0
         for ell, (g_W, g_b) in enumerate(zip(grad_W, grad_b, strict=True), start=1):
             call.grad_W[ell], call.grad_b[ell] = g_W.ctypes.data, g_b.ctypes.data
         self._x, self._y, self._grad = X, Y, grad  # held, so the addresses stay valid
@@ -248,7 +291,7 @@ class WholeBackprop:
 def bind(net: Layers, ws: Workspace, n: int) -> WholeBackprop | None:
     """The compiled backprop of ``net`` on ``ws``'s views of ``n`` rows, or None where it
     would not give NumPy's bits (see the module's docstring)."""
-    if not ENABLED or ws.Z[1].ndim != 2:
+    if not ENABLED:
         return None
     found = _FOUND.get(np.dtype(net.dtype)) if _FOUND else None
     if (

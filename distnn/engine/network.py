@@ -207,8 +207,8 @@ class Network:
             return 0.0
         bound = bound_layers(self, ws, n, at_once=True)
         if bound is not None and bound.whole is not None and layer_done is None:
-            total = bound.whole(X, Y, grad, scale)  # all below in one call: the same bits
-            if total is not None:
+            total = bound.whole(X, Y, grad, scale, padding)  # all below in one call
+            if total is not None:  # (the same bits: engine/fused_backprop.c)
                 return total
         grad_W, grad_b = self._grad_views(grad)
         a_L = self._feed_forward(X, ws, bound)
