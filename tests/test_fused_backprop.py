@@ -3,7 +3,10 @@
 ``fused_backprop.c`` runs a whole backprop (feed-forward, the squared loss, every gradient)
 through the BLAS functions NumPy calls and NumPy's own tanh loop. Each case runs the same
 steps three ways: the compiled call, the layer kernels alone (``fused_backprop.ENABLED``
-off), and plain NumPy (``bound_layers.ENABLED`` off too); the loss, the gradient and every
+off), and plain NumPy (``bound_layers.ENABLED`` off too), with the gradient and the
+workspace's Z(ℓ), Δ(ℓ) filled with NaN before each step (a product's output is written,
+never read: BLAS ignores it when β = 0, and the compiled call skips ndarray.dot's zeroing
+of it); the loss, the gradient and every
 A(ℓ), Δ(ℓ) are compared as raw bytes over several steps with the parameters moving. The
 shapes cover widths that do and do not fill a vector register, a row count past BLAS's
 small-matrix paths, leading-row views of a larger workspace, stacks of pieces
@@ -64,6 +67,8 @@ def run(monkeypatch, way, shape, activations, dtype, steps=3):
     grad = np.empty((*lead[:-1], net.num_params), net.dtype)
     record = []
     for step in range(steps):
+        for poisoned in (grad, *ws.Z[1:], *ws.D[1:]):  # outputs are written, never read
+            poisoned.fill(np.nan)
         total = net.backprop(X, Y, grad, ws, 1.0 / (step + 3), padding=padding)
         _, A, D, _ = ws.rows(rows)
         record.append(

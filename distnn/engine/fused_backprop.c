@@ -10,8 +10,10 @@
  * runs, on the same operands, in the same order:
  * - each product is the BLAS call NumPy's ndarray.dot makes for these shapes and layouts
  *   (numpy/_core/src/common/cblasfuncs.c: gemm for matrix × matrix, gemv with CblasTrans
- *   for ones · Δ, its output zeroed first as NumPy does), through the very functions NumPy
- *   calls (fused_backprop.py finds them in the OpenBLAS NumPy loaded);
+ *   for ones · Δ), through the very functions NumPy calls (fused_backprop.py finds them in
+ *   the OpenBLAS NumPy loaded). ndarray.dot zeroes the output first, np.matmul does not;
+ *   neither matters, as with β = 0 BLAS never reads the output (reference BLAS sets it to
+ *   zero), so this call skips that pass;
  * - tanh is NumPy's own float loop for np.tanh (its SIMD code is not libm's), called with
  *   the arguments np.tanh passes for a contiguous array;
  * - the elementwise work is fused_layers.c's kernels, and the loss is Σ (a − y)² by the
@@ -21,9 +23,8 @@
  *
  * A stack of pieces (--deterministic's virtual shards, which network.py runs through
  * np.matmul) is run piece by piece, each its own block: np.matmul makes the same BLAS
- * call per matrix of a stack (numpy/_core/src/umath/matmul.c.src), but leaves the
- * output's zeroing to BLAS's β = 0, and so does this call for a stack. A short piece's
- * rows past its real ones get a(L) = 0, as network.py's padding does.
+ * call per matrix of a stack (numpy/_core/src/umath/matmul.c.src). A short piece's rows
+ * past its real ones get a(L) = 0, as network.py's padding does.
  * tests/test_fused_backprop.py compares every way bit for bit.
  */
 #include <stdint.h>
@@ -54,8 +55,6 @@ typedef struct {
     ptrdiff_t pieces, x_step, y_step, grad_step, step[MAX_LAYERS + 1];
     const int64_t *real_rows;        /* pieces entries, or NULL: every row is real */
     void *sums;                      /* out, for a stack: each piece's Σ_k C_k */
-    int zero_outputs;                /* ndarray.dot zeroes a product's output first;
-                                      * np.matmul (stacks) leaves it to BLAS's β = 0 */
     double scale;                    /* in: the trainer's 1/B */
     double loss;                     /* out: Σ_k C_k (of the last piece) */
 } backprop_call;
@@ -76,13 +75,6 @@ static void numpy_tanh(const backprop_call *c, void *in, void *out, ptrdiff_t co
     ptrdiff_t steps[2] = {size, size};
     ((ufunc_loop)c->tanh_loop)(args, &count, steps, c->tanh_data);
 }
-
-/* A product's output zeroed first, where the NumPy call it mirrors does that. */
-#define ZERO(p, bytes)                \
-    do {                              \
-        if (c->zero_outputs)          \
-            memset((p), 0, (bytes));  \
-    } while (0)
 
 #define DEFINE_BACKPROP(T, SUFFIX)                                                            \
     typedef void (*gemm_##SUFFIX)(int, int, int, blas_int, blas_int, blas_int, T, const T *, \
@@ -137,7 +129,6 @@ static void numpy_tanh(const backprop_call *c, void *in, void *out, ptrdiff_t co
         /* Feed-forward: z(ℓ) = a(ℓ-1) W(ℓ)ᵀ (W(ℓ)ᵀ is a transposed view: TRANS) */          \
         for (ptrdiff_t ell = 1; ell <= L; ell++) {                                            \
             const T *a_prev = ell == 1 ? c->x : c->A[ell - 1];                                \
-            ZERO(c->Z[ell], (size_t)(n * w[ell]) * sizeof(T));                           \
             gemm(ROW_MAJOR, NO_TRANS, TRANS, n, w[ell], w[ell - 1], 1, a_prev, w[ell - 1],   \
                  c->W[ell], w[ell - 1], 0, c->Z[ell], w[ell]);                                \
             activate_##SUFFIX(c, ell);                                                        \
@@ -158,14 +149,11 @@ static void numpy_tanh(const backprop_call *c, void *in, void *out, ptrdiff_t co
         /* Backward: ∂C/∂W(ℓ) = Δᵀ a(ℓ-1), ∂C/∂b(ℓ) = onesᵀ Δ, Δ(ℓ-1) = (Δ W(ℓ)) ⊙ σ̇ */    \
         for (ptrdiff_t ell = L; ell >= 1; ell--) {                                            \
             const T *a_prev = ell == 1 ? c->x : c->A[ell - 1];                                \
-            ZERO(c->grad_W[ell], (size_t)(w[ell] * w[ell - 1]) * sizeof(T));             \
             gemm(ROW_MAJOR, TRANS, NO_TRANS, w[ell], w[ell - 1], n, 1, c->D[ell], w[ell],    \
                  a_prev, w[ell - 1], 0, c->grad_W[ell], w[ell - 1]);                          \
-            ZERO(c->grad_b[ell], (size_t)w[ell] * sizeof(T));                            \
             gemv(ROW_MAJOR, TRANS, n, w[ell], 1, c->D[ell], w[ell], c->ones, 1, 0,           \
                  c->grad_b[ell], 1);                                                          \
             if (ell > 1) {                                                                    \
-                ZERO(c->D[ell - 1], (size_t)(n * w[ell - 1]) * sizeof(T));               \
                 gemm(ROW_MAJOR, NO_TRANS, NO_TRANS, n, w[ell - 1], w[ell], 1, c->D[ell],     \
                      w[ell], c->W[ell], w[ell - 1], 0, c->D[ell - 1], w[ell - 1]);            \
                 derivative_##SUFFIX(c, ell - 1, 0, 1);                                        \

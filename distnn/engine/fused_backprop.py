@@ -87,7 +87,6 @@ class BackpropCall(ctypes.Structure):
         ("step", ctypes.c_ssize_t * (MAX_LAYERS + 1)),
         ("real_rows", ctypes.c_void_p),
         ("sums", ctypes.c_void_p),
-        ("zero_outputs", ctypes.c_int),
         ("scale", ctypes.c_double),
         ("loss", ctypes.c_double),
     )
@@ -231,8 +230,6 @@ class WholeBackprop:
             call.step[ell] = _blocks(Z[ell], Z[ell].shape, net.dtype)
         for name in ("gemm", "gemv", "dot", "tanh_loop", "tanh_data"):
             setattr(call, name, found[name])
-        # ndarray.dot zeroes its output before BLAS; np.matmul (a stack's) does not.
-        call.zero_outputs = Z[1].ndim == 2
         self._sums = None
         if Z[1].ndim == 3:  # each piece's Σ_k C_k, where the NumPy calls put them
             self._sums = ws.sums[: self.pieces]
