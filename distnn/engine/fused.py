@@ -2,11 +2,13 @@
 
 - ``fused_updates.c``: each built-in rule of :mod:`distnn.engine.schedules` (but the
   normalized step, whose ‖g‖ is a reduction) does its arithmetic and θ −= step in one
-  pass (:func:`kernel`).
+  pass (:func:`kernel`, bound to θ, g and the state as a :class:`RuleCall`).
 - ``fused_sums.c``: ``--deterministic``'s tree of additions, block by block
   (:func:`sum_plan`).
 - ``fused_layers.c``: the elementwise chains of feed-forward and backprop
   (:func:`layer_kernel`), which :mod:`distnn.engine.bound_layers` binds to a workspace.
+- ``fused_backprop.c``: a whole backprop in one call (:func:`backprop_kernel`), which
+  :mod:`distnn.engine.fused_backprop` binds to a workspace.
 
 Each gives the same bits as the NumPy calls it replaces. The library is built at install
 time when a C compiler is there (setup.py); without it, or with ``DISTNN_FUSED_KERNELS=0``
@@ -192,3 +194,11 @@ def layer_kernel(name: str, dtype: np.dtype) -> Callable[[ctypes.c_void_p], None
     if LIBRARY is None or name not in LAYER_KERNELS or np.dtype(dtype) not in _SUFFIX:
         return None
     return _function(name, dtype, [ctypes.c_void_p])
+
+
+def backprop_kernel(dtype: np.dtype) -> Callable[[ctypes.c_void_p], None] | None:
+    """fused_backprop.c's whole backprop for arrays of ``dtype``, or None if there is none.
+    Called as ``f(address)`` with the address of a ``fused_backprop.BackpropCall``."""
+    if LIBRARY is None or np.dtype(dtype) not in _SUFFIX:
+        return None
+    return _function("backprop", dtype, [ctypes.c_void_p])

@@ -17,13 +17,12 @@ from :func:`bind` (or from the call, for arrays that do not fit), and the NumPy 
 from __future__ import annotations
 
 import ctypes
-import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from distnn.engine import fused
+from distnn.engine import fused, numpy_routines
 from distnn.engine.activations import Activation, Identity, Sigmoid, Tanh
 
 if TYPE_CHECKING:
@@ -31,8 +30,6 @@ if TYPE_CHECKING:
 
 MAX_LAYERS = 16
 KINDS = {Identity: 0, Sigmoid: 1, Tanh: 2}  # fused_backprop.c's enum
-_BLAS = {np.dtype(np.float32): "s", np.dtype(np.float64): "d"}
-_NUMPY_TYPE = {np.dtype(np.float32): 11, np.dtype(np.float64): 12}  # NPY_FLOAT, NPY_DOUBLE
 
 
 class Layers(Protocol):
@@ -92,98 +89,7 @@ class BackpropCall(ctypes.Structure):
     )
 
 
-class _UFunc(ctypes.Structure):
-    """The head of NumPy's PyUFuncObject (numpy/ufuncobject.h, unchanged since NumPy 1.x)."""
-
-    _fields_ = (
-        ("ob_refcnt", ctypes.c_ssize_t),
-        ("ob_type", ctypes.c_void_p),
-        ("nin", ctypes.c_int),
-        ("nout", ctypes.c_int),
-        ("nargs", ctypes.c_int),
-        ("identity", ctypes.c_int),
-        ("functions", ctypes.POINTER(ctypes.c_void_p)),
-        ("data", ctypes.POINTER(ctypes.c_void_p)),
-        ("ntypes", ctypes.c_int),
-        ("reserved1", ctypes.c_int),
-        ("name", ctypes.c_char_p),
-        ("types", ctypes.POINTER(ctypes.c_ubyte)),
-    )
-
-
-def _tanh_loop(dtype: np.dtype) -> tuple[int, int] | None:
-    """(function, data) of the loop np.tanh runs for ``dtype``: its first loop of that
-    type, as NumPy's type resolution picks it."""
-    ufunc = _UFunc.from_address(id(np.tanh))
-    if ufunc.name != b"tanh" or (ufunc.nin, ufunc.nout, ufunc.nargs) != (1, 1, 2):
-        return None
-    code = _NUMPY_TYPE[dtype]
-    for i in range(ufunc.ntypes):
-        if ufunc.types[2 * i] == code and ufunc.types[2 * i + 1] == code:
-            return ufunc.functions[i], ufunc.data[i] or 0
-    return None
-
-
-def _gives_numpy_tanh(loop: tuple[int, int], dtype: np.dtype) -> bool:
-    """Whether ``loop`` gives np.tanh's bits on a probe of ordinary and special values."""
-    probe = np.concatenate(
-        [np.linspace(-12, 12, 997), [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-30, 1e30]]
-    ).astype(dtype)
-    out = np.empty_like(probe)
-    function = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 4)(loop[0])
-    args = (ctypes.c_void_p * 2)(probe.ctypes.data, out.ctypes.data)
-    count = ctypes.c_ssize_t(probe.size)
-    steps = (ctypes.c_ssize_t * 2)(dtype.itemsize, dtype.itemsize)
-    function(args, ctypes.byref(count), steps, loop[1])
-    return out.tobytes() == np.tanh(probe).tobytes()
-
-
-def _numpy_openblas() -> ctypes.CDLL | None:
-    """The OpenBLAS NumPy loaded (the very library instance, so its thread settings are
-    NumPy's), if it is scipy-openblas's ILP64 build; else None."""
-    try:
-        with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if "openblas" in line.lower()}
-    except OSError:
-        return None
-    for path in sorted(paths):
-        try:
-            library = ctypes.CDLL(path, mode=os.RTLD_NOLOAD)
-        except OSError:
-            continue
-        if hasattr(library, "scipy_cblas_sgemm64_"):
-            return library
-    return None
-
-
-def _load() -> dict[np.dtype, dict[str, int]] | None:
-    """Per dtype: the kernel and the addresses it calls; None if anything is missing or a
-    probe does not give NumPy's bits."""
-    if fused.LIBRARY is None:
-        return None
-    blas = _numpy_openblas()
-    if blas is None:
-        return None
-    found = {}
-    for dtype, letter in _BLAS.items():
-        tanh = _tanh_loop(dtype)
-        if tanh is None or not _gives_numpy_tanh(tanh, dtype):
-            return None
-        kernel = fused.LIBRARY[f"backprop_{'f32' if letter == 's' else 'f64'}"]
-        kernel.argtypes, kernel.restype = [ctypes.c_void_p], None
-        found[dtype] = {
-            "kernel": kernel,
-            "tanh_loop": tanh[0],
-            "tanh_data": tanh[1],
-            **{
-                name: ctypes.cast(blas[f"scipy_cblas_{letter}{name}64_"], ctypes.c_void_p).value
-                for name in ("gemm", "gemv", "dot")
-            },
-        }
-    return found
-
-
-_FOUND = _load()
+_FOUND = numpy_routines.find() if fused.LIBRARY is not None else None
 # False: Network.backprop makes its NumPy (and layer kernel) calls (tests compare both).
 ENABLED = _FOUND is not None
 
@@ -212,7 +118,9 @@ class WholeBackprop:
     arrays (the trainer passes the same buffers every step).
     """
 
-    def __init__(self, net: Layers, ws: Workspace, n: int, found: dict[str, int]) -> None:
+    def __init__(
+        self, net: Layers, ws: Workspace, n: int, found: dict[str, int], kernel: Callable
+    ) -> None:
         self.net, self.n = net, n
         Z, A, D, ones = ws.rows(n)
         call = self.call = BackpropCall()
@@ -237,7 +145,7 @@ class WholeBackprop:
         self._real_rows = np.full(self.pieces, n, np.int64)  # a stack's padding
         call.real_rows = self._real_rows.ctypes.data
         self._padded = False
-        self._run = found["kernel"]
+        self._run = kernel
         self._address = ctypes.c_void_p(ctypes.addressof(call))
         self._held = (Z, A, D, ones)  # what the pointers point into
         self._x = self._y = self._grad = None
@@ -303,4 +211,5 @@ def bind(net: Layers, ws: Workspace, n: int) -> WholeBackprop | None:
     arrays = [*net.weights, *net.biases]
     if not all(a.flags.c_contiguous and a.flags.aligned for a in arrays):
         return None
-    return WholeBackprop(net, ws, n, found)
+    kernel = fused.backprop_kernel(net.dtype)
+    return None if kernel is None else WholeBackprop(net, ws, n, found, kernel)
