@@ -46,21 +46,26 @@ SHAPES = {
 ACTIVATIONS = ["sigmoid", "tanh", "identity", ["tanh", "sigmoid"], ["identity", "tanh"]]
 
 
-def run(monkeypatch, way, shape, activations, dtype, steps=3):
+def run(monkeypatch, way, shape, activations, dtype, loss="squared", steps=3):
     """Raw bytes of everything backprop leaves behind, step by step, done ``way``."""
     sizes, rows, ws_rows, pieces, padding = SHAPES[shape]
     monkeypatch.setattr(fused_backprop, "ENABLED", way == "compiled")
     monkeypatch.setattr(bound_layers, "ENABLED", way != "numpy")
     if isinstance(activations, list):  # one name per layer: repeat the pattern
         activations = [activations[i % len(activations)] for i in range(len(sizes) - 1)]
-    net = Network(sizes, activations, seed=3, dtype=dtype)
+    net = Network(sizes, activations, loss=loss, seed=3, dtype=dtype)
     rng = np.random.default_rng(7)
     for b in net.biases:  # not zeros, so the bias addition shows
         b[...] = rng.uniform(-1, 1, b.shape)
     lead = (rows,) if pieces is None else (pieces, rows)
     scales = rng.choice([0.0, 1.0, 3.0, 40.0], lead)[..., None]  # zero rows to saturated ones
     X = (rng.standard_normal((*lead, sizes[0])) * scales).astype(dtype)
-    Y = rng.uniform(-1, 1, (*lead, sizes[-1])).astype(dtype)
+    if loss == "cross-entropy":  # one-hot rows, and a few soft ones
+        Y = np.eye(sizes[-1])[rng.integers(0, sizes[-1], lead)]
+        Y[..., :1, :] = rng.dirichlet(np.ones(sizes[-1]), Y[..., :1, :].shape[:-1])
+    else:
+        Y = rng.uniform(-1, 1, (*lead, sizes[-1]))
+    Y = Y.astype(dtype)
     for piece, real in padding:
         X[piece, real:], Y[piece, real:] = 0.0, 0.0
     ws = net.workspace(ws_rows, pieces)
@@ -69,7 +74,8 @@ def run(monkeypatch, way, shape, activations, dtype, steps=3):
     for step in range(steps):
         for poisoned in (grad, *ws.Z[1:], *ws.D[1:]):  # outputs are written, never read
             poisoned.fill(np.nan)
-        total = net.backprop(X, Y, grad, ws, 1.0 / (step + 3), padding=padding)
+        scale = 1.0 if step == 1 else 1.0 / (step + 3)  # cross-entropy skips 1.0's product
+        total = net.backprop(X, Y, grad, ws, scale, padding=padding)
         _, A, D, _ = ws.rows(rows)
         record.append(
             [np.float64(total).tobytes(), grad.tobytes(), *(a.tobytes() for a in A[1:] + D[1:])]
@@ -84,27 +90,29 @@ def run(monkeypatch, way, shape, activations, dtype, steps=3):
 
 @needs_it
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("loss", ["squared", "cross-entropy"])
 @pytest.mark.parametrize("activations", ACTIVATIONS, ids=str)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_one_call_gives_numpys_bits(monkeypatch, shape, activations, dtype):
-    compiled, whole = run(monkeypatch, "compiled", shape, activations, dtype)
+def test_one_call_gives_numpys_bits(monkeypatch, shape, activations, loss, dtype):
+    """Cross-entropy's output layer is softmax whatever the activations say."""
+    compiled, whole = run(monkeypatch, "compiled", shape, activations, dtype, loss)
     assert whole is not None and whole._x is not None  # the one call ran, bound to X
-    kernels, none = run(monkeypatch, "kernels", shape, activations, dtype)
+    kernels, none = run(monkeypatch, "kernels", shape, activations, dtype, loss)
     assert none is None
-    numpy, _ = run(monkeypatch, "numpy", shape, activations, dtype)
+    numpy, _ = run(monkeypatch, "numpy", shape, activations, dtype, loss)
     assert compiled == kernels == numpy
 
 
 @needs_it
 @pytest.mark.parametrize(
     "case",
-    ["cross-entropy", "relu", "softplus", "width-1", "one-row", "overlap"],
+    ["relu", "softplus", "cross-entropy-after-relu", "width-1", "one-row", "overlap"],
 )
 def test_declines_what_it_cannot_promise(monkeypatch, case):
     """No compiled call for these networks or steps; the NumPy calls give the result."""
     sizes, activations, loss, rows = [6, 5, 4], "sigmoid", "squared", 7
-    if case == "cross-entropy":
-        loss = "cross-entropy"
+    if case == "cross-entropy-after-relu":
+        loss, activations = "cross-entropy", ["relu", "sigmoid"]
     elif case in ("relu", "softplus"):
         activations = ["tanh", case]
     elif case == "width-1":

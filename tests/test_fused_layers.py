@@ -23,7 +23,7 @@ import pytest
 from conftest import launch
 
 from distnn import Network
-from distnn.engine import bound_layers, fused
+from distnn.engine import bound_layers, fused, fused_backprop
 from distnn.engine.activations import ACTIVATIONS
 
 ELEMENTWISE = [name for name in ACTIVATIONS if name != "softmax"]
@@ -130,6 +130,9 @@ def test_the_sigmoid_runs_as_two_kernels_around_numpys_tanh():
 def test_targets_a_kernel_cannot_take_fall_back_with_the_same_bits(monkeypatch):
     """Cross-entropy's (a − y)·scale reads y: a new array, a strided or a Fortran-ordered
     one each step gives what the NumPy passes give."""
+    # The layer kernel's own fallback: the whole backprop in one call would take these
+    # steps first (its fallback for such targets: test_fused_backprop.py).
+    monkeypatch.setattr(fused_backprop, "ENABLED", False)
     net = Network([4, 6, 3], "tanh", loss="cross-entropy", seed=2)
     X = np.random.default_rng(1).standard_normal((7, 4)).astype(np.float32)
     labels = np.arange(7) % 3

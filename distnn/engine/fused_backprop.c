@@ -34,10 +34,14 @@
 
 #define MAX_LAYERS 16
 enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112 }; /* CBLAS's enum values */
-enum { IDENTITY = 0, SIGMOID = 1, TANH = 2 };          /* σ(ℓ), fused_backprop.py's KINDS */
+enum { IDENTITY = 0, SIGMOID = 1, TANH = 2, SOFTMAX = 3 }; /* σ(ℓ): fused_backprop.py's KINDS */
+enum { SQUARED = 0, CROSS_ENTROPY = 1 };                  /* the loss: its LOSSES */
 
 typedef int64_t blas_int; /* scipy-openblas's ILP64 interface (its "64_" symbols) */
 typedef void (*ufunc_loop)(char **args, const ptrdiff_t *dims, const ptrdiff_t *steps, void *data);
+typedef struct {
+    void *function, *data; /* a NumPy ufunc's inner loop for one dtype */
+} numpy_loop;
 
 typedef struct {
     ptrdiff_t layers, rows;          /* L and n (rows per piece) */
@@ -48,7 +52,9 @@ typedef struct {
     void *Z[MAX_LAYERS + 1], *A[MAX_LAYERS + 1], *D[MAX_LAYERS + 1];
     void *grad_W[MAX_LAYERS + 1], *grad_b[MAX_LAYERS + 1];
     void *gemm, *gemv, *dot;         /* cblas_?gemm, cblas_?gemv, cblas_?dot */
-    void *tanh_loop, *tanh_data;     /* np.tanh's inner loop for this dtype */
+    numpy_loop tanh, exp, log, add;  /* NumPy's loops for this dtype (exp, log, add: for
+                                      * cross-entropy only, else NULL) */
+    int loss_kind;                   /* SQUARED or CROSS_ENTROPY (softmax output) */
     /* A stack of pieces (--deterministic's virtual shards), each run as its own block:
      * elements from one piece to the next in X, Y, the gradient, and layer ℓ's Z, A, D;
      * each piece's real rows (its rows past them are padding: a(L) = 0 there). */
@@ -68,12 +74,24 @@ static layer_call block(ptrdiff_t rows, ptrdiff_t cols, void *a0, void *a1, cons
     return c;
 }
 
-/* out ← tanh(in), as np.tanh(in, out=out) runs it on contiguous arrays: one loop call. */
-static void numpy_tanh(const backprop_call *c, void *in, void *out, ptrdiff_t count, ptrdiff_t size)
+/* out ← f(in) for a unary ufunc, as np.f(in, out=out) runs it on contiguous arrays: one
+ * loop call over every element. */
+static void numpy_unary(const numpy_loop *f, void *in, void *out, ptrdiff_t count, ptrdiff_t size)
 {
     char *args[2] = {in, out};
     ptrdiff_t steps[2] = {size, size};
-    ((ufunc_loop)c->tanh_loop)(args, &count, steps, c->tanh_data);
+    ((ufunc_loop)f->function)(args, &count, steps, f->data);
+}
+
+/* *sum ← *sum + Σ row, as np.add.reduce runs its loop on one contiguous row of `count`
+ * after setting the output to add's identity (the caller's *sum = 0): NumPy's own
+ * pairwise summation, in its order. */
+static void numpy_row_sum(const numpy_loop *add, void *sum, const void *row, ptrdiff_t count,
+                          ptrdiff_t size)
+{
+    char *args[3] = {sum, (char *)row, sum};
+    ptrdiff_t steps[3] = {0, size, 0};
+    ((ufunc_loop)add->function)(args, &count, steps, add->data);
 }
 
 #define DEFINE_BACKPROP(T, SUFFIX)                                                            \
@@ -83,6 +101,30 @@ static void numpy_tanh(const backprop_call *c, void *in, void *out, ptrdiff_t co
                                   const T *, blas_int, T, T *, blas_int);                    \
     typedef T (*dot_##SUFFIX)(blas_int, const T *, blas_int, const T *, blas_int);           \
                                                                                               \
+    /* a = softmax(z) by rows, as bound_layers.py's NumPy calls: a = z − max (np.maximum's \
+     * NaN-propagating max, exact), np.exp over the block, each row's np.add.reduce, a/Σ */ \
+    static void softmax_##SUFFIX(const backprop_call *c, ptrdiff_t ell)                      \
+    {                                                                                         \
+        const ptrdiff_t n = c->rows, m = c->width[ell];                                       \
+        const T *z = c->Z[ell];                                                               \
+        T *a = c->A[ell];                                                                     \
+        for (ptrdiff_t r = 0; r < n; r++) {                                                   \
+            const T *zr = z + r * m;                                                          \
+            T top = zr[0];                                                                    \
+            for (ptrdiff_t j = 1; j < m; j++)                                                 \
+                top = (top >= zr[j] || top != top) ? top : zr[j];                             \
+            for (ptrdiff_t j = 0; j < m; j++)                                                 \
+                a[r * m + j] = zr[j] - top;                                                   \
+        }                                                                                     \
+        numpy_unary(&c->exp, a, a, n * m, sizeof(T));                                         \
+        for (ptrdiff_t r = 0; r < n; r++) {                                                   \
+            T *ar = a + r * m, sum = 0;                                                       \
+            numpy_row_sum(&c->add, &sum, ar, m, sizeof(T));                                   \
+            for (ptrdiff_t j = 0; j < m; j++)                                                 \
+                ar[j] = ar[j] / sum;                                                          \
+        }                                                                                     \
+    }                                                                                         \
+                                                                                              \
     /* a(ℓ) = σ(z(ℓ) + b(ℓ)), z(ℓ) holding the sum (network.py's _feed_forward) */          \
     static void activate_##SUFFIX(const backprop_call *c, ptrdiff_t ell)                     \
     {                                                                                         \
@@ -90,13 +132,15 @@ static void numpy_tanh(const backprop_call *c, void *in, void *out, ptrdiff_t co
         layer_call k = block(n, m, c->Z[ell], c->A[ell], c->b[ell]);                          \
         if (c->kind[ell] == SIGMOID) { /* ((tanh(z/2) + 1)·0.5 */                             \
             bias_half_##SUFFIX(&k);                                                           \
-            numpy_tanh(c, c->A[ell], c->A[ell], n * m, sizeof(T));                            \
+            numpy_unary(&c->tanh, c->A[ell], c->A[ell], n * m, sizeof(T));                    \
             k.array[0] = c->A[ell];                                                           \
             sigmoid_tail_##SUFFIX(&k);                                                        \
         } else {                                                                              \
             bias_add_##SUFFIX(&k);                                                            \
             if (c->kind[ell] == TANH)                                                         \
-                numpy_tanh(c, c->Z[ell], c->A[ell], n * m, sizeof(T));                        \
+                numpy_unary(&c->tanh, c->Z[ell], c->A[ell], n * m, sizeof(T));                \
+            else if (c->kind[ell] == SOFTMAX)                                                 \
+                softmax_##SUFFIX(c, ell);                                                     \
             else                                                                              \
                 memcpy(c->A[ell], c->Z[ell], (size_t)(n * m) * sizeof(T));                    \
         }                                                                                     \
@@ -120,6 +164,35 @@ static void numpy_tanh(const backprop_call *c, void *in, void *out, ptrdiff_t co
         }                                                                                     \
     }                                                                                         \
                                                                                               \
+    /* The squared loss: Δ(L) = a(L) − y, Σ Δ², then Δ(L)·2s ⊙ σ̇(L) (losses.py) */          \
+    static void squared_##SUFFIX(backprop_call *c)                                            \
+    {                                                                                         \
+        const ptrdiff_t L = c->layers, outputs = c->rows * c->width[L];                       \
+        const T *a = c->A[L], *y = c->y;                                                      \
+        T *d = c->D[L];                                                                       \
+        for (ptrdiff_t i = 0; i < outputs; i++)                                               \
+            d[i] = a[i] - y[i];                                                               \
+        c->loss = (double)((dot_##SUFFIX)c->dot)(outputs, d, 1, d, 1);                        \
+        derivative_##SUFFIX(c, L, 1, (T)(2.0 * c->scale));                                    \
+    }                                                                                         \
+                                                                                              \
+    /* Cross-entropy after softmax: Δ(L) = (a − y)·s (a − y when s = 1), and              \
+     * −Σ y ⊙ log(max(a, 10⁻³⁰)) with z(L), dead by now, as the scratch (losses.py) */        \
+    static void cross_entropy_##SUFFIX(backprop_call *c)                                      \
+    {                                                                                         \
+        const ptrdiff_t L = c->layers, outputs = c->rows * c->width[L];                       \
+        const T *a = c->A[L], *y = c->y;                                                      \
+        const T s = (T)c->scale, floor = (T)1e-30;                                            \
+        T *d = c->D[L], *scratch = c->Z[L];                                                   \
+        for (ptrdiff_t i = 0; i < outputs; i++) {                                             \
+            T t = a[i] - y[i];                                                                \
+            d[i] = c->scale == 1.0 ? t : t * s;                                               \
+            scratch[i] = (a[i] >= floor || a[i] != a[i]) ? a[i] : floor;                      \
+        }                                                                                     \
+        numpy_unary(&c->log, scratch, scratch, outputs, sizeof(T));                           \
+        c->loss = -(double)((dot_##SUFFIX)c->dot)(outputs, y, 1, scratch, 1);                 \
+    }                                                                                         \
+                                                                                              \
     static void backprop_block_##SUFFIX(backprop_call *c, ptrdiff_t real_rows)              \
     {                                                                                         \
         const gemm_##SUFFIX gemm = (gemm_##SUFFIX)c->gemm;                                    \
@@ -137,14 +210,10 @@ static void numpy_tanh(const backprop_call *c, void *in, void *out, ptrdiff_t co
         /* A piece's padding rows: a(L) = 0, hence Δ(L) = 0 and no share of anything */    \
         memset((T *)c->A[L] + real_rows * w[L], 0, (size_t)((n - real_rows) * w[L]) * sizeof(T)); \
                                                                                               \
-        /* The squared loss: Δ(L) = a(L) − y, Σ Δ², then Δ(L)·2s ⊙ σ̇(L) (losses.py) */      \
-        const ptrdiff_t outputs = n * w[L];                                                   \
-        const T *a = c->A[L], *y = c->y;                                                      \
-        T *d = c->D[L];                                                                       \
-        for (ptrdiff_t i = 0; i < outputs; i++)                                               \
-            d[i] = a[i] - y[i];                                                               \
-        c->loss = (double)((dot_##SUFFIX)c->dot)(outputs, d, 1, d, 1);                        \
-        derivative_##SUFFIX(c, L, 1, (T)(2.0 * c->scale));                                    \
+        if (c->loss_kind == CROSS_ENTROPY)                                                         \
+            cross_entropy_##SUFFIX(c);                                                        \
+        else                                                                                  \
+            squared_##SUFFIX(c);                                                              \
                                                                                               \
         /* Backward: ∂C/∂W(ℓ) = Δᵀ a(ℓ-1), ∂C/∂b(ℓ) = onesᵀ Δ, Δ(ℓ-1) = (Δ W(ℓ)) ⊙ σ̇ */    \
         for (ptrdiff_t ell = L; ell >= 1; ell--) {                                            \

@@ -6,8 +6,10 @@ compiled step makes the same BLAS calls (the functions NumPy itself calls, found
 the OpenBLAS it loaded) and NumPy's own tanh loop, with its elementwise work in
 ``fused_layers.c``'s kernels, so its results are NumPy's to the bit.
 
-It takes what it can prove equal and nothing else: the squared loss; σ in {sigmoid, tanh,
-identity}; at most 16 layers; every width and the row count above 1 (NumPy takes other
+It takes what it can prove equal and nothing else: σ in {sigmoid, tanh, identity} with the
+squared loss, or those hidden layers and a softmax output with cross-entropy (up to 4,096
+classes, when NumPy's exp, log and add loops were found to give its bits); at most 16
+layers; every width and the row count above 1 (NumPy takes other
 BLAS routes for vectors); aligned arrays of the network's dtype with contiguous rows;
 NumPy's wheels' BLAS (scipy-openblas, ILP64) on Linux. A stacked workspace
 (``--deterministic``) runs piece by piece, as np.matmul does. Anything else gets None
@@ -23,13 +25,16 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from distnn.engine import fused, numpy_routines
-from distnn.engine.activations import Activation, Identity, Sigmoid, Tanh
+from distnn.engine.activations import Activation, Identity, Sigmoid, Softmax, Tanh
 
 if TYPE_CHECKING:
+    from distnn.engine.losses import Loss
     from distnn.engine.workspace import Workspace
 
 MAX_LAYERS = 16
-KINDS = {Identity: 0, Sigmoid: 1, Tanh: 2}  # fused_backprop.c's enum
+KINDS = {Identity: 0, Sigmoid: 1, Tanh: 2, Softmax: 3}  # fused_backprop.c's enums
+LOSSES = {"squared": 0, "cross-entropy": 1}
+MAX_CLASSES = 4096  # softmax's row sums: one NumPy loop call per row, as np.add.reduce's
 
 
 class Layers(Protocol):
@@ -43,7 +48,7 @@ class Layers(Protocol):
     params: np.ndarray
     weights: list[np.ndarray]
     biases: list[np.ndarray]
-    loss_fn: object
+    loss_fn: Loss
 
     @property
     def num_layers(self) -> int: ...
@@ -52,6 +57,12 @@ class Layers(Protocol):
 
 
 _Slots = ctypes.c_void_p * (MAX_LAYERS + 1)
+
+
+class NumpyLoop(ctypes.Structure):
+    """fused_backprop.c's ``numpy_loop``: a ufunc's inner loop and its data."""
+
+    _fields_ = (("function", ctypes.c_void_p), ("data", ctypes.c_void_p))
 
 
 class BackpropCall(ctypes.Structure):
@@ -75,8 +86,11 @@ class BackpropCall(ctypes.Structure):
         ("gemm", ctypes.c_void_p),
         ("gemv", ctypes.c_void_p),
         ("dot", ctypes.c_void_p),
-        ("tanh_loop", ctypes.c_void_p),
-        ("tanh_data", ctypes.c_void_p),
+        ("tanh", NumpyLoop),
+        ("exp", NumpyLoop),
+        ("log", NumpyLoop),
+        ("add", NumpyLoop),
+        ("loss_kind", ctypes.c_int),
         ("pieces", ctypes.c_ssize_t),
         ("x_step", ctypes.c_ssize_t),
         ("y_step", ctypes.c_ssize_t),
@@ -121,7 +135,7 @@ class WholeBackprop:
     def __init__(
         self, net: Layers, ws: Workspace, n: int, found: dict[str, int], kernel: Callable
     ) -> None:
-        self.net, self.n = net, n
+        self.net, self.n = net, n  # found: numpy_routines.find()'s entry for net.dtype
         Z, A, D, ones = ws.rows(n)
         call = self.call = BackpropCall()
         L = call.layers = len(net.sizes) - 1
@@ -136,8 +150,11 @@ class WholeBackprop:
             call.Z[ell], call.A[ell] = Z[ell].ctypes.data, A[ell].ctypes.data
             call.D[ell] = D[ell].ctypes.data
             call.step[ell] = _blocks(Z[ell], Z[ell].shape, net.dtype)
-        for name in ("gemm", "gemv", "dot", "tanh_loop", "tanh_data"):
+        for name in ("gemm", "gemv", "dot"):
             setattr(call, name, found[name])
+        for name in ("tanh", "exp", "log", "add"):
+            setattr(call, name, NumpyLoop(*found.get(name, (None, None))))
+        call.loss_kind = LOSSES[net.loss_fn.name]
         self._sums = None
         if Z[1].ndim == 3:  # each piece's Σ_k C_k, where the NumPy calls put them
             self._sums = ws.sums[: self.pieces]
@@ -193,19 +210,33 @@ class WholeBackprop:
         return True
 
 
+def _takes(net: Layers, found: dict) -> bool:
+    """Whether ``net``'s loss and σ are ones the call does as NumPy does: the squared loss
+    after sigmoid, tanh or identity layers, or cross-entropy (a softmax output, whose
+    exp, log and row sums need NumPy's loops) after such hidden layers."""
+    hidden, output = net.sigma[:-1], type(net.sigma[-1])
+    if not all(type(sigma) in (Identity, Sigmoid, Tanh) for sigma in hidden):
+        return False
+    if net.loss_fn.name == "squared":
+        return output in (Identity, Sigmoid, Tanh)
+    return (
+        net.loss_fn.name == "cross-entropy"
+        and output is Softmax
+        and net.sizes[-1] <= MAX_CLASSES
+        and all(name in found for name in ("exp", "log", "add"))
+    )
+
+
 def bind(net: Layers, ws: Workspace, n: int) -> WholeBackprop | None:
     """The compiled backprop of ``net`` on ``ws``'s views of ``n`` rows, or None where it
     would not give NumPy's bits (see the module's docstring)."""
-    if not ENABLED:
-        return None
-    found = _FOUND.get(np.dtype(net.dtype)) if _FOUND else None
+    found = _FOUND.get(np.dtype(net.dtype)) if ENABLED and _FOUND else None
     if (
         found is None
-        or getattr(net.loss_fn, "name", None) != "squared"
         or len(net.sizes) - 1 > MAX_LAYERS
         or min(net.sizes) < 2
         or n < 2
-        or any(type(s) not in KINDS for s in net.sigma)
+        or not _takes(net, found)
     ):
         return None
     arrays = [*net.weights, *net.biases]

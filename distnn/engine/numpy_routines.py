@@ -38,36 +38,60 @@ class _UFunc(ctypes.Structure):
     )
 
 
-def _tanh_loop(dtype: np.dtype) -> tuple[int, int] | None:
-    """(function, data) of the loop np.tanh runs for ``dtype``: its first loop of that
-    type, as NumPy's type resolution picks it."""
+def _first_loop(ufunc: np.ufunc, dtype: np.dtype) -> tuple[int, int] | None:
+    """(function, data) of the loop ``ufunc`` runs when every operand is ``dtype``: its
+    first loop of those types, as NumPy's type resolution picks it."""
     # Read in place only where an object starts as ufuncobject.h says: CPython, whose
     # object head is the two words above (not a free-threaded build's longer head).
     head = 2 * ctypes.sizeof(ctypes.c_void_p)
     if sys.implementation.name != "cpython" or object.__basicsize__ != head:
         return None
-    ufunc = _UFunc.from_address(id(np.tanh))
-    if ufunc.name != b"tanh" or (ufunc.nin, ufunc.nout, ufunc.nargs) != (1, 1, 2):
+    found = _UFunc.from_address(id(ufunc))
+    nargs = ufunc.nin + ufunc.nout
+    if found.name != ufunc.__name__.encode() or (found.nin, found.nargs) != (ufunc.nin, nargs):
         return None
     code = _NUMPY_TYPE[dtype]
-    for i in range(ufunc.ntypes):
-        if ufunc.types[2 * i] == code and ufunc.types[2 * i + 1] == code:
-            return ufunc.functions[i], ufunc.data[i] or 0
+    for i in range(found.ntypes):
+        if all(found.types[nargs * i + k] == code for k in range(nargs)):
+            return found.functions[i], found.data[i] or 0
     return None
 
 
-def _gives_numpy_tanh(loop: tuple[int, int], dtype: np.dtype) -> bool:
-    """Whether ``loop`` gives np.tanh's bits on a probe of ordinary and special values."""
-    probe = np.concatenate(
-        [np.linspace(-12, 12, 997), [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-30, 1e30]]
-    ).astype(dtype)
-    out = np.empty_like(probe)
-    function = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 4)(loop[0])
-    args = (ctypes.c_void_p * 2)(probe.ctypes.data, out.ctypes.data)
-    count = ctypes.c_ssize_t(probe.size)
-    steps = (ctypes.c_ssize_t * 2)(dtype.itemsize, dtype.itemsize)
-    function(args, ctypes.byref(count), steps, loop[1])
-    return out.tobytes() == np.tanh(probe).tobytes()
+_LOOP = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 4)
+
+
+def _run(loop: tuple[int, int], arrays: list[np.ndarray], count: int, steps: list[int]) -> None:
+    """Call ``loop`` on ``arrays`` as NumPy calls an inner loop."""
+    args = (ctypes.c_void_p * len(arrays))(*(a.ctypes.data for a in arrays))
+    dims = ctypes.c_ssize_t(count)
+    _LOOP(loop[0])(args, ctypes.byref(dims), (ctypes.c_ssize_t * len(steps))(*steps), loop[1])
+
+
+def _probe(dtype: np.dtype) -> np.ndarray:
+    """Ordinary, tiny, huge and special values, positive and negative."""
+    values = [np.linspace(-12, 12, 997), np.geomspace(1e-38, 1e38, 301)]
+    values.append([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, 88.7, 89.0, 709.0, 710.0])
+    both = np.concatenate(values)
+    return np.concatenate([both, -both]).astype(dtype)
+
+
+def _gives_numpys_bits(ufunc: np.ufunc, loop: tuple[int, int], dtype: np.dtype) -> bool:
+    """Whether ``loop`` gives ``ufunc``'s bits as this module calls it: elementwise over a
+    contiguous array (unary), or np.add.reduce's row sums (binary)."""
+    probe, size = _probe(dtype), dtype.itemsize
+    with np.errstate(all="ignore"):
+        if ufunc.nin == 1:
+            out = np.empty_like(probe)
+            _run(loop, [probe, out], probe.size, [size, size])
+            return out.tobytes() == ufunc(probe).tobytes()
+        rng = np.random.default_rng(0)  # rows of every length a pairwise sum treats apart
+        for count in [*range(1, 20), 31, 64, 100, 129, 1000, 4096]:
+            row = rng.choice(probe[np.isfinite(probe)], count) * rng.choice([0, 1], count)
+            row, total = row.astype(dtype), np.zeros(1, dtype)
+            _run(loop, [total, row, total], count, [0, size, 0])
+            if total.tobytes() != np.add.reduce(row, keepdims=True).tobytes():
+                return False
+    return True
 
 
 def _numpy_openblas() -> ctypes.CDLL | None:
@@ -88,20 +112,24 @@ def _numpy_openblas() -> ctypes.CDLL | None:
     return None
 
 
-def find() -> dict[np.dtype, dict[str, int]] | None:
-    """Per dtype, the addresses of what NumPy calls: ``gemm``, ``gemv``, ``dot`` (cblas)
-    and ``tanh_loop``, ``tanh_data``; None without NumPy's scipy-openblas, or if np.tanh's
-    loop is not where it is looked for or does not give np.tanh's bits."""
+def find() -> dict[np.dtype, dict[str, int | tuple[int, int]]] | None:
+    """Per dtype, what NumPy calls: the addresses of cblas ``gemm``, ``gemv``, ``dot``, and
+    (function, data) of the loops of ``tanh`` and, where they give NumPy's bits as called
+    here, ``exp``, ``log`` and ``add`` (cross-entropy's); None without NumPy's
+    scipy-openblas, or if np.tanh's loop is not where it is looked for."""
     blas = _numpy_openblas()
     if blas is None:
         return None
-    found = {}
+    found: dict[np.dtype, dict[str, int | tuple[int, int]]] = {}
     for dtype, letter in _BLAS.items():
-        tanh = _tanh_loop(dtype)
-        if tanh is None or not _gives_numpy_tanh(tanh, dtype):
-            return None
-        found[dtype] = {"tanh_loop": tanh[0], "tanh_data": tanh[1]}
+        routines = found[dtype] = {}
         for name in ("gemm", "gemv", "dot"):
             function = blas[f"scipy_cblas_{letter}{name}64_"]
-            found[dtype][name] = ctypes.cast(function, ctypes.c_void_p).value
+            routines[name] = ctypes.cast(function, ctypes.c_void_p).value
+        for ufunc in (np.tanh, np.exp, np.log, np.add):
+            loop = _first_loop(ufunc, dtype)
+            if loop is not None and _gives_numpys_bits(ufunc, loop, dtype):
+                routines[ufunc.__name__] = loop
+        if "tanh" not in routines:
+            return None
     return found
