@@ -153,7 +153,7 @@ def test_ordered_sum_is_the_pairwise_tree_over_shards_and_within_its_bound(virtu
 
 
 class ThreadRank:
-    """One rank of a world of threads: the two collectives OrderedSum uses, through
+    """One rank of a world of threads: the collectives OrderedSum uses, through
     shared memory, so the simulation runs the reducer's own ``reduce``."""
 
     def __init__(self, rank: int, size: int, posted: list, barrier: threading.Barrier) -> None:
@@ -165,6 +165,14 @@ class ThreadRank:
         self.barrier.wait()
         segments[...] = self.posted
         self.barrier.wait()  # nobody posts again before everyone has read
+
+    def allreduce_sum(self, buf: np.ndarray) -> None:
+        """Each rank adds in its own order, itself first: MPI fixes no order."""
+        self.posted[self.rank] = buf.copy()
+        self.barrier.wait()
+        for r in [*range(self.rank + 1, self.size), *range(self.rank)]:
+            np.add(buf, self.posted[r], out=buf)
+        self.barrier.wait()
 
     def alltoall(self, send: np.ndarray, received: np.ndarray) -> None:
         self.posted[self.rank] = send.reshape(self.size, -1).copy()  # one chunk per rank
@@ -204,12 +212,14 @@ def reference_tree(shards: list[np.ndarray]) -> np.ndarray:
 
 
 @pytest.mark.parametrize("n", [37, 5003], ids=["short", "blocks"])  # fused_sums.c's BLOCK
-@pytest.mark.parametrize("scatter", [False, True], ids=["allgather", "alltoall"])
+@pytest.mark.parametrize("scatter", [False, True, None], ids=["allgather", "alltoall", "auto"])
 @pytest.mark.parametrize("V", range(1, 10))
 def test_every_world_size_computes_the_same_tree(V, scatter, n):
-    """For every P (up to V + 2: ranks without shards) and either transport, the subtree
-    covers partition the shards, and ``reduce`` gives the reference's bits on every rank,
-    whether its additions run as the fused kernel's one pass or as NumPy calls."""
+    """For every P (up to V + 2: ranks without shards) and every transport (auto: the
+    Allreduce of two ranks holding the root's two children, when V is a power of two),
+    the subtree covers partition the shards, and ``reduce`` gives the reference's bits
+    on every rank, whether its additions run as the fused kernel's one pass or as NumPy
+    calls."""
     rng = np.random.default_rng(V)
     scales = 10.0 ** rng.integers(-6, 6, V)  # shards of very different sizes
     shards = [(rng.standard_normal(n) * c).astype(np.float32) for c in scales]
@@ -228,6 +238,8 @@ def test_every_world_size_computes_the_same_tree(V, scatter, n):
             r.piece_grads[...] = np.reshape(shards[own.start : own.stop], (-1, n))
             r.votes[...] = [r.world.rank, 1, 2, 3, r.world.rank * 2]
         run_threads([r.reduce for r in ranks])
+        pair = scatter is None and P == 2 and V > 1 and V & (V - 1) == 0
+        assert all(r.pair == pair for r in ranks), f"V={V} P={P}"
         for r in ranks:
             assert r.grad.tobytes() == want, f"V={V} P={P} rank {r.world.rank}"
             fusable = fused.LIBRARY is not None and not r.scatter and r.local_ops
@@ -237,24 +249,31 @@ def test_every_world_size_computes_the_same_tree(V, scatter, n):
 
 
 @pytest.mark.mpi(min_size=2)
-@pytest.mark.parametrize("scatter", [False, True], ids=["allgather", "alltoall"])
-def test_both_transports_give_one_ranks_bits_and_sum_the_votes(scatter):
+@pytest.mark.parametrize(
+    ("V", "scatter"),
+    [(5, False), (5, True), (4, None)],
+    ids=["allgather", "alltoall", "auto"],  # auto, V = 4: the Allreduce on 2 ranks
+)
+def test_every_transport_gives_one_ranks_bits_and_sums_the_votes(V, scatter):
+    """The parameters, each step's loss and the noise scale's measurements (every
+    NOISE_EVERY steps, from the shards' |g_v|²) are one rank's bits."""
     data = load_dataset("synthetic:300:12:3", seed=2)
 
-    def train(world: World, scatter: bool) -> tuple[bytes, list]:
+    def train(world: World, scatter: bool | None) -> tuple[bytes, list, list, dict]:
         net = Network([12, 10, 3], "tanh", seed=4)
-        reducer = OrderedSum(net.num_params, net.dtype, world, 5, scatter)
+        reducer = OrderedSum(net.num_params, net.dtype, world, V, scatter)
         trainer = Trainer(net, SGD(0.1), data, world, 37, reducer)
-        order, votes = trainer.epoch_order(), []
+        order, votes, losses = trainer.epoch_order(), [], []
         for step, lo in enumerate(range(0, 300, 37)):
             trainer.votes[:] = [world.rank == 0, step % 2 == 1, world.rank == 1, world.rank, 15]
-            trainer.train_step(order[lo : lo + 37])
+            losses.append(trainer.train_step(order[lo : lo + 37]))
             votes.append(reducer.votes.tolist())
-        return net.params.tobytes(), votes
+        return net.params.tobytes(), votes, losses, trainer.noise.take()
 
     world = World()
-    params, votes = train(world, scatter)
-    assert params == train(World(MPI.COMM_SELF), False)[0]
+    params, votes, losses, noise = train(world, scatter)
+    alone = train(World(MPI.COMM_SELF), None)
+    assert (params, losses, noise) == (alone[0], alone[2], alone[3])
     ranks_sum, size = world.size * (world.size - 1) // 2, world.size
     want = [
         [1, size * (step % 2), int(size > 1), ranks_sum, 15 * size] for step in range(len(votes))

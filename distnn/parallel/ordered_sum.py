@@ -86,7 +86,11 @@ class OrderedSum:
     collective, (P − 1)·c·n numbers into each rank, c the most subtrees a rank holds);
     beyond, an Alltoall gives each rank its 1/P slice of every rank's subtree sums, it
     adds the rest of the tree for that slice, and an Allgather of the slices completes
-    g (two collectives, about (c + 1)·n numbers per rank, as an Allreduce's 2n).
+    g (two collectives, about (c + 1)·n numbers per rank, as an Allreduce's 2n). Two
+    ranks whose subtrees are the root's two children (V a power of two) leave one
+    addition per element, and IEEE addition is commutative: an Allreduce computes that
+    very sum, the same bits on both ranks (every shard's loss and |g_v|² has its own slot,
+    the other rank's zero, and x + 0 = x).
 
     Rounding: each element of g is a pairwise sum of V floating-point numbers, a tree
     h = ⌈log₂ V⌉ additions deep, each rounding once by at most a relative u (2^-24 for
@@ -110,10 +114,18 @@ class OrderedSum:
         virtual_shards: int,
         scatter: bool | None = None,
     ) -> None:
+        """``scatter``: None picks the transport by P; True or False forces the Alltoall
+        or the Allgather (tests compare them)."""
         self.world, n, V, P = world, num_params, virtual_shards, world.size
         owned, covers = shards_and_covers(V, P)
         self.num_pieces, self.my_pieces = V, owned[world.rank]
         self.layer_done = None
+        top = tree_height(V) - 1  # the root's children: (0, top) and (2^top, top)
+        children = [[(0, top)], [(1 << max(top, 0), top)]]
+        self.pair = P == 2 and scatter is None and covers == children
+        if self.pair:
+            self._pair_layout(n, dtype, V)
+            return
         self.scatter = P > 1 and (P > SCATTER_ABOVE if scatter is None else scatter)
         # A subtree sum in a message is m long: the whole gradient, or (scattering) one
         # of P slices of it, the padding beyond n staying zero.
@@ -173,6 +185,35 @@ class OrderedSum:
         self.global_ops = plan_tree_sum(root, V, gathered, mine)
         self._compile_plans()
 
+    def _pair_layout(self, n: int, dtype: np.dtype, V: int) -> None:
+        """Two ranks, each holding one child of the root: one in-place Allreduce of
+        [this rank's subtree sum | a loss per shard | a |g_v|² per shard | votes], the
+        other rank's shard slots zero (:meth:`_reduce_pair`)."""
+        self.scatter = False
+        self.send = np.zeros(n + 2 * V + NUM_VOTES, dtype)
+        self.grad = self.send[:n]  # the subtree sum, then (summed) g
+        mine = slice(self.my_pieces.start, self.my_pieces.stop)
+        self.all_losses, self.all_sqnorms = self.send[n : n + V], self.send[n + V : n + 2 * V]
+        self.piece_losses = self.all_losses[mine].reshape(-1, 1, 1)
+        self.piece_sqnorms = self.all_sqnorms[mine]
+        self.others = [v for v in range(V) if v not in self.my_pieces]  # zeroed after each sum
+        self.norm_scales, self.measure_norms = np.zeros(len(self.my_pieces)), False
+        self.votes = self.send[n + 2 * V :]  # the trainer's, then the world's sums
+        leaves = np.zeros((len(self.my_pieces), n), dtype)
+        self.piece_grads = leaves
+        my_leaves = {(v, 0): leaves[v - self.my_pieces.start] for v in self.my_pieces}
+        node = (self.my_pieces.start, tree_height(V) - 1)
+        self.local_ops, self.global_ops = plan_tree_sum(node, V, my_leaves, self.grad), []
+        self._compile_plans()
+
+    def _reduce_pair(self) -> tuple[float, float]:
+        self.world.allreduce_sum(self.send)  # g = left subtree + right: one addition
+        losses = float(sum(self.all_losses.tolist()))  # in shard order
+        sqnorms = float(sum(self.all_sqnorms.tolist())) if self.measure_norms else 0.0
+        self.all_losses[self.others] = 0.0  # the other rank's slots: its numbers, summed
+        self.all_sqnorms[self.others] = 0.0  # in again unless zeroed
+        return losses, sqnorms
+
     def _compile_plans(self) -> None:
         """Each plan as one call of the block-by-block kernel (the same additions, one
         pass over memory), where the library is built and the arrays allow it."""
@@ -184,6 +225,8 @@ class OrderedSum:
             for j, g in enumerate(self.piece_grads):
                 self.piece_sqnorms[j] = self.norm_scales[j] * float(np.dot(g, g))
         self.run_local()
+        if self.pair:
+            return self._reduce_pair()
         if self.scatter:
             np.copyto(self.extras_in_messages, self.extras)  # to every rank
             self.world.alltoall(self.send, self.received)
