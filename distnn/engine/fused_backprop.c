@@ -1,6 +1,7 @@
-/* Backprop of a whole small network in ONE call: feed-forward, the squared loss's output
- * delta and sum, and every layer's gradient (network.py's backprop, MATH.md's dynamic
- * program), for σ in {sigmoid, tanh, identity}.
+/* Backprop of a whole small network in ONE call: feed-forward, the loss's output delta and
+ * sum, and every layer's gradient (network.py's backprop, MATH.md's dynamic program), for
+ * hidden σ in {sigmoid, tanh, identity} and the squared loss after one of those, or
+ * cross-entropy after a softmax output.
  *
  * Why: on the default network (64-32-10, batch 32) a step's products take about 9 µs and
  * the twenty-odd Python and NumPy calls around them as long again. Here the same work is
@@ -10,14 +11,17 @@
  * runs, on the same operands, in the same order:
  * - each product is the BLAS call NumPy's ndarray.dot makes for these shapes and layouts
  *   (numpy/_core/src/common/cblasfuncs.c: gemm for matrix × matrix, gemv with CblasTrans
- *   for ones · Δ), through the very functions NumPy calls (fused_backprop.py finds them in
+ *   for ones · Δ), through the very functions NumPy calls (numpy_routines.py finds them in
  *   the OpenBLAS NumPy loaded). ndarray.dot zeroes the output first, np.matmul does not;
  *   neither matters, as with β = 0 BLAS never reads the output (reference BLAS sets it to
  *   zero), so this call skips that pass;
  * - tanh is NumPy's own float loop for np.tanh (its SIMD code is not libm's), called with
  *   the arguments np.tanh passes for a contiguous array;
- * - the elementwise work is fused_layers.c's kernels, and the loss is Σ (a − y)² by the
- *   BLAS dot np.vdot calls.
+ * - softmax's exp, cross-entropy's log and softmax's row sums are NumPy's own loops for
+ *   np.exp, np.log and np.add (the row sums: np.add.reduce's call on a row, so NumPy's
+ *   pairwise order), each checked against NumPy at load (numpy_routines.py);
+ * - the rest of the elementwise work is fused_layers.c's kernels or exact operations
+ *   (−, ÷, max), and each loss's sum the BLAS dot np.vdot calls.
  * Every width and the row count are > 1: NumPy takes other BLAS routes for vectors, so
  * fused_backprop.py binds nothing then.
  *
@@ -130,7 +134,7 @@ static void numpy_row_sum(const numpy_loop *add, void *sum, const void *row, ptr
     {                                                                                         \
         const ptrdiff_t n = c->rows, m = c->width[ell];                                       \
         layer_call k = block(n, m, c->Z[ell], c->A[ell], c->b[ell]);                          \
-        if (c->kind[ell] == SIGMOID) { /* ((tanh(z/2) + 1)·0.5 */                             \
+        if (c->kind[ell] == SIGMOID) { /* (tanh(z/2) + 1)·0.5 */                              \
             bias_half_##SUFFIX(&k);                                                           \
             numpy_unary(&c->tanh, c->A[ell], c->A[ell], n * m, sizeof(T));                    \
             k.array[0] = c->A[ell];                                                           \
@@ -208,9 +212,10 @@ static void numpy_row_sum(const numpy_loop *add, void *sum, const void *row, ptr
         }                                                                                     \
                                                                                               \
         /* A piece's padding rows: a(L) = 0, hence Δ(L) = 0 and no share of anything */    \
-        memset((T *)c->A[L] + real_rows * w[L], 0, (size_t)((n - real_rows) * w[L]) * sizeof(T)); \
+        T *padding = (T *)c->A[L] + real_rows * w[L];                                         \
+        memset(padding, 0, (size_t)((n - real_rows) * w[L]) * sizeof(T));                     \
                                                                                               \
-        if (c->loss_kind == CROSS_ENTROPY)                                                         \
+        if (c->loss_kind == CROSS_ENTROPY)                                                    \
             cross_entropy_##SUFFIX(c);                                                        \
         else                                                                                  \
             squared_##SUFFIX(c);                                                              \

@@ -2,16 +2,17 @@
 
 ``Network.backprop`` on one block of rows makes about twenty NumPy calls; on the default
 network (64-32-10, batch 32) they cost as much as the matrix products themselves. The
-compiled step makes the same BLAS calls (the functions NumPy itself calls, found here in
-the OpenBLAS it loaded) and NumPy's own tanh loop, with its elementwise work in
-``fused_layers.c``'s kernels, so its results are NumPy's to the bit.
+compiled step makes the same BLAS calls and runs NumPy's own tanh, exp, log and add loops
+(the very functions NumPy calls, which :mod:`~distnn.engine.numpy_routines` finds), with
+the rest of its elementwise work in ``fused_layers.c``'s kernels, so its results are
+NumPy's to the bit.
 
 It takes what it can prove equal and nothing else: σ in {sigmoid, tanh, identity} with the
 squared loss, or those hidden layers and a softmax output with cross-entropy (up to 4,096
 classes, when NumPy's exp, log and add loops were found to give its bits); at most 16
-layers; every width and the row count above 1 (NumPy takes other
-BLAS routes for vectors); aligned arrays of the network's dtype with contiguous rows;
-NumPy's wheels' BLAS (scipy-openblas, ILP64) on Linux. A stacked workspace
+layers; every width and the row count above 1 (NumPy takes other BLAS routes for
+vectors); aligned arrays of the network's dtype with contiguous rows; NumPy's wheels'
+BLAS (scipy-openblas, ILP64) on Linux. A stacked workspace
 (``--deterministic``) runs piece by piece, as np.matmul does. Anything else gets None
 from :func:`bind` (or from the call, for arrays that do not fit), and the NumPy calls run.
 """
