@@ -29,13 +29,18 @@ from distnn.engine import fused, numpy_routines
 from distnn.engine.activations import Activation, Identity, Sigmoid, Softmax, Tanh
 
 if TYPE_CHECKING:
-    from distnn.engine.losses import Loss
     from distnn.engine.workspace import Workspace
 
 MAX_LAYERS = 16
 KINDS = {Identity: 0, Sigmoid: 1, Tanh: 2, Softmax: 3}  # fused_backprop.c's enums
 LOSSES = {"squared": 0, "cross-entropy": 1}
 MAX_CLASSES = 4096  # softmax's row sums: one NumPy loop call per row, as np.add.reduce's
+
+
+class NamedLoss(Protocol):
+    """A loss as far as the call needs it: its name (losses.py's ``LOSSES`` keys)."""
+
+    name: str
 
 
 class Layers(Protocol):
@@ -49,7 +54,7 @@ class Layers(Protocol):
     params: np.ndarray
     weights: list[np.ndarray]
     biases: list[np.ndarray]
-    loss_fn: Loss
+    loss_fn: NamedLoss
 
     @property
     def num_layers(self) -> int: ...
