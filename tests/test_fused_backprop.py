@@ -179,3 +179,16 @@ def test_a_stack_whose_arrays_do_not_fit_takes_the_numpy_calls():
     assert whole(X, Y, np.zeros(net.num_params, np.float32), 0.5) is None
     assert whole(X[:2], Y[:2], np.zeros((2, net.num_params), np.float32), 0.5) is None
     assert whole(X, Y, np.zeros((3, net.num_params), np.float32), 0.5) is not None
+
+
+@needs_it
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_same_bits_with_blas_on_more_threads(monkeypatch, threads):
+    """Large enough that OpenBLAS splits the products over its threads: both ways make
+    the same calls on the same library, so the split is the same too."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=threads, user_api="blas"):
+        compiled, whole = run(monkeypatch, "compiled", "large", "sigmoid", "float32")
+        numpy, _ = run(monkeypatch, "numpy", "large", "sigmoid", "float32")
+    assert whole is not None and compiled == numpy
