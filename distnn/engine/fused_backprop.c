@@ -1,7 +1,7 @@
 /* Backprop of a whole small network in ONE call: feed-forward, the loss's output delta and
  * sum, and every layer's gradient (network.py's backprop, MATH.md's dynamic program), for
- * hidden σ in {sigmoid, tanh, identity} and the squared loss after one of those, or
- * cross-entropy after a softmax output.
+ * every elementwise σ (sigmoid, tanh, identity, ReLU, leaky ReLU, softplus) with the
+ * squared loss, or such hidden layers and a softmax output with cross-entropy.
  *
  * Why: on the default network (64-32-10, batch 32) a step's products take about 9 µs and
  * the twenty-odd Python and NumPy calls around them as long again. Here the same work is
@@ -17,9 +17,11 @@
  *   zero), so this call skips that pass;
  * - tanh is NumPy's own float loop for np.tanh (its SIMD code is not libm's), called with
  *   the arguments np.tanh passes for a contiguous array;
- * - softmax's exp, cross-entropy's log and softmax's row sums are NumPy's own loops for
- *   np.exp, np.log and np.add (the row sums: np.add.reduce's call on a row, so NumPy's
- *   pairwise order), each checked against NumPy at load (numpy_routines.py);
+ * - softmax's exp, cross-entropy's log, softmax's row sums, the ReLUs' max and softplus
+ *   are NumPy's own loops for np.exp, np.log, np.add (the row sums: np.add.reduce's call
+ *   on a row, so NumPy's pairwise order), np.maximum and np.logaddexp, called as NumPy
+ *   calls them (a scalar operand broadcast with step 0), each checked against NumPy at
+ *   load (numpy_routines.py);
  * - the rest of the elementwise work is fused_layers.c's kernels or exact operations
  *   (−, ÷, max), and each loss's sum the BLAS dot np.vdot calls.
  * Every width and the row count are > 1: NumPy takes other BLAS routes for vectors, so
@@ -38,7 +40,7 @@
 
 #define MAX_LAYERS 16
 enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112 }; /* CBLAS's enum values */
-enum { IDENTITY = 0, SIGMOID = 1, TANH = 2, SOFTMAX = 3 }; /* σ(ℓ): fused_backprop.py's KINDS */
+enum { IDENTITY, SIGMOID, TANH, SOFTMAX, RELU, LEAKY_RELU, SOFTPLUS }; /* σ(ℓ): the .py's KINDS */
 enum { SQUARED = 0, CROSS_ENTROPY = 1 };                  /* the loss: its LOSSES */
 
 typedef int64_t blas_int; /* scipy-openblas's ILP64 interface (its "64_" symbols) */
@@ -56,8 +58,9 @@ typedef struct {
     void *Z[MAX_LAYERS + 1], *A[MAX_LAYERS + 1], *D[MAX_LAYERS + 1];
     void *grad_W[MAX_LAYERS + 1], *grad_b[MAX_LAYERS + 1];
     void *gemm, *gemv, *dot;         /* cblas_?gemm, cblas_?gemv, cblas_?dot */
-    numpy_loop tanh, exp, log, add;  /* NumPy's loops for this dtype (exp, log, add: for
-                                      * cross-entropy only, else NULL) */
+    /* NumPy's loops for this dtype (those the network's σ and loss do not use may be NULL) */
+    numpy_loop tanh, exp, log, add, maximum, logaddexp;
+    double slope[MAX_LAYERS + 1];    /* the leaky ReLU's α, per layer */
     int loss_kind;                   /* SQUARED or CROSS_ENTROPY (softmax output) */
     /* A stack of pieces (--deterministic's virtual shards), each run as its own block:
      * elements from one piece to the next in X, Y, the gradient, and layer ℓ's Z, A, D;
@@ -84,6 +87,16 @@ static void numpy_unary(const numpy_loop *f, void *in, void *out, ptrdiff_t coun
 {
     char *args[2] = {in, out};
     ptrdiff_t steps[2] = {size, size};
+    ((ufunc_loop)f->function)(args, &count, steps, f->data);
+}
+
+/* out ← f(in, second), as np.f(in, second, out=out) runs it on contiguous arrays: one loop
+ * call, `second` a scalar (step 0, NumPy's broadcast 0-d operand) or an array. */
+static void numpy_binary(const numpy_loop *f, void *in, void *second, int scalar, void *out,
+                         ptrdiff_t count, ptrdiff_t size)
+{
+    char *args[3] = {in, second, out};
+    ptrdiff_t steps[3] = {size, scalar ? 0 : size, size};
     ((ufunc_loop)f->function)(args, &count, steps, f->data);
 }
 
@@ -141,30 +154,71 @@ static void numpy_row_sum(const numpy_loop *add, void *sum, const void *row, ptr
             sigmoid_tail_##SUFFIX(&k);                                                        \
         } else {                                                                              \
             bias_add_##SUFFIX(&k);                                                            \
-            if (c->kind[ell] == TANH)                                                         \
-                numpy_unary(&c->tanh, c->Z[ell], c->A[ell], n * m, sizeof(T));                \
-            else if (c->kind[ell] == SOFTMAX)                                                 \
+            T zero = 0, *a = c->A[ell];                                                       \
+            const T *z = c->Z[ell];                                                           \
+            switch (c->kind[ell]) {                                                           \
+            case TANH:                                                                        \
+                numpy_unary(&c->tanh, c->Z[ell], a, n * m, sizeof(T));                        \
+                break;                                                                        \
+            case SOFTMAX:                                                                     \
                 softmax_##SUFFIX(c, ell);                                                     \
-            else                                                                              \
-                memcpy(c->A[ell], c->Z[ell], (size_t)(n * m) * sizeof(T));                    \
+                break;                                                                        \
+            case RELU: /* np.maximum(z, 0.0) */                                               \
+                numpy_binary(&c->maximum, c->Z[ell], &zero, 1, a, n * m, sizeof(T));          \
+                break;                                                                        \
+            case LEAKY_RELU: { /* a = z·α, then np.maximum(z, a) */                           \
+                const T alpha = (T)c->slope[ell];                                             \
+                for (ptrdiff_t i = 0; i < n * m; i++)                                         \
+                    a[i] = z[i] * alpha;                                                      \
+                numpy_binary(&c->maximum, c->Z[ell], a, 0, a, n * m, sizeof(T));              \
+                break;                                                                        \
+            }                                                                                 \
+            case SOFTPLUS: /* np.logaddexp(z, 0.0) */                                         \
+                numpy_binary(&c->logaddexp, c->Z[ell], &zero, 1, a, n * m, sizeof(T));        \
+                break;                                                                        \
+            default: /* the identity */                                                       \
+                memcpy(a, z, (size_t)(n * m) * sizeof(T));                                    \
+            }                                                                                 \
         }                                                                                     \
     }                                                                                         \
                                                                                               \
-    /* Δ ⊙= σ̇(ℓ) from a(ℓ), with Δ·s first if scaled (σ̇ = 1 for the identity) */           \
+    /* Δ ⊙= σ̇(ℓ), with Δ·s first if scaled, as bound_layers.py's kernels: from a(ℓ)     \
+     * (sigmoid, tanh), from z(ℓ) (the ReLUs; softplus, whose σ̇ is the sigmoid: z/2 and   \
+     * NumPy's tanh in z(ℓ), dead by now, then the tail), or 1 (the identity) */            \
     static void derivative_##SUFFIX(const backprop_call *c, ptrdiff_t ell, int scaled, T s)  \
     {                                                                                         \
         const ptrdiff_t count = c->rows * c->width[ell];                                      \
-        layer_call k = block(c->rows, c->width[ell], c->D[ell], c->A[ell], NULL);             \
+        T *d = c->D[ell], *z = c->Z[ell];                                                     \
+        layer_call k = block(c->rows, c->width[ell], d, c->A[ell], NULL);                     \
         k.scaled = scaled;                                                                    \
         k.scale = s;                                                                          \
-        if (c->kind[ell] == SIGMOID)                                                          \
+        switch (c->kind[ell]) {                                                               \
+        case SIGMOID:                                                                         \
             sigmoid_derivative_##SUFFIX(&k);                                                  \
-        else if (c->kind[ell] == TANH)                                                        \
+            break;                                                                            \
+        case TANH:                                                                            \
             tanh_derivative_##SUFFIX(&k);                                                     \
-        else if (scaled) {                                                                    \
-            T *d = c->D[ell];                                                                 \
+            break;                                                                            \
+        case RELU:                                                                            \
+            k.array[1] = z;                                                                   \
+            relu_derivative_##SUFFIX(&k);                                                     \
+            break;                                                                            \
+        case LEAKY_RELU:                                                                      \
+            k.array[1] = z;                                                                   \
+            k.slope = c->slope[ell];                                                          \
+            leaky_relu_derivative_##SUFFIX(&k);                                               \
+            break;                                                                            \
+        case SOFTPLUS:                                                                        \
             for (ptrdiff_t i = 0; i < count; i++)                                             \
-                d[i] = d[i] * s;                                                              \
+                z[i] = z[i] * (T)0.5;                                                         \
+            numpy_unary(&c->tanh, z, z, count, sizeof(T));                                    \
+            k.array[1] = z;                                                                   \
+            sigmoid_tail_product_##SUFFIX(&k);                                                \
+            break;                                                                            \
+        default: /* the identity: σ̇ = 1 */                                                   \
+            if (scaled)                                                                       \
+                for (ptrdiff_t i = 0; i < count; i++)                                         \
+                    d[i] = d[i] * s;                                                          \
         }                                                                                     \
     }                                                                                         \
                                                                                               \

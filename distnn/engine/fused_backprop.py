@@ -7,9 +7,9 @@ compiled step makes the same BLAS calls and runs NumPy's own tanh, exp, log and 
 the rest of its elementwise work in ``fused_layers.c``'s kernels, so its results are
 NumPy's to the bit.
 
-It takes what it can prove equal and nothing else: σ in {sigmoid, tanh, identity} with the
-squared loss, or those hidden layers and a softmax output with cross-entropy (up to 4,096
-classes, when NumPy's exp, log and add loops were found to give its bits); at most 16
+It takes what it can prove equal and nothing else: any elementwise σ with the squared
+loss, or such hidden layers and a softmax output with cross-entropy (up to 4,096
+classes), when the NumPy loops they need were found and give NumPy's bits; at most 16
 layers; every width and the row count above 1 (NumPy takes other BLAS routes for
 vectors); aligned arrays of the network's dtype with contiguous rows; NumPy's wheels'
 BLAS (scipy-openblas, ILP64) on Linux. A stacked workspace
@@ -26,13 +26,25 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from distnn.engine import fused, numpy_routines
-from distnn.engine.activations import Activation, Identity, Sigmoid, Softmax, Tanh
+from distnn.engine.activations import (
+    Activation,
+    Identity,
+    LeakyReLU,
+    ReLU,
+    Sigmoid,
+    Softmax,
+    Softplus,
+    Tanh,
+)
 
 if TYPE_CHECKING:
     from distnn.engine.workspace import Workspace
 
 MAX_LAYERS = 16
-KINDS = {Identity: 0, Sigmoid: 1, Tanh: 2, Softmax: 3}  # fused_backprop.c's enums
+# fused_backprop.c's enums, and the NumPy loop each σ needs beyond BLAS
+KINDS = {Identity: 0, Sigmoid: 1, Tanh: 2, Softmax: 3, ReLU: 4, LeakyReLU: 5, Softplus: 6}
+NEEDS = {Sigmoid: "tanh", Tanh: "tanh", ReLU: "maximum", LeakyReLU: "maximum"}
+NEEDS[Softplus] = "logaddexp"  # and tanh, for its σ̇
 LOSSES = {"squared": 0, "cross-entropy": 1}
 MAX_CLASSES = 4096  # softmax's row sums: one NumPy loop call per row, as np.add.reduce's
 
@@ -96,6 +108,9 @@ class BackpropCall(ctypes.Structure):
         ("exp", NumpyLoop),
         ("log", NumpyLoop),
         ("add", NumpyLoop),
+        ("maximum", NumpyLoop),
+        ("logaddexp", NumpyLoop),
+        ("slope", ctypes.c_double * (MAX_LAYERS + 1)),
         ("loss_kind", ctypes.c_int),
         ("pieces", ctypes.c_ssize_t),
         ("x_step", ctypes.c_ssize_t),
@@ -158,8 +173,9 @@ class WholeBackprop:
             call.step[ell] = _blocks(Z[ell], Z[ell].shape, net.dtype)
         for name in ("gemm", "gemv", "dot"):
             setattr(call, name, found[name])
-        for name in ("tanh", "exp", "log", "add"):
+        for name in ("tanh", "exp", "log", "add", "maximum", "logaddexp"):
             setattr(call, name, NumpyLoop(*found.get(name, (None, None))))
+        call.slope[1 : L + 1] = [getattr(sigma, "slope", 0.0) for sigma in net.sigma]
         call.loss_kind = LOSSES[net.loss_fn.name]
         self._sums = None
         if Z[1].ndim == 3:  # each piece's Σ_k C_k, where the NumPy calls put them
@@ -217,20 +233,23 @@ class WholeBackprop:
 
 
 def _takes(net: Layers, found: dict) -> bool:
-    """Whether ``net``'s loss and σ are ones the call does as NumPy does: the squared loss
-    after sigmoid, tanh or identity layers, or cross-entropy (a softmax output, whose
-    exp, log and row sums need NumPy's loops) after such hidden layers."""
+    """Whether ``net``'s loss and σ are ones the call does as NumPy does, with NumPy's
+    loops for them found: the squared loss after any elementwise σ, or cross-entropy (a
+    softmax output, whose exp, log and row sums are NumPy's loops) after such hidden
+    layers."""
     hidden, output = net.sigma[:-1], type(net.sigma[-1])
-    if not all(type(sigma) in (Identity, Sigmoid, Tanh) for sigma in hidden):
+    needs = {NEEDS.get(type(sigma)) for sigma in net.sigma} - {None}
+    if Softplus in {type(sigma) for sigma in net.sigma}:
+        needs.add("tanh")
+    if any(type(sigma) not in KINDS or type(sigma) is Softmax for sigma in hidden):
         return False
     if net.loss_fn.name == "squared":
-        return output in (Identity, Sigmoid, Tanh)
-    return (
-        net.loss_fn.name == "cross-entropy"
-        and output is Softmax
-        and net.sizes[-1] <= MAX_CLASSES
-        and all(name in found for name in ("exp", "log", "add"))
-    )
+        allowed = output is not Softmax
+    else:
+        allowed = net.loss_fn.name == "cross-entropy" and output is Softmax
+        allowed = allowed and net.sizes[-1] <= MAX_CLASSES
+        needs |= {"exp", "log", "add"}
+    return allowed and output in KINDS and needs <= set(found)
 
 
 def bind(net: Layers, ws: Workspace, n: int) -> WholeBackprop | None:

@@ -76,14 +76,22 @@ def _probe(dtype: np.dtype) -> np.ndarray:
 
 
 def _gives_numpys_bits(ufunc: np.ufunc, loop: tuple[int, int], dtype: np.dtype) -> bool:
-    """Whether ``loop`` gives ``ufunc``'s bits as this module calls it: elementwise over a
-    contiguous array (unary), or np.add.reduce's row sums (binary)."""
+    """Whether ``loop`` gives ``ufunc``'s bits as fused_backprop.c calls it: elementwise
+    over contiguous arrays (a unary ufunc; a binary one with a second array or with the
+    scalar 0 broadcast), or, for add, np.add.reduce's row sums."""
     probe, size = _probe(dtype), dtype.itemsize
     with np.errstate(all="ignore"):
         if ufunc.nin == 1:
             out = np.empty_like(probe)
             _run(loop, [probe, out], probe.size, [size, size])
             return out.tobytes() == ufunc(probe).tobytes()
+        if ufunc is not np.add:
+            zero, second, out = np.zeros(1, dtype), np.roll(probe, 7), np.empty_like(probe)
+            _run(loop, [probe, zero, out], probe.size, [size, 0, size])
+            if out.tobytes() != ufunc(probe, 0.0).tobytes():
+                return False
+            _run(loop, [probe, second, out], probe.size, [size, size, size])
+            return out.tobytes() == ufunc(probe, second).tobytes()
         rng = np.random.default_rng(0)  # rows of every length a pairwise sum treats apart
         for count in [*range(1, 20), 31, 64, 100, 129, 1000, 4096]:
             row = rng.choice(probe[np.isfinite(probe)], count) * rng.choice([0, 1], count)
@@ -115,8 +123,9 @@ def _numpy_openblas() -> ctypes.CDLL | None:
 def find() -> dict[np.dtype, dict[str, int | tuple[int, int]]] | None:
     """Per dtype, what NumPy calls: the addresses of cblas ``gemm``, ``gemv``, ``dot``, and
     (function, data) of the loops of ``tanh`` and, where they give NumPy's bits as called
-    here, ``exp``, ``log`` and ``add`` (cross-entropy's); None without NumPy's
-    scipy-openblas, or if np.tanh's loop is not where it is looked for."""
+    there, ``exp``, ``log``, ``add`` (cross-entropy's), ``maximum`` (the ReLUs') and
+    ``logaddexp`` (softplus's); None without NumPy's scipy-openblas, or if np.tanh's loop
+    is not where it is looked for."""
     blas = _numpy_openblas()
     if blas is None:
         return None
@@ -126,7 +135,7 @@ def find() -> dict[np.dtype, dict[str, int | tuple[int, int]]] | None:
         for name in ("gemm", "gemv", "dot"):
             function = blas[f"scipy_cblas_{letter}{name}64_"]
             routines[name] = ctypes.cast(function, ctypes.c_void_p).value
-        for ufunc in (np.tanh, np.exp, np.log, np.add):
+        for ufunc in (np.tanh, np.exp, np.log, np.add, np.maximum, np.logaddexp):
             loop = _first_loop(ufunc, dtype)
             if loop is not None and _gives_numpys_bits(ufunc, loop, dtype):
                 routines[ufunc.__name__] = loop
