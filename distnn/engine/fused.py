@@ -25,19 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-# Each kernel's arguments after (n, θ, g): how many state arrays, then its scalars in the
-# arrays' precision, then any int flags.
-SIGNATURES: dict[str, tuple[int, int, int]] = {
-    "sgd": (0, 1, 0),
-    "momentum": (1, 2, 1),
-    "adagrad": (1, 2, 0),
-    "rmsprop": (1, 4, 0),
-    "adam": (2, 7, 0),
-}
-_SUFFIX = {
-    np.dtype(np.float32): ("f32", ctypes.c_float),
-    np.dtype(np.float64): ("f64", ctypes.c_double),
-}
+# How many scalars each rule's kernel reads (update_call's scalar[]); momentum's Nesterov
+# switch follows its two, as its flag.
+SCALARS: dict[str, int] = {"sgd": 1, "momentum": 2, "adagrad": 2, "rmsprop": 4, "adam": 7}
+_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 
 
 def _load() -> ctypes.CDLL | None:
@@ -59,7 +50,7 @@ LIBRARY = _load()
 
 def _function(name: str, dtype: np.dtype, argtypes: list) -> Callable[..., None]:
     """``name``'s copy for ``dtype`` (``adam_f32``, …), declared with ``argtypes``."""
-    function = getattr(LIBRARY, f"{name}_{_SUFFIX[np.dtype(dtype)][0]}")
+    function = getattr(LIBRARY, f"{name}_{_SUFFIX[np.dtype(dtype)]}")
     function.argtypes, function.restype = argtypes, None
     return function
 
@@ -79,14 +70,14 @@ class UpdateCall(ctypes.Structure):
 
 class RuleCall:
     """Rule ``name``'s kernel bound to θ, g and the state arrays: ``call(scalars)`` runs
-    one step with the rule's scalars then its flags (in ``SIGNATURES``' counts).
+    one step with the rule's scalars (``SCALARS[name]`` of them) then its flag, if any.
 
     Holds nothing but addresses: the caller keeps the arrays alive.
     """
 
     def __init__(self, name: str, dtype: np.dtype, arrays: tuple[np.ndarray, ...]) -> None:
         self._function = _function(f"{name}_call", dtype, [ctypes.c_void_p])
-        self._n_scalars = SIGNATURES[name][1]
+        self._n_scalars = SCALARS[name]
         call = self._call = UpdateCall()
         call.n = arrays[0].size
         call.theta, call.g = arrays[0].ctypes.data, arrays[1].ctypes.data
@@ -106,14 +97,9 @@ class RuleCall:
 def kernel(name: str, dtype: np.dtype, arrays: tuple[np.ndarray, ...]) -> RuleCall | None:
     """The C function of rule ``name`` bound to ``arrays`` (θ, g, then the rule's state,
     C-contiguous arrays of ``dtype`` of one size), or None if there is none."""
-    if LIBRARY is None or name not in SIGNATURES or np.dtype(dtype) not in _SUFFIX:
+    if LIBRARY is None or name not in SCALARS or np.dtype(dtype) not in _SUFFIX:
         return None
     return RuleCall(name, np.dtype(dtype), arrays)
-
-
-def pointer(array: np.ndarray) -> ctypes.c_void_p:
-    """The address of ``array``'s first element, for a kernel argument."""
-    return ctypes.c_void_p(array.ctypes.data)
 
 
 SumStep = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]  # into = a + b, or into = a
