@@ -41,10 +41,18 @@ if TYPE_CHECKING:
     from distnn.engine.workspace import Workspace
 
 MAX_LAYERS = 16
-# fused_backprop.c's enums, and the NumPy loop each σ needs beyond BLAS
+# fused_backprop.c's enums, and the NumPy loops each σ needs beyond BLAS (softmax's
+# include cross-entropy's log: a softmax output comes only with that loss)
 KINDS = {Identity: 0, Sigmoid: 1, Tanh: 2, Softmax: 3, ReLU: 4, LeakyReLU: 5, Softplus: 6}
-NEEDS = {Sigmoid: "tanh", Tanh: "tanh", ReLU: "maximum", LeakyReLU: "maximum"}
-NEEDS[Softplus] = "logaddexp"  # and tanh, for its σ̇
+NEEDS = {
+    Identity: (),
+    Sigmoid: ("tanh",),
+    Tanh: ("tanh",),
+    Softmax: ("exp", "add", "log"),
+    ReLU: ("maximum",),
+    LeakyReLU: ("maximum",),
+    Softplus: ("logaddexp", "tanh"),  # tanh for its σ̇, the sigmoid
+}
 LOSSES = {"squared": 0, "cross-entropy": 1}
 MAX_CLASSES = 4096  # softmax's row sums: one NumPy loop call per row, as np.add.reduce's
 
@@ -233,23 +241,18 @@ class WholeBackprop:
 
 
 def _takes(net: Layers, found: dict) -> bool:
-    """Whether ``net``'s loss and σ are ones the call does as NumPy does, with NumPy's
-    loops for them found: the squared loss after any elementwise σ, or cross-entropy (a
-    softmax output, whose exp, log and row sums are NumPy's loops) after such hidden
-    layers."""
-    hidden, output = net.sigma[:-1], type(net.sigma[-1])
-    needs = {NEEDS.get(type(sigma)) for sigma in net.sigma} - {None}
-    if Softplus in {type(sigma) for sigma in net.sigma}:
-        needs.add("tanh")
-    if any(type(sigma) not in KINDS or type(sigma) is Softmax for sigma in hidden):
+    """Whether ``net``'s loss and σ are ones the call does as NumPy does, with the NumPy
+    loops they need found: the squared loss after elementwise σ only, or cross-entropy
+    with a softmax output (up to MAX_CLASSES) after such hidden layers."""
+    kinds = [type(sigma) for sigma in net.sigma]
+    if any(kind not in NEEDS for kind in kinds) or Softmax in kinds[:-1]:
         return False
-    if net.loss_fn.name == "squared":
-        allowed = output is not Softmax
-    else:
-        allowed = net.loss_fn.name == "cross-entropy" and output is Softmax
-        allowed = allowed and net.sizes[-1] <= MAX_CLASSES
-        needs |= {"exp", "log", "add"}
-    return allowed and output in KINDS and needs <= set(found)
+    softmax_output = kinds[-1] is Softmax
+    if net.loss_fn.name not in LOSSES or softmax_output != (net.loss_fn.name == "cross-entropy"):
+        return False
+    if softmax_output and net.sizes[-1] > MAX_CLASSES:
+        return False
+    return {name for kind in kinds for name in NEEDS[kind]} <= set(found)
 
 
 def bind(net: Layers, ws: Workspace, n: int) -> WholeBackprop | None:

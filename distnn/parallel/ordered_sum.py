@@ -196,7 +196,9 @@ class OrderedSum:
         self.all_losses, self.all_sqnorms = self.send[n : n + V], self.send[n + V : n + 2 * V]
         self.piece_losses = self.all_losses[mine].reshape(-1, 1, 1)
         self.piece_sqnorms = self.all_sqnorms[mine]
-        self.others = [v for v in range(V) if v not in self.my_pieces]  # zeroed after each sum
+        # The other rank's shards, zeroed after each sum: the rest of the range.
+        own = self.my_pieces
+        self.others = slice(0, own.start) if own.start else slice(own.stop, V)
         self.norm_scales, self.measure_norms = np.zeros(len(self.my_pieces)), False
         self.votes = self.send[n + 2 * V :]  # the trainer's, then the world's sums
         leaves = np.zeros((len(self.my_pieces), n), dtype)
